@@ -1,0 +1,116 @@
+//! The api's settings: flags and `TASKWIRE_*` variables, validated before binding.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use taskwire::{
+    config::{DatabaseArgs, NatsArgs, parse_duration},
+    domain::MAX_ATTEMPTS_LIMIT,
+    nats::StreamSettings,
+};
+
+/// taskwire api: the front door (taskwire.v1.TaskService). Validates, stores and
+/// enqueues tasks, answers status, lists and cancels them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskwire-api", version)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "TASKWIRE_API_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Largest task input accepted, in bytes of JSON; larger is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TASKWIRE_MAX_INPUT_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    pub max_input_bytes: u32,
+
+    /// Attempts a task gets when its submit says 0.
+    #[arg(long, env = "TASKWIRE_DEFAULT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ATTEMPTS_LIMIT)))]
+    pub default_max_attempts: u32,
+
+    /// How long a submitting call owns its outbox row before the relay may publish it
+    /// instead. Must exceed --nats-timeout.
+    #[arg(long, env = "TASKWIRE_OUTBOX_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub outbox_lease: Duration,
+
+    /// How often the relay looks for outbox rows whose lease ran out.
+    #[arg(long, env = "TASKWIRE_OUTBOX_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub outbox_poll: Duration,
+
+    /// JetStream's duplicate window on the task stream. Must exceed --outbox-lease, so
+    /// a task the relay publishes a second time is dropped as a duplicate.
+    #[arg(long, env = "TASKWIRE_DUPLICATE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+
+    /// Test-only fault injection: the process aborts at the named point of SubmitTask.
+    #[arg(long, env = "TASKWIRE_FAULT", hide = true)]
+    pub fault: Option<Fault>,
+}
+
+/// Points where the crash tests make the api die, to show the outbox covers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fault {
+    /// After the task is committed, before it is published.
+    AbortAfterCommit,
+    /// After JetStream acknowledged the publish, before the outbox row is deleted.
+    AbortAfterPublish,
+}
+
+impl Config {
+    /// Checks the relations between settings that clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.outbox_lease <= self.nats.nats_timeout {
+            return Err(format!(
+                "--outbox-lease ({:?}) must be longer than --nats-timeout ({:?}), or the relay \
+                 could publish a task its submitter is still publishing",
+                self.outbox_lease, self.nats.nats_timeout
+            ));
+        }
+        if self.duplicate_window <= self.outbox_lease {
+            return Err(format!(
+                "--duplicate-window ({:?}) must be longer than --outbox-lease ({:?})",
+                self.duplicate_window, self.outbox_lease
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            duplicate_window: self.duplicate_window,
+            ..StreamSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("taskwire-api").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.max_input_bytes, 1 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+        assert!(parse(&["--database-url", "mysql://x"]).is_err());
+        assert!(parse(&["--default-max-attempts", "0"]).is_err());
+        assert!(parse(&["--nats-timeout", "5"]).is_err());
+        let c = parse(&["--outbox-lease", "1s", "--nats-timeout", "2s"]).unwrap();
+        assert!(c.validate().is_err());
+        let c = parse(&["--outbox-lease", "20m"]).unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The outbox relay: publishes tasks whose submitting call died (or failed to clean
+//! up) after the commit. Every api replica runs one; rows are claimed with a lease, so
+//! replicas share the work, and Nats-Msg-Id makes a second publish harmless.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use taskwire::{json, nats, store::Store};
+use tokio_util::sync::CancellationToken;
+
+/// Rows claimed per round.
+const BATCH: u32 = 256;
+
+#[derive(Debug)]
+pub struct Relay {
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub lease: Duration,
+    pub poll: Duration,
+}
+
+impl Relay {
+    /// Runs until `shutdown`; errors are logged and the round retried later.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+            // A full batch suggests more are waiting: go again at once.
+            while let Ok(n) = self.round().await {
+                if n < BATCH as usize || shutdown.is_cancelled() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One round: claim expired rows, publish each, delete the published.
+    async fn round(&self) -> Result<usize, ()> {
+        if !nats::is_connected(&self.nats) {
+            return Err(());
+        }
+        let now = json::now_micros();
+        let rows = self
+            .store
+            .claim_outbox(now, now + self.lease.as_micros() as i64, BATCH)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "outbox claim failed"))?;
+        for row in &rows {
+            let id = row.task_id.to_string();
+            match nats::publish(
+                &self.js,
+                row.subject.clone(),
+                Bytes::from(row.payload.clone()),
+                Some(&id),
+                None,
+            )
+            .await
+            {
+                Ok(seq) => {
+                    tracing::info!(task_id = %id, seq, "relay published task");
+                    if let Err(e) = self.store.delete_outbox(row.task_id).await {
+                        tracing::warn!(task_id = %id, error = %e, "relay could not delete outbox row");
+                    }
+                }
+                // The lease runs out again and a later round retries.
+                Err(e) => tracing::warn!(task_id = %id, error = %e, "relay publish failed"),
+            }
+        }
+        Ok(rows.len())
+    }
+}

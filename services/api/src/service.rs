@@ -1,0 +1,198 @@
+//! `taskwire.v1.TaskService`: parses each request at the edge, then hands it to the
+//! operation that owns it (submit, cancel) or to the store.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{Client, jetstream};
+use taskwire::{
+    domain::{
+        Caller, IdempotencyKey, InvalidInput, Labels, MAX_ATTEMPTS_LIMIT, TaskId, TaskKind,
+        parse_state_filter, parse_timeout,
+    },
+    json,
+    pb::v1::{
+        CancelTaskRequest, GetStatusRequest, ListTasksRequest, ListTasksResponse,
+        SubmitTaskRequest, SubmitTaskResponse, Task, task_service_server::TaskService,
+    },
+    store::{ListQuery, PageToken, Store},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{config::Fault, error::ApiError, submit::ValidSubmit};
+
+/// ListTasks' page size when the request says 0, and the largest allowed.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// What the RPC handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Store,
+    pub nats: Client,
+    pub js: jetstream::Context,
+    pub events: jetstream::stream::Stream<jetstream::stream::Info>,
+    pub max_input_bytes: usize,
+    pub default_max_attempts: u32,
+    pub outbox_lease: Duration,
+    pub fault: Option<Fault>,
+}
+
+/// The TaskService implementation; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TaskApi {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    #[tracing::instrument(skip_all, fields(kind = %req.get_ref().kind))]
+    async fn submit_task(
+        &self,
+        req: Request<SubmitTaskRequest>,
+    ) -> Result<Response<SubmitTaskResponse>, Status> {
+        let caller = caller_of(&req)?;
+        let valid = self.parse_submit(caller, req.into_inner())?;
+        Ok(Response::new(self.submit(valid).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn get_status(&self, req: Request<GetStatusRequest>) -> Result<Response<Task>, Status> {
+        let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
+        let rec = self
+            .shared
+            .store
+            .get_task(id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound(id))?;
+        Ok(Response::new(rec.to_proto()))
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn cancel_task(&self, req: Request<CancelTaskRequest>) -> Result<Response<Task>, Status> {
+        let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
+        Ok(Response::new(self.cancel(id).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let q = parse_list(req.into_inner()).map_err(ApiError::from)?;
+        let (tasks, next) = self
+            .shared
+            .store
+            .list_tasks(&q)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: tasks.iter().map(|t| t.to_proto()).collect(),
+            next_page_token: next.map(|t| t.encode()).unwrap_or_default(),
+        }))
+    }
+}
+
+impl TaskApi {
+    /// Every field of a SubmitTaskRequest checked, before anything is written.
+    fn parse_submit(
+        &self,
+        caller: Caller,
+        req: SubmitTaskRequest,
+    ) -> Result<ValidSubmit, ApiError> {
+        let SubmitTaskRequest {
+            kind,
+            input,
+            idempotency_key,
+            max_attempts,
+            timeout,
+            labels,
+        } = req;
+        let kind = TaskKind::parse(&kind)?;
+        let input = json::value_to_json(input.as_ref())
+            .map_err(|e| InvalidInput::Malformed {
+                field: "input",
+                reason: e.to_string(),
+            })?
+            .to_string();
+        if input.len() > self.shared.max_input_bytes {
+            return Err(InvalidInput::TooLarge {
+                field: "input",
+                size: input.len(),
+                limit: self.shared.max_input_bytes,
+            }
+            .into());
+        }
+        if max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(InvalidInput::Malformed {
+                field: "max_attempts",
+                reason: format!("must be 0 (the server default) to {MAX_ATTEMPTS_LIMIT}"),
+            }
+            .into());
+        }
+        Ok(ValidSubmit {
+            kind,
+            caller,
+            idempotency_key: IdempotencyKey::parse(&idempotency_key)?,
+            input,
+            labels: Labels::parse(&labels)?,
+            max_attempts: if max_attempts == 0 {
+                self.shared.default_max_attempts
+            } else {
+                max_attempts
+            },
+            timeout: parse_timeout(timeout.as_ref())?,
+        })
+    }
+}
+
+fn parse_list(req: ListTasksRequest) -> Result<ListQuery, InvalidInput> {
+    let ListTasksRequest {
+        page_size,
+        page_token,
+        state,
+        kind,
+        labels,
+    } = req;
+    let page_size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > 0 && n as u32 <= MAX_PAGE_SIZE => n as u32,
+        n => {
+            return Err(InvalidInput::Malformed {
+                field: "page_size",
+                reason: format!(
+                    "must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}, got {n}"
+                ),
+            });
+        }
+    };
+    Ok(ListQuery {
+        page_size,
+        after: if page_token.is_empty() {
+            None
+        } else {
+            Some(PageToken::decode(&page_token)?)
+        },
+        state: parse_state_filter(state)?,
+        kind: if kind.is_empty() {
+            None
+        } else {
+            Some(TaskKind::parse(&kind)?)
+        },
+        labels: Labels::parse(&labels)?,
+    })
+}
+
+/// The caller named by the `taskwire-caller` header; idempotency keys are scoped to it.
+fn caller_of<T>(req: &Request<T>) -> Result<Caller, ApiError> {
+    match req.metadata().get(Caller::METADATA_KEY) {
+        None => Ok(Caller::default()),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| InvalidInput::Malformed {
+                field: "taskwire-caller",
+                reason: "must be printable ASCII".into(),
+            })?;
+            Ok(Caller::parse(s)?)
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! SubmitTask: store the task with its outbox row, publish it, answer.
+//!
+//! The guarantee (ARCHITECTURE.md, guarantee 1): an OK answer means the task is in the
+//! database and in TASKWIRE_TASKS. The outbox closes the crash window between commit
+//! and publish (see `taskwire::store` outbox docs); an UNAVAILABLE answer means the task
+//! was withdrawn, so a caller retrying without an idempotency key does not get a twin.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use taskwire::{
+    domain::{Caller, IdempotencyKey, Labels, TaskId, TaskKind},
+    json, nats,
+    pb::{
+        internal::v1::TaskMessage,
+        v1::{SubmitTaskResponse, TaskState},
+    },
+    store::{Inserted, NewTask, OutboxEntry},
+};
+
+use crate::{config::Fault, error::ApiError, service::TaskApi};
+
+/// A SubmitTaskRequest whose every field has been checked.
+#[derive(Debug, Clone)]
+pub struct ValidSubmit {
+    pub kind: TaskKind,
+    pub caller: Caller,
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// JSON text, within the size limit.
+    pub input: String,
+    pub labels: Labels,
+    /// Resolved: never 0.
+    pub max_attempts: u32,
+    pub timeout: Option<Duration>,
+}
+
+/// How many times a submit starts over when the task its key named was withdrawn
+/// meanwhile (a concurrent identical submit whose publish failed).
+const MAX_TRIES: usize = 3;
+
+impl TaskApi {
+    pub(crate) async fn submit(&self, req: ValidSubmit) -> Result<SubmitTaskResponse, ApiError> {
+        for _ in 0..MAX_TRIES {
+            if let Some(resp) = self.try_submit(&req).await? {
+                return Ok(resp);
+            }
+        }
+        Err(nats::Error::Unavailable("an identical submit kept failing".into()).into())
+    }
+
+    /// One try; `None` when the key named a task that has since been withdrawn.
+    async fn try_submit(&self, req: &ValidSubmit) -> Result<Option<SubmitTaskResponse>, ApiError> {
+        let s = &self.shared;
+        // Fail fast, before writing anything, when NATS is known to be down.
+        if !nats::is_connected(&s.nats) {
+            return Err(nats::Error::Unavailable("not connected".into()).into());
+        }
+        let now = json::now_micros();
+        let task = NewTask {
+            id: TaskId::new(),
+            kind: req.kind.clone(),
+            caller: req.caller.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            input: req.input.clone(),
+            labels: req.labels.clone(),
+            max_attempts: req.max_attempts,
+            timeout: req.timeout,
+            created_at_us: now,
+        };
+        let outbox = OutboxEntry {
+            subject: nats::task_subject(task.kind.as_str()),
+            payload: task_message(&task).encode_to_vec(),
+            lease_until_us: now + s.outbox_lease.as_micros() as i64,
+        };
+
+        match s.store.insert_task(&task, &outbox).await? {
+            Inserted::New => {}
+            Inserted::Duplicate(id) => {
+                return Ok(self
+                    .await_enqueued(id)
+                    .await?
+                    .then_some(SubmitTaskResponse {
+                        task_id: id.to_string(),
+                        state: TaskState::Queued as i32,
+                        deduplicated: true,
+                    }));
+            }
+        }
+        if s.fault == Some(Fault::AbortAfterCommit) {
+            std::process::abort();
+        }
+
+        let id = task.id;
+        match nats::publish(
+            &s.js,
+            outbox.subject,
+            Bytes::from(outbox.payload),
+            Some(&id.to_string()),
+            None,
+        )
+        .await
+        {
+            Ok(_) => {
+                if s.fault == Some(Fault::AbortAfterPublish) {
+                    std::process::abort();
+                }
+                // If this delete fails, the relay publishes again later and JetStream
+                // drops the duplicate: a warning, not an error for the caller.
+                if let Err(e) = s.store.delete_outbox(id).await {
+                    tracing::warn!(task_id = %id, error = %e, "outbox row left for the relay");
+                }
+            }
+            Err(publish_err) => match s
+                .store
+                .withdraw_unpublished(id, outbox.lease_until_us)
+                .await
+            {
+                Ok(true) => return Err(publish_err.into()),
+                // The lease ran out and the relay owns the row: the task will be
+                // enqueued, so it is accepted.
+                Ok(false) => tracing::info!(task_id = %id, "publish failed; the relay took over"),
+                Err(e) => {
+                    // Neither publish nor withdraw worked: the relay will enqueue the task
+                    // when NATS is back. The caller hears UNAVAILABLE and is told to
+                    // retry with the same key, which then finds this task.
+                    tracing::error!(task_id = %id, error = %e, "withdraw failed after publish failed");
+                    return Err(publish_err.into());
+                }
+            },
+        }
+        tracing::info!(task_id = %id, "task accepted");
+        Ok(Some(SubmitTaskResponse {
+            task_id: id.to_string(),
+            state: TaskState::Queued as i32,
+            deduplicated: false,
+        }))
+    }
+
+    /// A repeat of a submit whose first call may still be publishing: waits until the
+    /// first task is confirmed enqueued (true) or withdrawn (false), so a repeat never
+    /// answers OK for a task that is then withdrawn.
+    async fn await_enqueued(&self, id: TaskId) -> Result<bool, ApiError> {
+        let s = &self.shared;
+        let deadline = tokio::time::Instant::now() + s.outbox_lease;
+        loop {
+            if !s.store.in_outbox(id).await? {
+                return Ok(s.store.get_task(id).await?.is_some());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // The lease ran out: the relay owns the row and will publish it.
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The body published on `taskwire.tasks.<kind>`.
+fn task_message(t: &NewTask) -> TaskMessage {
+    TaskMessage {
+        task_id: t.id.to_string(),
+        kind: t.kind.to_string(),
+        input: Some(json::text_to_value(&t.input)),
+        max_attempts: t.max_attempts,
+        timeout: t.timeout.map(|d| prost_types::Duration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }),
+        labels: t.labels.clone().into_map().into_iter().collect(),
+        created_at: Some(json::micros_to_timestamp(t.created_at_us)),
+    }
+}

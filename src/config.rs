@@ -1,0 +1,115 @@
+//! Settings every taskwire process shares, as clap argument groups that each service
+//! flattens into its own config. Each setting is a flag and a `TASKWIRE_*` variable;
+//! values are typed and validated before anything binds or connects.
+
+use std::{fmt, time::Duration};
+
+use clap::Args;
+
+/// Where NATS is.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL (JetStream enabled).
+    #[arg(
+        long = "nats-url",
+        env = "TASKWIRE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Deadline for every NATS request and publish acknowledgement, e.g. 5s, 500ms.
+    #[arg(long = "nats-timeout", env = "TASKWIRE_NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub nats_timeout: Duration,
+}
+
+/// Where the database is.
+#[derive(Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: sqlite://PATH (the embedded default; the file is created) or
+    /// postgres://USER:PASSWORD@HOST/DB.
+    #[arg(long = "database-url", env = "TASKWIRE_DATABASE_URL", default_value = "sqlite://taskwire.db", value_parser = parse_database_url)]
+    pub database_url: String,
+
+    /// Deadline for every database call, connection wait included.
+    #[arg(long = "database-timeout", env = "TASKWIRE_DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub database_timeout: Duration,
+
+    /// Most connections in the pool.
+    #[arg(long = "database-max-connections", env = "TASKWIRE_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            timeout: self.database_timeout,
+            max_connections: self.database_max_connections,
+        }
+    }
+}
+
+// The URL may hold a password: Debug shows it redacted.
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &crate::store::redact(&self.database_url))
+            .field("database_timeout", &self.database_timeout)
+            .field("database_max_connections", &self.database_max_connections)
+            .finish()
+    }
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    crate::store::Backend::of_url(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses a duration such as `250ms`, `5s`, `2m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number followed by ms, s, m or h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 24.0 * 3600.0 {
+        return Err(format!("{s:?} must be positive and at most a year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "5", "s", "-1s", "0s", "5x", "99999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn database_debug_hides_the_password() {
+        let a = DatabaseArgs {
+            database_url: "postgres://u:hunter2@h/db".into(),
+            database_timeout: Duration::from_secs(1),
+            database_max_connections: 4,
+        };
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+}

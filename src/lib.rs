@@ -1,0 +1,28 @@
+//! taskwire: long-running tasks with live progress, over gRPC and NATS JetStream.
+//!
+//! This crate is the shared core that every taskwire process links: the generated
+//! contract, the domain types that parse input at the edge, storage, the NATS
+//! protocol, configuration, telemetry and shutdown. The processes themselves live in
+//! `services/` (api, worker, recorder, watch) and `clients/`.
+//!
+//! # Layout
+//! - [`pb`]: the generated protobuf types and gRPC stubs, and the descriptor set that
+//!   server reflection serves. The one door to generated code.
+//! - [`domain`]: `TaskId`, `TaskKind`, labels, states and limits; everything a request
+//!   carries is parsed here before any side effect.
+//! - [`json`]: `google.protobuf.Value` <-> JSON, and time conversions.
+//! - [`store`]: the database (SQLite or PostgreSQL through one sqlx interface):
+//!   tasks, labels and the transactional outbox.
+//! - [`nats`]: subjects, stream and consumer definitions, headers, connect and setup.
+//! - [`config`]: the command-line and `TASKWIRE_*` settings the processes share.
+//! - [`telemetry`], [`shutdown`]: logging and the stop protocol.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod domain;
+pub mod json;
+pub mod nats;
+pub mod pb;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,239 @@
+//! taskwire's protocol on NATS, spelled out in one place: subjects, streams, the worker
+//! consumer, headers, and the few calls every process makes. docs/protocol.md is the
+//! prose twin of this module.
+//!
+//! | subject                     | stream          | carries                          |
+//! |-----------------------------|-----------------|----------------------------------|
+//! | `taskwire.tasks.<kind>`     | TASKWIRE_TASKS  | one message per task (work queue)|
+//! | `taskwire.events.<task_id>` | TASKWIRE_EVENTS | every state change and progress  |
+//! | `taskwire.live.<task_id>`   | (republished)   | stored events only, for watchers |
+//! | `taskwire.cancel.<task_id>` | core NATS       | cancel signal to the worker      |
+//! | `taskwire.dlq.<kind>`       | TASKWIRE_DLQ    | dead tasks, for inspection/replay|
+
+use std::time::Duration;
+
+use async_nats::{
+    Client, ConnectOptions,
+    connection::State,
+    jetstream::{
+        self, Context,
+        consumer::{AckPolicy, pull},
+        context::PublishErrorKind,
+        message::PublishMessage,
+        stream::{self, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType},
+    },
+};
+use bytes::Bytes;
+use prost::Message;
+
+use crate::{domain::TaskId, pb::internal::v1::Event};
+
+pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
+pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
+pub const DLQ_STREAM: &str = "TASKWIRE_DLQ";
+/// The durable pull consumer all workers share on TASKWIRE_TASKS.
+pub const WORKER_CONSUMER: &str = "taskwire-workers";
+
+/// Header naming the version of the `taskwire.internal.v1` body layout.
+pub const SCHEMA_HEADER: &str = "Taskwire-Schema";
+pub const SCHEMA_VERSION: &str = "1";
+
+pub fn task_subject(kind: &str) -> String {
+    format!("taskwire.tasks.{kind}")
+}
+pub fn event_subject(id: TaskId) -> String {
+    format!("taskwire.events.{id}")
+}
+pub fn live_subject(id: TaskId) -> String {
+    format!("taskwire.live.{id}")
+}
+pub fn cancel_subject(id: TaskId) -> String {
+    format!("taskwire.cancel.{id}")
+}
+pub fn dlq_subject(kind: &str) -> String {
+    format!("taskwire.dlq.{kind}")
+}
+
+/// Why a NATS call failed, as callers need to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// NATS could not be reached, or did not answer within the deadline; retryable.
+    #[error("NATS unavailable: {0}")]
+    Unavailable(String),
+    /// A conditional publish lost: someone else wrote to the task's subject first
+    /// (Nats-Expected-Last-Subject-Sequence did not match).
+    #[error("another writer changed the task first")]
+    Conflict,
+    /// A message body that does not decode: a protocol bug or a foreign writer.
+    #[error("bad message: {0}")]
+    BadMessage(String),
+    #[error("NATS error: {0}")]
+    Other(String),
+}
+
+/// Settings for streams and consumers, shared by every process so that whichever
+/// starts first creates them and a restart or a second replica leaves them as they are.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// JetStream drops a second message with the same Nats-Msg-Id within this window;
+    /// it must outlast the outbox lease so a relayed duplicate is dropped.
+    pub duplicate_window: Duration,
+    /// How long task events are kept, for watchers that resume late.
+    pub events_max_age: Duration,
+    /// How many events are kept per task.
+    pub events_per_task: i64,
+    /// Redelivery of an unacknowledged task after this long (a dead worker's task).
+    pub ack_wait: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            duplicate_window: Duration::from_secs(10 * 60),
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            events_per_task: 100_000,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Connects to NATS with a deadline; the client reconnects by itself afterwards.
+pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Client, Error> {
+    ConnectOptions::new()
+        .name(name)
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .connect(url)
+        .await
+        .map_err(|e| Error::Unavailable(format!("connecting to {url}: {e}")))
+}
+
+/// A JetStream context whose every request and publish ack has `timeout`.
+pub fn jetstream(client: Client, timeout: Duration) -> Context {
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client)
+}
+
+/// Whether the client is connected now: checked before side effects, so that a call
+/// made while NATS is down fails fast with UNAVAILABLE and changes nothing.
+pub fn is_connected(client: &Client) -> bool {
+    client.connection_state() == State::Connected
+}
+
+/// Creates or updates the three streams and the worker consumer. Idempotent: every
+/// process calls it at start-up.
+pub async fn setup(js: &Context, s: &StreamSettings) -> Result<(), Error> {
+    let file = |name: &str, subjects: &str| stream::Config {
+        name: name.to_string(),
+        subjects: vec![subjects.to_string()],
+        storage: StorageType::File,
+        duplicate_window: s.duplicate_window,
+        ..Default::default()
+    };
+    let tasks = stream::Config {
+        // Work queue: a task's message is gone once a worker acks it.
+        retention: RetentionPolicy::WorkQueue,
+        ..file(TASKS_STREAM, "taskwire.tasks.>")
+    };
+    let events = stream::Config {
+        retention: RetentionPolicy::Limits,
+        max_age: s.events_max_age,
+        max_messages_per_subject: s.events_per_task,
+        discard: DiscardPolicy::Old,
+        // Watchers follow the republished subject: it carries only events JetStream
+        // stored, each with Nats-Sequence and Nats-Last-Sequence to detect a gap.
+        republish: Some(stream::Republish {
+            source: "taskwire.events.>".to_string(),
+            destination: "taskwire.live.>".to_string(),
+            headers_only: false,
+        }),
+        allow_direct: true,
+        ..file(EVENTS_STREAM, "taskwire.events.>")
+    };
+    let dlq = stream::Config {
+        retention: RetentionPolicy::Limits,
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..file(DLQ_STREAM, "taskwire.dlq.>")
+    };
+    for config in [tasks, events, dlq] {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| Error::Unavailable(format!("setting up stream {name}: {e}")))?;
+    }
+    let tasks = js
+        .get_stream_no_info(TASKS_STREAM)
+        .await
+        .map_err(|e| Error::Unavailable(format!("opening stream {TASKS_STREAM}: {e}")))?;
+    tasks
+        .create_consumer(pull::Config {
+            durable_name: Some(WORKER_CONSUMER.to_string()),
+            filter_subject: "taskwire.tasks.>".to_string(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: s.ack_wait,
+            // Above any task's max_attempts: the worker enforces the task's own limit
+            // from the delivery count; this is the backstop.
+            max_deliver: i64::from(crate::domain::MAX_ATTEMPTS_LIMIT) + 1,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("setting up consumer {WORKER_CONSUMER}: {e}")))?;
+    Ok(())
+}
+
+/// Publishes to a stream and waits for JetStream's ack, under the context's timeout.
+/// `msg_id` becomes Nats-Msg-Id (JetStream drops a repeat within the window);
+/// `expected_last` becomes Nats-Expected-Last-Subject-Sequence (0 = the subject must
+/// be empty). Returns the stream sequence the message is stored at.
+pub async fn publish(
+    js: &Context,
+    subject: String,
+    payload: Bytes,
+    msg_id: Option<&str>,
+    expected_last: Option<u64>,
+) -> Result<u64, Error> {
+    let mut msg = PublishMessage::build()
+        .payload(payload)
+        .header(SCHEMA_HEADER, SCHEMA_VERSION);
+    if let Some(id) = msg_id {
+        msg = msg.message_id(id);
+    }
+    if let Some(seq) = expected_last {
+        msg = msg.expected_last_subject_sequence(seq);
+    }
+    let map = |e: jetstream::context::PublishError| match e.kind() {
+        PublishErrorKind::WrongLastSequence => Error::Conflict,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            Error::Unavailable(e.to_string())
+        }
+        _ => Error::Other(e.to_string()),
+    };
+    let ack = js
+        .send_publish(subject, msg)
+        .await
+        .map_err(map)?
+        .await
+        .map_err(map)?;
+    Ok(ack.sequence)
+}
+
+/// The newest event of a task in TASKWIRE_EVENTS and its seq, or None if it has none.
+pub async fn last_event(
+    events: &stream::Stream<stream::Info>,
+    id: TaskId,
+) -> Result<Option<(u64, Event)>, Error> {
+    match events
+        .get_last_raw_message_by_subject(&event_subject(id))
+        .await
+    {
+        Ok(msg) => {
+            let ev = Event::decode(msg.payload)
+                .map_err(|e| Error::BadMessage(format!("event of task {id}: {e}")))?;
+            Ok(Some((msg.sequence, ev)))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(Error::Unavailable(e.to_string())),
+    }
+}

@@ -1,0 +1,239 @@
+//! The database: tasks, their labels and the transactional outbox.
+//!
+//! One interface, two backends: SQLite (the embedded default, a file) and PostgreSQL
+//! (production), both through sqlx's `Any` driver. The schema is written so that one
+//! set of queries serves both (BIGINT integers, microsecond times, JSON as text, `$n`
+//! parameters); the migrations under `migrations/{sqlite,postgres}` are parallel and
+//! applied at start-up. Every query is tested against both in tests/e2e/store.rs.
+//!
+//! Every call runs under a deadline, so a database that hangs is reported as
+//! [`Error::Unavailable`] instead of hanging the caller.
+
+mod outbox;
+mod tasks;
+
+use std::{future::Future, sync::Once, time::Duration};
+
+use sqlx::{
+    AnyPool, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+
+pub use outbox::{OutboxEntry, OutboxRow};
+pub use tasks::{EventUpdate, Inserted, ListQuery, NewTask, PageToken, TaskRecord};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Result<Self, Error> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            Err(Error::Config(format!(
+                "database URL must start with sqlite: or postgres:, got {:?}",
+                redact(url)
+            )))
+        }
+    }
+}
+
+/// What can go wrong in the store. Callers map these to gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be reached in time; safe to retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed for a reason that is not the caller's: a bug or a broken schema.
+    #[error("database error: {0}")]
+    Query(#[source] sqlx::Error),
+    /// A row holds something the code cannot read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match e {
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                Error::Unavailable(e.to_string())
+            }
+            // SQLite's "database is locked" after busy_timeout, and PostgreSQL shutting
+            // down or refusing connections: retryable, not the caller's fault.
+            E::Database(ref db)
+                if matches!(
+                    db.code().as_deref(),
+                    Some("5" | "6" | "57P01" | "57P02" | "57P03" | "53300")
+                ) =>
+            {
+                Error::Unavailable(e.to_string())
+            }
+            other => Error::Query(other),
+        }
+    }
+}
+
+/// Settings for [`Store::connect`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Deadline for every call, connection wait included.
+    pub timeout: Duration,
+    /// Pool size; SQLite serialises writers anyway, so a few connections suffice.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_connections: 16,
+        }
+    }
+}
+
+/// A handle on the database; cheap to clone (a pool inside).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    timeout: Duration,
+}
+
+impl Store {
+    /// Connects and applies the migrations of the URL's backend. A SQLite file is
+    /// created if missing, in WAL mode with full fsync on commit: an accepted task
+    /// survives a crash of the process and of the machine.
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Self, Error> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+        let backend = Backend::of_url(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let connect_opts: AnyConnectOptions = url
+            .parse()
+            .map_err(|e| Error::Config(format!("bad database URL {:?}: {e}", redact(&url))))?;
+        let max = match backend {
+            Backend::Sqlite => opts.max_connections.min(4),
+            Backend::Postgres => opts.max_connections,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(opts.timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_opts);
+        let pool = tokio::time::timeout(opts.timeout, pool)
+            .await
+            .map_err(|_| Error::Unavailable("timed out connecting to the database".into()))??;
+        let store = Self {
+            pool,
+            backend,
+            timeout: opts.timeout,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks the database answers; for health checks.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.deadline(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs one store operation under the store's deadline.
+    async fn deadline<T>(&self, op: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .map_err(|_| Error::Unavailable(format!("no answer within {:?}", self.timeout)))?
+    }
+}
+
+/// A URL with its password replaced, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(Backend::of_url("sqlite://x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::of_url("postgres://h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert!(Backend::of_url("mysql://h/db").is_err());
+    }
+}

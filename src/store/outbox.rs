@@ -1,0 +1,130 @@
+//! The transactional outbox: closes the crash window between committing a task and
+//! publishing it to JetStream (guarantee 1).
+//!
+//! SubmitTask writes the task and its outbox row in one transaction, with a lease
+//! held by the submitting call. After JetStream acknowledges the publish the row is
+//! deleted. If the process dies in between, the lease runs out and a relay (in any
+//! api replica) claims the row and publishes it again; JetStream drops a duplicate by
+//! its Nats-Msg-Id (the task id). If the publish fails while the lease is still the
+//! submitter's, the submitter withdraws the task ([`Store::withdraw_unpublished`]) and
+//! answers UNAVAILABLE: a caller never hears "no" about a task that will run.
+
+use super::{Error, Store};
+use crate::domain::TaskId;
+
+/// The message to publish for a task, written with it.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    /// Until then the row belongs to the submitting call; after it, to the relay.
+    pub lease_until_us: i64,
+}
+
+/// A claimed row, for the relay to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub task_id: TaskId,
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+impl Store {
+    /// Forgets the outbox row of a task that JetStream has acknowledged.
+    #[tracing::instrument(skip_all, fields(task_id = %id), err)]
+    pub async fn delete_outbox(&self, id: TaskId) -> Result<(), Error> {
+        self.deadline(async {
+            sqlx::query("DELETE FROM outbox WHERE task_id = $1")
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Withdraws a task whose publish failed, but only while the submitter still
+    /// holds the lease it wrote (`lease_until_us`): once the relay has claimed the row,
+    /// the task is on its way and stays. Returns whether the task was withdrawn.
+    #[tracing::instrument(skip_all, fields(task_id = %id), err)]
+    pub async fn withdraw_unpublished(
+        &self,
+        id: TaskId,
+        lease_until_us: i64,
+    ) -> Result<bool, Error> {
+        self.deadline(async {
+            let mut tx = self.pool.begin().await?;
+            let mine = sqlx::query("DELETE FROM outbox WHERE task_id = $1 AND lease_until_us = $2")
+                .bind(id.to_string())
+                .bind(lease_until_us)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if mine == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM tasks WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Claims up to `limit` rows whose lease ran out before `now_us`, extending their
+    /// lease to `lease_until_us`. The outer `lease_until_us < now` re-check makes two
+    /// concurrent relays claim disjoint rows (PostgreSQL re-evaluates it on the locked
+    /// row; SQLite has one writer).
+    #[tracing::instrument(skip_all, err)]
+    pub async fn claim_outbox(
+        &self,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, Error> {
+        self.deadline(async {
+            let rows = sqlx::query_as::<_, (String, String, Vec<u8>)>(
+                "UPDATE outbox SET lease_until_us = $1 \
+                 WHERE lease_until_us < $2 AND task_id IN \
+                 (SELECT task_id FROM outbox WHERE lease_until_us < $2 \
+                  ORDER BY lease_until_us LIMIT $3) \
+                 RETURNING task_id, subject, payload",
+            )
+            .bind(lease_until_us)
+            .bind(now_us)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|(id, subject, payload)| {
+                    Ok(OutboxRow {
+                        task_id: TaskId::parse(&id)
+                            .map_err(|_| Error::Corrupt("outbox task id".into()))?,
+                        subject,
+                        payload,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Whether a task still waits in the outbox (published but not yet confirmed).
+    pub async fn in_outbox(&self, id: TaskId) -> Result<bool, Error> {
+        self.deadline(async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE task_id = $1")
+                .bind(id.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}

@@ -1,0 +1,469 @@
+//! Queries on tasks and their labels.
+
+use std::time::Duration;
+
+use sqlx::{Row, any::AnyRow};
+
+use super::{Error, OutboxEntry, Store};
+use crate::{
+    domain::{Caller, IdempotencyKey, InvalidInput, Labels, TaskId, TaskKind},
+    json,
+    pb::v1::{Progress, Task, TaskError, TaskState},
+};
+
+/// A task to insert, already validated.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub kind: TaskKind,
+    pub caller: Caller,
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The input as JSON text.
+    pub input: String,
+    pub labels: Labels,
+    pub max_attempts: u32,
+    pub timeout: Option<Duration>,
+    pub created_at_us: i64,
+}
+
+/// What [`Store::insert_task`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The task and its outbox row are committed.
+    New,
+    /// The caller's idempotency key already names this task; nothing was written.
+    Duplicate(TaskId),
+}
+
+/// A task row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub kind: String,
+    pub state: TaskState,
+    pub input: String,
+    pub labels: String,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i64>,
+    pub attempt: u32,
+    pub progress_fraction: f64,
+    pub progress_message: String,
+    pub output: Option<String>,
+    pub error: Option<TaskError>,
+    pub created_at_us: i64,
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+    pub updated_at_us: i64,
+    pub last_seq: u64,
+}
+
+/// The columns [`TaskRecord::from_row`] reads; a macro so queries stay `&'static str`.
+macro_rules! task_columns {
+    () => {
+        "id, kind, state, input, labels, max_attempts, timeout_ms, attempt, \
+         progress_fraction, progress_message, output, error_code, error_message, \
+         error_retryable, created_at_us, started_at_us, finished_at_us, updated_at_us, last_seq"
+    };
+}
+
+impl TaskRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, Error> {
+        let corrupt = |what: &str| Error::Corrupt(what.to_string());
+        let id: String = row.try_get("id")?;
+        let state: i64 = row.try_get("state")?;
+        let error_code: Option<String> = row.try_get("error_code")?;
+        let error = match error_code {
+            Some(code) => Some(TaskError {
+                code,
+                message: row
+                    .try_get::<Option<String>, _>("error_message")?
+                    .unwrap_or_default(),
+                retryable: row
+                    .try_get::<Option<i64>, _>("error_retryable")?
+                    .unwrap_or(0)
+                    != 0,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            id: TaskId::parse(&id).map_err(|_| corrupt("task id"))?,
+            kind: row.try_get("kind")?,
+            state: i32::try_from(state)
+                .ok()
+                .and_then(|s| TaskState::try_from(s).ok())
+                .ok_or_else(|| corrupt("task state"))?,
+            input: row.try_get("input")?,
+            labels: row.try_get("labels")?,
+            max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+            timeout_ms: row.try_get("timeout_ms")?,
+            attempt: row.try_get::<i64, _>("attempt")? as u32,
+            progress_fraction: row.try_get("progress_fraction")?,
+            progress_message: row.try_get("progress_message")?,
+            output: row.try_get("output")?,
+            error,
+            created_at_us: row.try_get("created_at_us")?,
+            started_at_us: row.try_get("started_at_us")?,
+            finished_at_us: row.try_get("finished_at_us")?,
+            updated_at_us: row.try_get("updated_at_us")?,
+            last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+        })
+    }
+
+    /// The record as the public contract shows it.
+    pub fn to_proto(&self) -> Task {
+        let labels = serde_json::from_str(&self.labels).unwrap_or_default();
+        Task {
+            id: self.id.to_string(),
+            kind: self.kind.clone(),
+            state: self.state as i32,
+            progress: Some(Progress {
+                fraction: self.progress_fraction,
+                message: self.progress_message.clone(),
+            }),
+            input: Some(json::text_to_value(&self.input)),
+            output: self.output.as_deref().map(json::text_to_value),
+            error: self.error.clone(),
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            labels,
+            created_at: Some(json::micros_to_timestamp(self.created_at_us)),
+            started_at: self.started_at_us.map(json::micros_to_timestamp),
+            finished_at: self.finished_at_us.map(json::micros_to_timestamp),
+            updated_at: Some(json::micros_to_timestamp(self.updated_at_us)),
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// A ListTasks query, validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub page_size: u32,
+    pub after: Option<PageToken>,
+    pub state: Option<TaskState>,
+    pub kind: Option<TaskKind>,
+    pub labels: Labels,
+}
+
+/// Where the next page starts: the (created_at_us, id) of the last task returned.
+/// Keyset pagination: pages never overlap or skip, even while tasks are inserted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    pub created_at_us: i64,
+    pub id: TaskId,
+}
+
+impl PageToken {
+    /// Opaque to clients: hex of "created_at_us/id".
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.created_at_us, self.id)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn decode(s: &str) -> Result<Self, InvalidInput> {
+        let bad = || InvalidInput::Malformed {
+            field: "page_token",
+            reason: "is not a token this server issued".into(),
+        };
+        if !s.len().is_multiple_of(2) || s.len() > 256 {
+            return Err(bad());
+        }
+        let bytes: Vec<u8> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (t, id) = text.split_once('/').ok_or_else(bad)?;
+        Ok(Self {
+            created_at_us: t.parse().map_err(|_| bad())?,
+            id: TaskId::parse(id).map_err(|_| bad())?,
+        })
+    }
+}
+
+/// The change one event makes to a task's record (the projection of an event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventUpdate {
+    pub seq: u64,
+    pub time_us: i64,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub progress: Option<Progress>,
+    /// JSON text.
+    pub output: Option<String>,
+    pub error: Option<TaskError>,
+}
+
+impl Store {
+    /// Inserts a task, its labels and its outbox row in one transaction; or, when the
+    /// caller's idempotency key is taken, writes nothing and names the existing task.
+    /// The unique (caller, idempotency_key) constraint decides, so concurrent repeats
+    /// yield one task.
+    #[tracing::instrument(skip_all, fields(task_id = %task.id), err)]
+    pub async fn insert_task(
+        &self,
+        task: &NewTask,
+        outbox: &OutboxEntry,
+    ) -> Result<Inserted, Error> {
+        self.deadline(async {
+            let mut tx = self.pool.begin().await?;
+            let labels_json = serde_json::to_string(&task.labels.clone().into_map())
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let inserted = sqlx::query(
+                "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
+                 max_attempts, timeout_ms, created_at_us, updated_at_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+                 ON CONFLICT (caller, idempotency_key) DO NOTHING",
+            )
+            .bind(task.id.to_string())
+            .bind(task.kind.as_str().to_string())
+            .bind(TaskState::Queued as i64)
+            .bind(task.caller.as_str().to_string())
+            .bind(
+                task.idempotency_key
+                    .as_ref()
+                    .map(|k| k.as_str().to_string()),
+            )
+            .bind(task.input.clone())
+            .bind(labels_json)
+            .bind(i64::from(task.max_attempts))
+            .bind(task.timeout.map(|t| t.as_millis() as i64))
+            .bind(task.created_at_us)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+
+            if inserted == 0 {
+                // Only the idempotency constraint is handled by ON CONFLICT, so a key
+                // must be present; read the task that holds it.
+                let id: String = sqlx::query_scalar(
+                    "SELECT id FROM tasks WHERE caller = $1 AND idempotency_key = $2",
+                )
+                .bind(task.caller.as_str().to_string())
+                .bind(
+                    task.idempotency_key
+                        .as_ref()
+                        .map(|k| k.as_str().to_string()),
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                let id = TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?;
+                return Ok(Inserted::Duplicate(id));
+            }
+
+            for (k, v) in task.labels.iter() {
+                sqlx::query("INSERT INTO task_labels (task_id, key, value) VALUES ($1, $2, $3)")
+                    .bind(task.id.to_string())
+                    .bind(k.clone())
+                    .bind(v.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO outbox (task_id, subject, payload, lease_until_us) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(task.id.to_string())
+            .bind(outbox.subject.clone())
+            .bind(outbox.payload.clone())
+            .bind(outbox.lease_until_us)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Inserted::New)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %id), err)]
+    pub async fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
+        self.deadline(async {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE id = $1"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(TaskRecord::from_row).transpose()
+        })
+        .await
+    }
+
+    /// A page of tasks, newest first, and the token of the next page if there is one.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn list_tasks(
+        &self,
+        q: &ListQuery,
+    ) -> Result<(Vec<TaskRecord>, Option<PageToken>), Error> {
+        self.deadline(async {
+            let mut sql =
+                concat!("SELECT ", task_columns!(), " FROM tasks WHERE 1 = 1").to_string();
+            let mut args: Vec<Arg> = Vec::new();
+            if let Some(state) = q.state {
+                let p = param(&mut args, Arg::Int(state as i64));
+                sql += &format!(" AND state = {p}");
+            }
+            if let Some(kind) = &q.kind {
+                let p = param(&mut args, Arg::Text(kind.as_str().to_string()));
+                sql += &format!(" AND kind = {p}");
+            }
+            for (k, v) in q.labels.iter() {
+                let pk = param(&mut args, Arg::Text(k.clone()));
+                let pv = param(&mut args, Arg::Text(v.clone()));
+                sql += &format!(
+                    " AND id IN (SELECT task_id FROM task_labels WHERE key = {pk} AND value = {pv})"
+                );
+            }
+            if let Some(after) = &q.after {
+                let pt = param(&mut args, Arg::Int(after.created_at_us));
+                let pi = param(&mut args, Arg::Text(after.id.to_string()));
+                sql +=
+                    &format!(" AND (created_at_us < {pt} OR (created_at_us = {pt} AND id < {pi}))");
+            }
+            // One row more than asked tells whether there is a next page.
+            let pl = param(&mut args, Arg::Int(i64::from(q.page_size) + 1));
+            sql += &format!(" ORDER BY created_at_us DESC, id DESC LIMIT {pl}");
+
+            // Safe: every value is a bind parameter; only fixed SQL and `$n` names
+            // were appended to `sql`.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for a in args {
+                query = match a {
+                    Arg::Int(i) => query.bind(i),
+                    Arg::Text(s) => query.bind(s),
+                };
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let mut tasks = rows
+                .iter()
+                .map(TaskRecord::from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if tasks.len() > q.page_size as usize {
+                tasks.truncate(q.page_size as usize);
+                tasks.last().map(|t| PageToken {
+                    created_at_us: t.created_at_us,
+                    id: t.id,
+                })
+            } else {
+                None
+            };
+            Ok((tasks, next))
+        })
+        .await
+    }
+
+    /// Applies one event to a task's record, if it is newer than the last applied
+    /// (seq > last_seq): replaying an event changes nothing. Returns whether it applied.
+    #[tracing::instrument(skip_all, fields(task_id = %id, seq = ev.seq), err)]
+    pub async fn apply_event(&self, id: TaskId, ev: &EventUpdate) -> Result<bool, Error> {
+        self.deadline(async {
+            let terminal = ev.state.is_terminal();
+            let running = ev.state == TaskState::Running;
+            // No Option<f64> bind: sqlx's Any driver declares a NULL double as float4 on
+            // PostgreSQL, which poisons the cached statement. A flag picks instead.
+            let (has_progress, fraction, message) = match &ev.progress {
+                Some(p) => (1_i64, p.fraction, Some(p.message.clone())),
+                None => (0, 0.0, None),
+            };
+            let (code, emsg, retryable) = match &ev.error {
+                Some(e) => (
+                    Some(e.code.clone()),
+                    Some(e.message.clone()),
+                    Some(i64::from(e.retryable)),
+                ),
+                None => (None, None, None),
+            };
+            let applied = sqlx::query(
+                "UPDATE tasks SET state = $2, attempt = $3, \
+                 progress_fraction = CASE WHEN $14 = 1 THEN $4 ELSE progress_fraction END, \
+                 progress_message = COALESCE($5, progress_message), \
+                 output = COALESCE($6, output), \
+                 error_code = COALESCE($7, error_code), \
+                 error_message = COALESCE($8, error_message), \
+                 error_retryable = COALESCE($9, error_retryable), \
+                 started_at_us = COALESCE(started_at_us, $10), \
+                 finished_at_us = COALESCE(finished_at_us, $11), \
+                 updated_at_us = $12, last_seq = $13 \
+                 WHERE id = $1 AND last_seq < $13",
+            )
+            .bind(id.to_string())
+            .bind(ev.state as i64)
+            .bind(i64::from(ev.attempt))
+            .bind(fraction)
+            .bind(message)
+            .bind(ev.output.clone())
+            .bind(code)
+            .bind(emsg)
+            .bind(retryable)
+            .bind(running.then_some(ev.time_us))
+            .bind(terminal.then_some(ev.time_us))
+            .bind(ev.time_us)
+            .bind(ev.seq as i64)
+            .bind(has_progress)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(applied == 1)
+        })
+        .await
+    }
+}
+
+/// A bind parameter of a query built at run time.
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// Adds a bind parameter and returns its placeholder (`$1`, `$2`, ...).
+fn param(args: &mut Vec<Arg>, a: Arg) -> String {
+    args.push(a);
+    format!("${}", args.len())
+}
+
+impl EventUpdate {
+    /// The projection of an event stored at `seq` in TASKWIRE_EVENTS.
+    pub fn from_event(
+        seq: u64,
+        ev: &crate::pb::internal::v1::Event,
+    ) -> Result<Self, json::NotJson> {
+        let output = match &ev.output {
+            Some(v) => Some(json::value_to_json(Some(v))?.to_string()),
+            None => None,
+        };
+        Ok(Self {
+            seq,
+            time_us: ev
+                .time
+                .as_ref()
+                .map_or_else(json::now_micros, json::timestamp_to_micros),
+            state: TaskState::try_from(ev.state).unwrap_or(TaskState::Unspecified),
+            attempt: ev.attempt,
+            progress: ev.progress.clone(),
+            output,
+            error: ev.error.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_token_round_trips_and_rejects_garbage() {
+        let t = PageToken {
+            created_at_us: 1_732_500_000_000_000,
+            id: TaskId::new(),
+        };
+        assert_eq!(PageToken::decode(&t.encode()), Ok(t));
+        for bad in ["x", "zz", "616263", &"00".repeat(200)] {
+            assert!(PageToken::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}

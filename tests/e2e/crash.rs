@@ -1,0 +1,110 @@
+//! The api dies between commit and publish, or between publish and cleanup: the
+//! outbox relay still puts exactly one message in the stream (guarantee 1).
+
+use taskwire::{
+    domain::TaskId,
+    pb::v1::{GetStatusRequest, TaskState},
+    store::Store,
+};
+use taskwire_tests::{
+    Api, ApiProcess, Db, NatsServer, api_config, both_databases, connect, eventually,
+    tasks_in_stream,
+};
+
+use super::submit_req;
+
+/// Submits through an api process that aborts at `fault`; returns the one task row.
+async fn submit_into_crash(nats: &NatsServer, db_url: &str, fault: &str) -> TaskId {
+    let mut api = ApiProcess::spawn(&nats.url(), db_url, &[("TASKWIRE_FAULT", fault)]).await;
+    let mut client = connect(api.addr).await.unwrap();
+    let answer = client
+        .submit_task(submit_req("demo.echo", serde_json::json!({"crash": fault})))
+        .await;
+    assert!(answer.is_err(), "the process died before answering");
+    let status = api.wait_exit().await;
+    assert!(!status.success(), "it aborted: {status:?}");
+
+    let store = Store::connect(db_url, &Default::default()).await.unwrap();
+    let (rows, _) = store
+        .list_tasks(&taskwire::store::ListQuery {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the task was committed before the crash");
+    assert!(
+        store.in_outbox(rows[0].id).await.unwrap(),
+        "and its outbox row is left"
+    );
+    rows[0].id
+}
+
+async fn crash_after_commit_is_relayed(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let id = submit_into_crash(&nats, &db.url, "abort-after-commit").await;
+    let js = nats.jetstream().await;
+    assert!(
+        tasks_in_stream(&js).await.is_empty(),
+        "nothing was published before the crash"
+    );
+
+    // Another api (any replica) relays it once the dead submitter's lease runs out.
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let msgs = eventually("the relay publishes the task", || {
+        let js = js.clone();
+        async move { Some(tasks_in_stream(&js).await).filter(|m| !m.is_empty()) }
+    })
+    .await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].0, id.to_string());
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    eventually("the outbox row is deleted", || {
+        let store = store.clone();
+        async move { (!store.in_outbox(id).await.unwrap()).then_some(()) }
+    })
+    .await;
+    let task = api
+        .client()
+        .await
+        .get_status(GetStatusRequest {
+            task_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.state, TaskState::Queued as i32);
+}
+
+async fn crash_after_publish_is_not_duplicated(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let id = submit_into_crash(&nats, &db.url, "abort-after-publish").await;
+    let js = nats.jetstream().await;
+    assert_eq!(
+        tasks_in_stream(&js).await.len(),
+        1,
+        "published before the crash"
+    );
+
+    let _api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    eventually("the relay re-publishes and deletes the row", || {
+        let store = store.clone();
+        async move { (!store.in_outbox(id).await.unwrap()).then_some(()) }
+    })
+    .await;
+    let msgs = tasks_in_stream(&js).await;
+    assert_eq!(
+        msgs.len(),
+        1,
+        "JetStream dropped the relay's duplicate: {msgs:?}"
+    );
+    assert_eq!(msgs[0].0, id.to_string());
+}
+
+both_databases!(
+    crash_after_commit_is_relayed,
+    crash_after_publish_is_not_duplicated
+);

@@ -1,0 +1,236 @@
+//! Every store query against both databases.
+
+use std::{collections::HashMap, time::Duration};
+
+use taskwire::{
+    domain::{Caller, IdempotencyKey, Labels, TaskId, TaskKind},
+    json,
+    pb::v1::{Progress, TaskError, TaskState},
+    store::{EventUpdate, Inserted, ListQuery, NewTask, OutboxEntry, Store},
+};
+use taskwire_tests::{Db, both_databases};
+
+fn new_task(key: Option<&str>, labels: &[(&str, &str)]) -> NewTask {
+    let labels: HashMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    NewTask {
+        id: TaskId::new(),
+        kind: TaskKind::parse("demo.echo").unwrap(),
+        caller: Caller::default(),
+        idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap().unwrap()),
+        input: r#"{"a":1}"#.into(),
+        labels: Labels::parse(&labels).unwrap(),
+        max_attempts: 3,
+        timeout: Some(Duration::from_millis(1500)),
+        created_at_us: json::now_micros(),
+    }
+}
+
+fn outbox(lease_until_us: i64) -> OutboxEntry {
+    OutboxEntry {
+        subject: "taskwire.tasks.demo.echo".into(),
+        payload: vec![1, 2, 3],
+        lease_until_us,
+    }
+}
+
+async fn tasks_round_trip(db: Db) {
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    // Migrations are idempotent: a second connect (a restart) applies nothing new.
+    let store2 = Store::connect(&db.url, &Default::default()).await.unwrap();
+    store2.ping().await.unwrap();
+
+    let t = new_task(Some("k1"), &[("team", "ml")]);
+    assert_eq!(
+        store.insert_task(&t, &outbox(0)).await.unwrap(),
+        Inserted::New
+    );
+    let rec = store.get_task(t.id).await.unwrap().expect("stored");
+    assert_eq!(rec.state, TaskState::Queued);
+    assert_eq!(rec.input, r#"{"a":1}"#);
+    assert_eq!(rec.timeout_ms, Some(1500));
+    assert_eq!(rec.max_attempts, 3);
+    assert_eq!(rec.last_seq, 0);
+    assert_eq!(
+        rec.to_proto().labels.get("team").map(String::as_str),
+        Some("ml")
+    );
+    assert!(store.get_task(TaskId::new()).await.unwrap().is_none());
+
+    // Same key, same caller: nothing written, the first task named.
+    let dup = new_task(Some("k1"), &[]);
+    assert_eq!(
+        store.insert_task(&dup, &outbox(0)).await.unwrap(),
+        Inserted::Duplicate(t.id)
+    );
+    assert!(store.get_task(dup.id).await.unwrap().is_none());
+    // Same key, other caller: a new task.
+    let other = NewTask {
+        caller: Caller::parse("svc-b").unwrap(),
+        ..new_task(Some("k1"), &[])
+    };
+    assert_eq!(
+        store.insert_task(&other, &outbox(0)).await.unwrap(),
+        Inserted::New
+    );
+}
+
+async fn events_apply_once_and_in_order(db: Db) {
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let t = new_task(None, &[]);
+    store.insert_task(&t, &outbox(0)).await.unwrap();
+
+    let ev = |seq, state, fraction: Option<f64>| EventUpdate {
+        seq,
+        time_us: 1_000_000 * seq as i64,
+        state,
+        attempt: 1,
+        progress: fraction.map(|f| Progress {
+            fraction: f,
+            message: format!("at {f}"),
+        }),
+        output: None,
+        error: None,
+    };
+    assert!(
+        store
+            .apply_event(t.id, &ev(5, TaskState::Running, None))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .apply_event(t.id, &ev(9, TaskState::Running, Some(0.5)))
+            .await
+            .unwrap()
+    );
+    // Replays and stale events change nothing.
+    assert!(
+        !store
+            .apply_event(t.id, &ev(9, TaskState::Running, Some(0.9)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .apply_event(t.id, &ev(7, TaskState::Failed, None))
+            .await
+            .unwrap()
+    );
+    let rec = store.get_task(t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.last_seq, rec.progress_fraction),
+        (TaskState::Running, 9, 0.5)
+    );
+    assert_eq!(
+        rec.started_at_us,
+        Some(5_000_000),
+        "started at the first RUNNING event"
+    );
+    assert_eq!(rec.finished_at_us, None);
+
+    let done = EventUpdate {
+        output: Some(r#"{"ok":true}"#.into()),
+        error: Some(TaskError {
+            code: "X".into(),
+            message: "m".into(),
+            retryable: true,
+        }),
+        ..ev(12, TaskState::Succeeded, None)
+    };
+    assert!(store.apply_event(t.id, &done).await.unwrap());
+    let rec = store.get_task(t.id).await.unwrap().unwrap();
+    assert_eq!(rec.state, TaskState::Succeeded);
+    assert_eq!(rec.output.as_deref(), Some(r#"{"ok":true}"#));
+    assert_eq!(
+        rec.progress_message, "at 0.5",
+        "progress kept when an event has none"
+    );
+    assert_eq!(rec.finished_at_us, Some(12_000_000));
+    assert!(rec.error.as_ref().is_some_and(|e| e.retryable));
+}
+
+async fn outbox_leases(db: Db) {
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let now = json::now_micros();
+    let live = new_task(None, &[("a", "b")]);
+    let expired = new_task(None, &[]);
+    store
+        .insert_task(&live, &outbox(now + 60_000_000))
+        .await
+        .unwrap();
+    store.insert_task(&expired, &outbox(now - 1)).await.unwrap();
+
+    // Only the expired row is claimed, and only once while the new lease holds.
+    let claimed = store.claim_outbox(now, now + 30_000_000, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.task_id).collect::<Vec<_>>(),
+        vec![expired.id]
+    );
+    assert_eq!(claimed[0].payload, vec![1, 2, 3]);
+    assert!(
+        store
+            .claim_outbox(now, now + 30_000_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The submitter of the claimed row can no longer withdraw it: the relay owns it.
+    assert!(
+        !store
+            .withdraw_unpublished(expired.id, now - 1)
+            .await
+            .unwrap()
+    );
+    assert!(store.get_task(expired.id).await.unwrap().is_some());
+    // The live row's submitter can, and the task is gone with its labels.
+    assert!(
+        store
+            .withdraw_unpublished(live.id, now + 60_000_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.get_task(live.id).await.unwrap().is_none());
+    let (left, _) = store
+        .list_tasks(&ListQuery {
+            page_size: 10,
+            labels: Labels::parse(&HashMap::from([("a".to_string(), "b".to_string())])).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+
+    store.delete_outbox(expired.id).await.unwrap();
+    assert!(!store.in_outbox(expired.id).await.unwrap());
+}
+
+async fn unreachable_database_is_unavailable(_db: Db) {
+    // Nothing listens on port 1: the connect fails fast as Unavailable, not a hang.
+    let started = std::time::Instant::now();
+    let opts = taskwire::store::StoreOptions {
+        timeout: Duration::from_secs(2),
+        max_connections: 2,
+    };
+    let err = Store::connect("postgres://postgres@127.0.0.1:1/x", &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, taskwire::store::Error::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+both_databases!(
+    tasks_round_trip,
+    events_apply_once_and_in_order,
+    outbox_leases,
+    unreachable_database_is_unavailable
+);

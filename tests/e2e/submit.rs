@@ -1,0 +1,92 @@
+//! SubmitTask: an id at once, the row in the database, the message in the stream.
+
+use std::collections::HashMap;
+
+use taskwire::{
+    json,
+    pb::v1::{GetStatusRequest, SubmitTaskRequest, TaskState},
+};
+use taskwire_tests::{Api, Db, NatsServer, api_config, both_databases, tasks_in_stream};
+
+async fn submit_stores_and_enqueues(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let mut client = api.client().await;
+
+    let input = serde_json::json!({"prompt": "hi", "tokens": 40});
+    let resp = client
+        .submit_task(SubmitTaskRequest {
+            kind: "demo.agent".into(),
+            input: Some(json::json_to_value(&input)),
+            labels: HashMap::from([("team".to_string(), "ml".to_string())]),
+            max_attempts: 5,
+            timeout: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(resp.state, TaskState::Queued as i32);
+    assert!(!resp.deduplicated);
+    taskwire::domain::TaskId::parse(&resp.task_id).expect("task_id is a UUID");
+
+    let task = client
+        .get_status(GetStatusRequest {
+            task_id: resp.task_id.clone(),
+        })
+        .await
+        .expect("get status")
+        .into_inner();
+    assert_eq!(task.id, resp.task_id);
+    assert_eq!(task.kind, "demo.agent");
+    assert_eq!(task.state, TaskState::Queued as i32);
+    assert_eq!(json::value_to_json(task.input.as_ref()).unwrap(), input);
+    assert_eq!(task.max_attempts, 5);
+    assert_eq!(task.attempt, 0);
+    assert_eq!(task.labels.get("team").map(String::as_str), Some("ml"));
+    assert!(task.created_at.is_some() && task.updated_at.is_some());
+    assert!(task.started_at.is_none() && task.finished_at.is_none());
+
+    let js = nats.jetstream().await;
+    let msgs = tasks_in_stream(&js).await;
+    assert_eq!(msgs.len(), 1, "exactly one message in TASKWIRE_TASKS");
+    let (msg_id, body) = &msgs[0];
+    assert_eq!(msg_id, &resp.task_id, "Nats-Msg-Id is the task id");
+    assert_eq!(body.task_id, resp.task_id);
+    assert_eq!(body.kind, "demo.agent");
+    assert_eq!(body.max_attempts, 5);
+    assert_eq!(json::value_to_json(body.input.as_ref()).unwrap(), input);
+    assert_eq!(body.timeout.as_ref().map(|d| d.seconds), Some(30));
+
+    // The outbox is emptied once JetStream acknowledged.
+    let store = taskwire::store::Store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let id = taskwire::domain::TaskId::parse(&resp.task_id).unwrap();
+    assert!(!store.in_outbox(id).await.unwrap());
+    api.stop().await.expect("clean stop");
+}
+
+async fn default_max_attempts_applies(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let mut client = api.client().await;
+    let id = super::submit(
+        &mut client,
+        super::submit_req("demo.echo", serde_json::json!(null)),
+    )
+    .await;
+    let task = client
+        .get_status(GetStatusRequest { task_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.max_attempts, 3, "the server default");
+}
+
+both_databases!(submit_stores_and_enqueues, default_max_attempts_applies);

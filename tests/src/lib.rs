@@ -1,0 +1,466 @@
+//! The test harness: real things, started per test.
+//!
+//! - [`NatsServer`]: a real nats-server (the pinned one that `scripts/setup` installs
+//!   into `.venv`) on a free loopback port with a temp store, killed on drop, with
+//!   `stop`/`start` for outage tests.
+//! - [`TestDb`]: a fresh SQLite file, or a fresh PostgreSQL database on the server at
+//!   `$DATABASE_URL` (default: the local one), dropped afterwards.
+//! - [`Api`]: the api service in-process on 127.0.0.1:0; [`ApiProcess`]: the
+//!   `taskwire-api` binary as a child process, for tests that kill it.
+//! - [`eventually`]: polls a condition under a deadline instead of sleeping.
+#![forbid(unsafe_code)]
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use taskwire::{
+    nats,
+    pb::{internal::v1::TaskMessage, v1::task_service_client::TaskServiceClient},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// How long any single wait in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A binary of a tool that `scripts/setup` installed into the project's `.venv`.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let path = workspace_root().join(".venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup (it installs the pinned nats-server and grpcurl)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, or panics after `PATIENCE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// taskwire's nats-server settings, the same file scripts/dev and compose.yaml use:
+/// task inputs up to 1 MiB need a max_payload above NATS's 1 MiB default.
+pub const NATS_CONF: &str = include_str!("../../deploy/nats.conf");
+
+/// A real nats-server with JetStream on a free loopback port and a temp store.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store_dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store_dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut s = Self {
+            child: None,
+            port,
+            store_dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.store_dir.path().join("nats.conf");
+        std::fs::write(&conf, NATS_CONF).expect("write nats.conf");
+        let child = Command::new(venv_bin("nats-server"))
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store_dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL); its store stays for [`NatsServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A JetStream context on this server.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let client = nats::connect(&self.url(), "test", Duration::from_secs(5))
+            .await
+            .expect("connect to test nats-server");
+        nats::jetstream(client, Duration::from_secs(5))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Every message in TASKWIRE_TASKS now, with its Nats-Msg-Id, oldest first. (A work
+/// queue allows no second consumer over the same subjects, so this reads by sequence.)
+pub async fn tasks_in_stream(js: &jetstream::Context) -> Vec<(String, TaskMessage)> {
+    use prost::Message;
+    let mut stream = js
+        .get_stream(nats::TASKS_STREAM)
+        .await
+        .expect("tasks stream");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push((
+                id,
+                TaskMessage::decode(m.payload).expect("task message decodes"),
+            ));
+        }
+    }
+    out
+}
+
+/// A database for one test: a temp SQLite file or a fresh PostgreSQL database.
+#[derive(Debug)]
+pub struct TestDb {
+    pub url: String,
+    /// Keeps the SQLite file's directory alive.
+    _dir: Option<tempfile::TempDir>,
+    /// (server URL, database name) to drop a PostgreSQL database afterwards.
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("taskwire.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// A fresh database on `$DATABASE_URL` (default postgres://postgres@127.0.0.1:5432/postgres).
+    pub async fn postgres() -> Self {
+        use sqlx::{Connection, Executor};
+        let server = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let name = format!("taskwire_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {server} is required for these tests: {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+        Self {
+            url: format!("{base}/{name}"),
+            _dir: None,
+            pg: Some((server, name)),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.pg.take() else {
+            return;
+        };
+        // Drop runs outside async; a small runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    use sqlx::{Connection, Executor};
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&server).await {
+                        let _ = c
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Both databases, for tests that run against each.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+impl Db {
+    pub async fn create(self) -> TestDb {
+        match self {
+            Db::Sqlite => TestDb::sqlite(),
+            Db::Postgres => TestDb::postgres().await,
+        }
+    }
+}
+
+/// Declares `mod NAME { sqlite, postgres }` tests that call `NAME(Db)`.
+#[macro_export]
+macro_rules! both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::Db::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// The api's config for a test: the given NATS and database, short outbox timings.
+pub fn api_config(nats_url: &str, db_url: &str) -> taskwire_api::Config {
+    use clap::Parser;
+    taskwire_api::Config::try_parse_from([
+        "taskwire-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        nats_url,
+        "--database-url",
+        db_url,
+        "--nats-timeout",
+        "2s",
+        "--database-timeout",
+        "3s",
+        "--outbox-lease",
+        "3s",
+        "--outbox-poll",
+        "100ms",
+    ])
+    .expect("test config parses")
+}
+
+/// The api, in-process on a free loopback port.
+#[derive(Debug)]
+pub struct Api {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), taskwire_api::Error>>>,
+}
+
+impl Api {
+    pub async fn start(config: taskwire_api::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(taskwire_api::run(config, listener, shutdown.clone()));
+        let api = Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        };
+        api.wait_ready().await;
+        api
+    }
+
+    async fn wait_ready(&self) {
+        let addr = self.addr;
+        eventually("the api answers", || async move {
+            let mut c = connect(addr).await.ok()?;
+            c.list_tasks(taskwire::pb::v1::ListTasksRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .ok()
+        })
+        .await;
+    }
+
+    pub async fn client(&self) -> TaskServiceClient<Channel> {
+        connect(self.addr).await.expect("connect to api")
+    }
+
+    /// Stops it gracefully and returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), taskwire_api::Error> {
+        self.shutdown.cancel();
+        self.task.take().expect("running").await.expect("api task")
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gRPC client of the api at `addr`, every call under a deadline.
+pub async fn connect(
+    addr: SocketAddr,
+) -> Result<TaskServiceClient<Channel>, tonic::transport::Error> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(TaskServiceClient::new(channel))
+}
+
+/// A built binary of this workspace (`cargo build --bins` puts them beside the test
+/// binary's parent directory; scripts/test builds them first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build --workspace --bins; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The `taskwire-api` binary as a child process, killed on drop.
+#[derive(Debug)]
+pub struct ApiProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl ApiProcess {
+    /// Starts it on a free port with extra environment, and waits until it answers.
+    pub async fn spawn(nats_url: &str, db_url: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(workspace_bin("taskwire-api"))
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--nats-url",
+                nats_url,
+                "--database-url",
+                db_url,
+            ])
+            .args([
+                "--nats-timeout",
+                "2s",
+                "--outbox-lease",
+                "3s",
+                "--outbox-poll",
+                "100ms",
+            ])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("taskwire-api starts");
+        let p = Self { addr, child };
+        eventually("the api process answers", || async move {
+            let mut c = connect(addr).await.ok()?;
+            c.list_tasks(taskwire::pb::v1::ListTasksRequest::default())
+                .await
+                .ok()
+        })
+        .await;
+        p
+    }
+
+    /// Waits for it to exit by itself (e.g. an injected abort) and returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        eventually("the api process exits", || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
