@@ -22,6 +22,28 @@ pub struct NatsArgs {
     pub nats_timeout: Duration,
 }
 
+/// Stream settings; every process takes the same flags so they agree.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// JetStream's duplicate window on the task stream. Must exceed the api's
+    /// --outbox-lease, so a task the relay publishes a second time is dropped.
+    #[arg(long, env = "TASKWIRE_DUPLICATE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+
+    /// How long task events are kept in TASKWIRE_EVENTS (for late watchers, replay).
+    #[arg(long, env = "TASKWIRE_EVENTS_MAX_AGE", default_value = "168h", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+}
+
+impl StreamArgs {
+    pub fn settings(&self) -> crate::nats::StreamSettings {
+        crate::nats::StreamSettings {
+            duplicate_window: self.duplicate_window,
+            events_max_age: self.events_max_age,
+        }
+    }
+}
+
 /// Where the database is.
 #[derive(Clone, Args)]
 pub struct DatabaseArgs {

@@ -31,8 +31,8 @@ use crate::{domain::TaskId, pb::internal::v1::Event};
 pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
 pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 pub const DLQ_STREAM: &str = "TASKWIRE_DLQ";
-/// The durable pull consumer all workers share on TASKWIRE_TASKS.
-pub const WORKER_CONSUMER: &str = "taskwire-workers";
+/// The recorder's durable consumer on TASKWIRE_EVENTS.
+pub const RECORDER_CONSUMER: &str = "taskwire-recorder";
 
 /// Header naming the version of the `taskwire.internal.v1` body layout.
 pub const SCHEMA_HEADER: &str = "Taskwire-Schema";
@@ -71,19 +71,16 @@ pub enum Error {
     Other(String),
 }
 
-/// Settings for streams and consumers, shared by every process so that whichever
-/// starts first creates them and a restart or a second replica leaves them as they are.
+/// Settings of the streams, shared by every process (the same flags with the same
+/// defaults everywhere), so that whichever starts first creates them and a restart or
+/// another replica leaves them as they are.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     /// JetStream drops a second message with the same Nats-Msg-Id within this window;
-    /// it must outlast the outbox lease so a relayed duplicate is dropped.
+    /// it must outlast the api's outbox lease so a relayed duplicate is dropped.
     pub duplicate_window: Duration,
-    /// How long task events are kept, for watchers that resume late.
+    /// How long task events are kept, for watchers that resume late and for replay.
     pub events_max_age: Duration,
-    /// How many events are kept per task.
-    pub events_per_task: i64,
-    /// Redelivery of an unacknowledged task after this long (a dead worker's task).
-    pub ack_wait: Duration,
 }
 
 impl Default for StreamSettings {
@@ -91,8 +88,6 @@ impl Default for StreamSettings {
         Self {
             duplicate_window: Duration::from_secs(10 * 60),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
-            events_per_task: 100_000,
-            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -121,9 +116,8 @@ pub fn is_connected(client: &Client) -> bool {
     client.connection_state() == State::Connected
 }
 
-/// Creates or updates the three streams and the worker consumer. Idempotent: every
-/// process calls it at start-up.
-pub async fn setup(js: &Context, s: &StreamSettings) -> Result<(), Error> {
+/// Creates or updates the streams. Idempotent: every process calls it at start-up.
+pub async fn setup_streams(js: &Context, s: &StreamSettings) -> Result<(), Error> {
     let file = |name: &str, subjects: &str| stream::Config {
         name: name.to_string(),
         subjects: vec![subjects.to_string()],
@@ -132,14 +126,16 @@ pub async fn setup(js: &Context, s: &StreamSettings) -> Result<(), Error> {
         ..Default::default()
     };
     let tasks = stream::Config {
-        // Work queue: a task's message is gone once a worker acks it.
+        // Work queue: a task's message is gone once a worker acks it. Each kind has its
+        // own consumer (see `kind_consumer`), so kinds served by different workers, in
+        // any language, never take each other's tasks.
         retention: RetentionPolicy::WorkQueue,
         ..file(TASKS_STREAM, "taskwire.tasks.>")
     };
     let events = stream::Config {
         retention: RetentionPolicy::Limits,
         max_age: s.events_max_age,
-        max_messages_per_subject: s.events_per_task,
+        max_messages_per_subject: EVENTS_PER_TASK,
         discard: DiscardPolicy::Old,
         // Watchers follow the republished subject: it carries only events JetStream
         // stored, each with Nats-Sequence and Nats-Last-Sequence to detect a gap.
@@ -162,25 +158,53 @@ pub async fn setup(js: &Context, s: &StreamSettings) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Unavailable(format!("setting up stream {name}: {e}")))?;
     }
+    Ok(())
+}
+
+/// Events kept per task in TASKWIRE_EVENTS (the oldest go first).
+pub const EVENTS_PER_TASK: i64 = 100_000;
+
+/// The durable consumer name for the tasks of one kind on TASKWIRE_TASKS. Names may
+/// not hold dots, so they are replaced, and a hash of the kind keeps "a.b" and "a_b"
+/// apart.
+pub fn kind_consumer(kind: &str) -> String {
+    // FNV-1a: stable across builds and languages (docs/protocol.md gives it).
+    let hash = kind.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "taskwire-kind-{}-{:08x}",
+        kind.replace('.', "_"),
+        hash as u32
+    )
+}
+
+/// Creates or updates the durable pull consumer of one kind's tasks.
+pub async fn setup_kind_consumer(
+    js: &Context,
+    kind: &str,
+    ack_wait: Duration,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
     let tasks = js
         .get_stream_no_info(TASKS_STREAM)
         .await
         .map_err(|e| Error::Unavailable(format!("opening stream {TASKS_STREAM}: {e}")))?;
+    let name = kind_consumer(kind);
     tasks
         .create_consumer(pull::Config {
-            durable_name: Some(WORKER_CONSUMER.to_string()),
-            filter_subject: "taskwire.tasks.>".to_string(),
+            durable_name: Some(name.clone()),
+            filter_subject: task_subject(kind),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: s.ack_wait,
-            // Above any task's max_attempts: the worker enforces the task's own limit
-            // from the delivery count; this is the backstop.
+            ack_wait,
+            // Above any task's max_attempts: a worker enforces the task's own limit
+            // from the delivery count (a delivery past it fails the task); this cap
+            // is the backstop.
             max_deliver: i64::from(crate::domain::MAX_ATTEMPTS_LIMIT) + 1,
             max_ack_pending: 10_000,
             ..Default::default()
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("setting up consumer {WORKER_CONSUMER}: {e}")))?;
-    Ok(())
+        .map_err(|e| Error::Unavailable(format!("setting up consumer {name}: {e}")))
 }
 
 /// Publishes to a stream and waits for JetStream's ack, under the context's timeout.

@@ -362,56 +362,83 @@ impl Store {
     #[tracing::instrument(skip_all, fields(task_id = %id, seq = ev.seq), err)]
     pub async fn apply_event(&self, id: TaskId, ev: &EventUpdate) -> Result<bool, Error> {
         self.deadline(async {
-            let terminal = ev.state.is_terminal();
-            let running = ev.state == TaskState::Running;
-            // No Option<f64> bind: sqlx's Any driver declares a NULL double as float4 on
-            // PostgreSQL, which poisons the cached statement. A flag picks instead.
-            let (has_progress, fraction, message) = match &ev.progress {
-                Some(p) => (1_i64, p.fraction, Some(p.message.clone())),
-                None => (0, 0.0, None),
-            };
-            let (code, emsg, retryable) = match &ev.error {
-                Some(e) => (
-                    Some(e.code.clone()),
-                    Some(e.message.clone()),
-                    Some(i64::from(e.retryable)),
-                ),
-                None => (None, None, None),
-            };
-            let applied = sqlx::query(
-                "UPDATE tasks SET state = $2, attempt = $3, \
-                 progress_fraction = CASE WHEN $14 = 1 THEN $4 ELSE progress_fraction END, \
-                 progress_message = COALESCE($5, progress_message), \
-                 output = COALESCE($6, output), \
-                 error_code = COALESCE($7, error_code), \
-                 error_message = COALESCE($8, error_message), \
-                 error_retryable = COALESCE($9, error_retryable), \
-                 started_at_us = COALESCE(started_at_us, $10), \
-                 finished_at_us = COALESCE(finished_at_us, $11), \
-                 updated_at_us = $12, last_seq = $13 \
-                 WHERE id = $1 AND last_seq < $13",
-            )
-            .bind(id.to_string())
-            .bind(ev.state as i64)
-            .bind(i64::from(ev.attempt))
-            .bind(fraction)
-            .bind(message)
-            .bind(ev.output.clone())
-            .bind(code)
-            .bind(emsg)
-            .bind(retryable)
-            .bind(running.then_some(ev.time_us))
-            .bind(terminal.then_some(ev.time_us))
-            .bind(ev.time_us)
-            .bind(ev.seq as i64)
-            .bind(has_progress)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let applied = apply_query(id, ev)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
             Ok(applied == 1)
         })
         .await
     }
+
+    /// Applies a batch of events, in order, in one transaction (one commit for many
+    /// events: the recorder's group commit). Returns how many applied.
+    #[tracing::instrument(skip_all, fields(events = events.len()), err)]
+    pub async fn apply_events(&self, events: &[(TaskId, EventUpdate)]) -> Result<usize, Error> {
+        self.deadline(async {
+            let mut tx = self.pool.begin().await?;
+            let mut applied = 0;
+            for (id, ev) in events {
+                applied += apply_query(*id, ev)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as usize;
+            }
+            tx.commit().await?;
+            Ok(applied)
+        })
+        .await
+    }
+}
+
+/// The projection of one event: an UPDATE guarded by `last_seq < seq`.
+fn apply_query(
+    id: TaskId,
+    ev: &EventUpdate,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let terminal = ev.state.is_terminal();
+    let running = ev.state == TaskState::Running;
+    // No Option<f64> bind: sqlx's Any driver declares a NULL double as float4 on
+    // PostgreSQL, which poisons the cached statement. A flag picks instead.
+    let (has_progress, fraction, message) = match &ev.progress {
+        Some(p) => (1_i64, p.fraction, Some(p.message.clone())),
+        None => (0, 0.0, None),
+    };
+    let (code, emsg, retryable) = match &ev.error {
+        Some(e) => (
+            Some(e.code.clone()),
+            Some(e.message.clone()),
+            Some(i64::from(e.retryable)),
+        ),
+        None => (None, None, None),
+    };
+    sqlx::query(
+        "UPDATE tasks SET state = $2, attempt = $3, \
+         progress_fraction = CASE WHEN $14 = 1 THEN $4 ELSE progress_fraction END, \
+         progress_message = COALESCE($5, progress_message), \
+         output = COALESCE($6, output), \
+         error_code = COALESCE($7, error_code), \
+         error_message = COALESCE($8, error_message), \
+         error_retryable = COALESCE($9, error_retryable), \
+         started_at_us = COALESCE(started_at_us, $10), \
+         finished_at_us = COALESCE(finished_at_us, $11), \
+         updated_at_us = $12, last_seq = $13 \
+         WHERE id = $1 AND last_seq < $13",
+    )
+    .bind(id.to_string())
+    .bind(ev.state as i64)
+    .bind(i64::from(ev.attempt))
+    .bind(fraction)
+    .bind(message)
+    .bind(ev.output.clone())
+    .bind(code)
+    .bind(emsg)
+    .bind(retryable)
+    .bind(running.then_some(ev.time_us))
+    .bind(terminal.then_some(ev.time_us))
+    .bind(ev.time_us)
+    .bind(ev.seq as i64)
+    .bind(has_progress)
 }
 
 /// A bind parameter of a query built at run time.

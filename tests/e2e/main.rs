@@ -3,14 +3,17 @@
 //! modules, so the workspace links it once.
 
 mod cancel;
+mod chaos;
 mod crash;
 mod idempotency;
 mod list;
 mod outage;
+mod recorder;
 mod reflection;
 mod store;
 mod submit;
 mod validation;
+mod worker;
 
 use taskwire::pb::v1::{SubmitTaskRequest, task_service_client::TaskServiceClient};
 use tonic::transport::Channel;

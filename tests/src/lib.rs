@@ -464,3 +464,274 @@ impl Drop for ApiProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The worker's config for a test: short ack_wait, backoff and grace.
+pub fn worker_config(nats_url: &str) -> taskwire_worker::Config {
+    use clap::Parser;
+    taskwire_worker::Config::try_parse_from([
+        "taskwire-worker",
+        "--nats-url",
+        nats_url,
+        "--nats-timeout",
+        "2s",
+        "--ack-wait",
+        "2s",
+        "--backoff-base",
+        "200ms",
+        "--backoff-max",
+        "2s",
+        "--shutdown-grace",
+        "2s",
+    ])
+    .expect("test worker config parses")
+}
+
+/// The recorder's config for a test.
+pub fn recorder_config(nats_url: &str, db_url: &str) -> taskwire_recorder::Config {
+    use clap::Parser;
+    taskwire_recorder::Config::try_parse_from([
+        "taskwire-recorder",
+        "--nats-url",
+        nats_url,
+        "--database-url",
+        db_url,
+    ])
+    .expect("test recorder config parses")
+}
+
+/// A service running in-process; stopped (gracefully) by [`Running::stop`] or on drop.
+#[derive(Debug)]
+pub struct Running {
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn spawn<F>(make: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(make(shutdown.clone()));
+        Self {
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// The built-in worker, in-process.
+    pub fn worker(config: taskwire_worker::Config) -> Self {
+        Self::spawn(|s| async move {
+            taskwire_worker::run(config, taskwire_worker::kinds::builtin(), s)
+                .await
+                .expect("worker runs");
+        })
+    }
+
+    /// The recorder, in-process.
+    pub fn recorder(config: taskwire_recorder::Config) -> Self {
+        Self::spawn(|s| async move {
+            taskwire_recorder::run(config, s)
+                .await
+                .expect("recorder runs");
+        })
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(PATIENCE, t)
+                .await
+                .expect("service stops in time")
+                .expect("service task");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The whole system for one test: NATS, a database, api, recorder and a worker.
+#[derive(Debug)]
+pub struct Stack {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub api: Api,
+    pub recorder: Option<Running>,
+    pub worker: Option<Running>,
+}
+
+impl Stack {
+    pub async fn start(db: Db) -> Self {
+        Self::start_with(db, worker_config).await
+    }
+
+    /// With the worker's config adjusted by `tweak`.
+    pub async fn start_with(db: Db, worker: fn(&str) -> taskwire_worker::Config) -> Self {
+        let nats = NatsServer::start();
+        let db = db.create().await;
+        let api = Api::start(api_config(&nats.url(), &db.url)).await;
+        let recorder = Some(Running::recorder(recorder_config(&nats.url(), &db.url)));
+        let worker = Some(Running::worker(worker(&nats.url())));
+        Self {
+            nats,
+            db,
+            api,
+            recorder,
+            worker,
+        }
+    }
+
+    pub async fn client(&self) -> TaskServiceClient<Channel> {
+        self.api.client().await
+    }
+}
+
+/// Polls GetStatus until the task is in a terminal state; returns it.
+pub async fn wait_terminal(
+    client: &TaskServiceClient<Channel>,
+    id: &str,
+) -> taskwire::pb::v1::Task {
+    use taskwire::pb::v1::{GetStatusRequest, TaskState};
+    eventually(&format!("task {id} finishes"), || {
+        let mut c = client.clone();
+        let id = id.to_string();
+        async move {
+            let t = c
+                .get_status(GetStatusRequest { task_id: id })
+                .await
+                .ok()?
+                .into_inner();
+            TaskState::try_from(t.state)
+                .ok()?
+                .is_terminal()
+                .then_some(t)
+        }
+    })
+    .await
+}
+
+/// A task's whole history in TASKWIRE_EVENTS, as (seq, event), oldest first.
+pub async fn task_events(
+    js: &jetstream::Context,
+    id: &str,
+) -> Vec<(u64, taskwire::pb::internal::v1::Event)> {
+    use futures::StreamExt;
+    use prost::Message;
+    let stream = js
+        .get_stream(nats::EVENTS_STREAM)
+        .await
+        .expect("events stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: format!("taskwire.events.{id}"),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .messages()
+            .await
+            .expect("fetch events");
+        let mut got = 0;
+        while let Some(Ok(m)) = batch.next().await {
+            got += 1;
+            let seq = m.info().expect("info").stream_sequence;
+            out.push((
+                seq,
+                taskwire::pb::internal::v1::Event::decode(m.payload.clone()).expect("event"),
+            ));
+        }
+        if got == 0 {
+            return out;
+        }
+    }
+}
+
+/// Every message in TASKWIRE_DLQ, as (Nats-Msg-Id, subject).
+pub async fn dlq_messages(js: &jetstream::Context) -> Vec<(String, String)> {
+    let mut stream = js.get_stream(nats::DLQ_STREAM).await.expect("dlq stream");
+    let state = stream.info().await.expect("info").state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push((id, m.subject.to_string()));
+        }
+    }
+    out
+}
+
+/// The `taskwire-worker` binary as a child process (built-in kinds), for tests that
+/// kill it. Killed on drop.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(nats_url: &str, args: &[&str]) -> Self {
+        let child = Command::new(workspace_bin("taskwire-worker"))
+            .args([
+                "--nats-url",
+                nats_url,
+                "--ack-wait",
+                "2s",
+                "--backoff-base",
+                "200ms",
+            ])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("taskwire-worker starts");
+        Self { child }
+    }
+
+    /// SIGKILL: the process dies at once, whatever it holds.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: a graceful shutdown.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for it to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        eventually("the worker process exits", || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,9 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use taskwire::{
-    config::{DatabaseArgs, NatsArgs, parse_duration},
+    config::{DatabaseArgs, NatsArgs, StreamArgs, parse_duration},
     domain::MAX_ATTEMPTS_LIMIT,
-    nats::StreamSettings,
 };
 
 /// taskwire api: the front door (taskwire.v1.TaskService). Validates, stores and
@@ -24,6 +23,9 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    #[command(flatten)]
+    pub streams: StreamArgs,
+
     /// Largest task input accepted, in bytes of JSON; larger is RESOURCE_EXHAUSTED.
     #[arg(long, env = "TASKWIRE_MAX_INPUT_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
     pub max_input_bytes: u32,
@@ -40,11 +42,6 @@ pub struct Config {
     /// How often the relay looks for outbox rows whose lease ran out.
     #[arg(long, env = "TASKWIRE_OUTBOX_POLL", default_value = "1s", value_parser = parse_duration)]
     pub outbox_poll: Duration,
-
-    /// JetStream's duplicate window on the task stream. Must exceed --outbox-lease, so
-    /// a task the relay publishes a second time is dropped as a duplicate.
-    #[arg(long, env = "TASKWIRE_DUPLICATE_WINDOW", default_value = "10m", value_parser = parse_duration)]
-    pub duplicate_window: Duration,
 
     /// Test-only fault injection: the process aborts at the named point of SubmitTask.
     #[arg(long, env = "TASKWIRE_FAULT", hide = true)]
@@ -70,20 +67,13 @@ impl Config {
                 self.outbox_lease, self.nats.nats_timeout
             ));
         }
-        if self.duplicate_window <= self.outbox_lease {
+        if self.streams.duplicate_window <= self.outbox_lease {
             return Err(format!(
                 "--duplicate-window ({:?}) must be longer than --outbox-lease ({:?})",
-                self.duplicate_window, self.outbox_lease
+                self.streams.duplicate_window, self.outbox_lease
             ));
         }
         Ok(())
-    }
-
-    pub fn stream_settings(&self) -> StreamSettings {
-        StreamSettings {
-            duplicate_window: self.duplicate_window,
-            ..StreamSettings::default()
-        }
     }
 }
 

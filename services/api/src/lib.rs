@@ -82,7 +82,7 @@ pub async fn run(
         )));
     }
     let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
-    nats::setup(&js, &config.stream_settings()).await?;
+    nats::setup_streams(&js, &config.streams.settings()).await?;
     let events = js
         .get_stream(nats::EVENTS_STREAM)
         .await

@@ -1,0 +1,157 @@
+//! The recorder: projects TASKWIRE_EVENTS into the database, so GetStatus and
+//! ListTasks show each task's state, progress, output, error, attempt and times.
+//!
+//! It is a durable pull consumer (`taskwire-recorder`) that takes events in batches
+//! and applies each batch in one transaction, then acks it. Applying is idempotent:
+//! an event whose seq is at most the task's `last_seq` changes nothing, so a restart,
+//! a redelivery or a full replay of the stream leaves the database as it was.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+};
+use clap::Parser;
+use futures::StreamExt;
+use prost::Message as _;
+use taskwire::{
+    config::{DatabaseArgs, NatsArgs, StreamArgs},
+    domain::TaskId,
+    nats,
+    pb::internal::v1::Event,
+    store::{self, EventUpdate, Store},
+};
+use tokio_util::sync::CancellationToken;
+
+/// taskwire recorder: projects task events from NATS into the database.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskwire-recorder", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub streams: StreamArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Most events applied in one transaction.
+    #[arg(long, env = "TASKWIRE_RECORDER_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Nats(#[from] nats::Error),
+}
+
+/// Runs until `shutdown`; the batch in hand is finished first.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = Store::connect(
+        &config.database.database_url,
+        &config.database.store_options(),
+    )
+    .await?;
+    let client = nats::connect(
+        &config.nats.nats_url,
+        "taskwire-recorder",
+        config.nats.nats_timeout,
+    )
+    .await?;
+    let js = nats::jetstream(client, config.nats.nats_timeout);
+    nats::setup_streams(&js, &config.streams.settings()).await?;
+    let consumer = consumer(&js).await?;
+    tracing::info!("recorder running");
+    while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            b = consumer.batch().max_messages(config.batch as usize).expires(Duration::from_millis(500)).messages() => b,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut messages = Vec::new();
+        while let Some(m) = batch.next().await {
+            match m {
+                Ok(m) => messages.push(m),
+                Err(e) => tracing::warn!(error = %e, "bad delivery"),
+            }
+        }
+        if !messages.is_empty() {
+            record(&store, &messages).await;
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// The recorder's durable consumer, created or updated (idempotent).
+async fn consumer(
+    js: &jetstream::Context,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, nats::Error> {
+    let events = js
+        .get_stream_no_info(nats::EVENTS_STREAM)
+        .await
+        .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+    events
+        .create_consumer(pull::Config {
+            durable_name: Some(nats::RECORDER_CONSUMER.to_string()),
+            filter_subject: "taskwire.events.>".to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 50_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats::Error::Unavailable(format!("recorder consumer: {e}")))
+}
+
+/// Applies one batch in one transaction, then acks it; on a database error, NAKs it
+/// with a delay so it comes back once the database does.
+async fn record(store: &Store, messages: &[jetstream::Message]) {
+    let mut updates = Vec::with_capacity(messages.len());
+    for m in messages {
+        match decode(m) {
+            Ok(u) => updates.push(u),
+            // A body no version of taskwire wrote: skip it rather than block the rest.
+            Err(why) => tracing::error!(subject = %m.subject, why, "undecodable event skipped"),
+        }
+    }
+    match store.apply_events(&updates).await {
+        Ok(applied) => {
+            tracing::debug!(received = messages.len(), applied, "batch recorded");
+            for m in messages {
+                if let Err(e) = m.ack().await {
+                    // Redelivered later and applied again: a no-op by seq.
+                    tracing::warn!(error = %e, "ack failed");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "batch not recorded; will be redelivered");
+            for m in messages {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+    }
+}
+
+fn decode(m: &jetstream::Message) -> Result<(TaskId, EventUpdate), String> {
+    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+    let ev = Event::decode(m.payload.clone()).map_err(|e| e.to_string())?;
+    let id = TaskId::parse(&ev.task_id).map_err(|e| e.to_string())?;
+    let update = EventUpdate::from_event(seq, &ev).map_err(|e| e.to_string())?;
+    Ok((id, update))
+}

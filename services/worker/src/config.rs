@@ -1,0 +1,62 @@
+//! The worker's settings: flags and `TASKWIRE_*` variables.
+
+use std::time::Duration;
+
+use clap::Parser;
+use taskwire::config::{NatsArgs, StreamArgs, parse_duration};
+
+/// taskwire worker: runs tasks of the kinds it has handlers for, reporting progress
+/// through NATS. Ships the built-in demo kinds.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskwire-worker", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub streams: StreamArgs,
+
+    /// Tasks this process runs at once.
+    #[arg(long, env = "TASKWIRE_WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// JetStream redelivers a task whose worker has not acknowledged or sent a
+    /// heartbeat for this long: how soon a dead worker's task moves on.
+    #[arg(long, env = "TASKWIRE_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+
+    /// First retry delay; it doubles per attempt (with jitter) up to --backoff-max.
+    #[arg(long, env = "TASKWIRE_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+
+    /// Longest retry delay.
+    #[arg(long, env = "TASKWIRE_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Per-attempt timeout of tasks submitted without one.
+    #[arg(long, env = "TASKWIRE_DEFAULT_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub default_timeout: Duration,
+
+    /// On SIGTERM, how long running handlers may take to finish before they are
+    /// stopped and their tasks handed back for another worker.
+    #[arg(long, env = "TASKWIRE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// How often a running task's message gets an in-progress ack: a third of
+    /// ack_wait, so two can be lost before JetStream would redeliver.
+    pub fn heartbeat(&self) -> Duration {
+        self.ack_wait / 3
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ack_wait < Duration::from_millis(300) {
+            return Err("--ack-wait must be at least 300ms".into());
+        }
+        if self.backoff_max < self.backoff_base {
+            return Err("--backoff-max must be at least --backoff-base".into());
+        }
+        Ok(())
+    }
+}

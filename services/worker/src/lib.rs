@@ -1,0 +1,40 @@
+//! The taskwire worker: the runtime that runs tasks, and the Rust worker SDK.
+//!
+//! A user registers handlers by task kind in a [`Registry`] and calls [`run`]; each
+//! handler gets a [`TaskContext`] to read its input and attempt, report progress, write
+//! log lines and notice cancellation and its deadline. The `taskwire-worker` binary
+//! runs the built-in demo kinds ([`kinds::builtin`]).
+//!
+//! ```no_run
+//! use taskwire_worker::{Config, Registry, TaskContext};
+//! use clap::Parser;
+//!
+//! # async fn example() -> Result<(), taskwire_worker::Error> {
+//! let mut kinds = Registry::new();
+//! kinds.register("greet", |ctx: TaskContext| async move {
+//!     ctx.progress(0.5, "thinking").await?;
+//!     Ok(serde_json::json!({ "hello": ctx.input()["name"] }))
+//! });
+//! let shutdown = taskwire::shutdown::on_signal();
+//! taskwire_worker::run(Config::parse(), kinds, shutdown).await
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`sdk`]: `Registry`, `TaskContext`, `TaskFailure`: the handler author's API.
+//! - `runtime`: pulling, the attempt protocol, retries, dead letters, shutdown.
+//! - `events`: conditional appends to a task's history.
+//! - `cancels`: routing `taskwire.cancel.<id>` signals to running attempts.
+//! - [`kinds`]: the built-in demo kinds.
+#![forbid(unsafe_code)]
+
+mod cancels;
+pub mod config;
+mod events;
+pub mod kinds;
+mod runtime;
+pub mod sdk;
+
+pub use config::Config;
+pub use runtime::{Error, backoff, run};
+pub use sdk::{HandlerResult, Registry, Stopped, TaskContext, TaskFailure};

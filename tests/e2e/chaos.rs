@@ -1,0 +1,139 @@
+//! Kill things: a worker process dies mid-task, a worker is stopped under load. Nothing
+//! accepted is lost, nothing finishes twice, and seq never goes back (guarantees 1, 2).
+
+use std::collections::HashMap;
+
+use taskwire::pb::v1::TaskState;
+use taskwire_tests::{
+    Api, Db, NatsServer, Running, WorkerProcess, api_config, both_databases, eventually,
+    recorder_config, task_events, wait_terminal, worker_config,
+};
+
+use super::submit_req;
+
+async fn killed_worker_task_is_finished_by_another(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+    let mut client = api.client().await;
+    let js = nats.jetstream().await;
+
+    let mut doomed = WorkerProcess::spawn(&nats.url(), &[]);
+    let id = super::submit(
+        &mut client,
+        submit_req("demo.sleep", serde_json::json!({"seconds": 3, "steps": 12})),
+    )
+    .await;
+    eventually("the first worker is a quarter through", || {
+        let js = js.clone();
+        let id = id.clone();
+        async move {
+            task_events(&js, &id)
+                .await
+                .iter()
+                .any(|(_, e)| e.progress.as_ref().is_some_and(|p| p.fraction >= 0.25))
+                .then_some(())
+        }
+    })
+    .await;
+    doomed.kill();
+
+    // Another worker takes it over once ack_wait (2s) has passed.
+    let _rescuer = Running::worker(worker_config(&nats.url()));
+    let t = wait_terminal(&client, &id).await;
+    assert_eq!(t.state, TaskState::Succeeded as i32, "{t:?}");
+    assert_eq!(t.attempt, 2, "the second delivery finished it");
+
+    let events = task_events(&js, &id).await;
+    assert!(
+        events.windows(2).all(|w| w[0].0 < w[1].0),
+        "seq never goes back"
+    );
+    let terminal: Vec<_> = events
+        .iter()
+        .filter(|(_, e)| TaskState::try_from(e.state).unwrap().is_terminal())
+        .collect();
+    assert_eq!(terminal.len(), 1, "exactly one terminal event");
+    assert_eq!(
+        terminal[0].0,
+        events.last().unwrap().0,
+        "and it is the last"
+    );
+}
+
+async fn sigterm_under_load_loses_nothing(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+    let mut client = api.client().await;
+    let js = nats.jetstream().await;
+
+    let mut leaving = WorkerProcess::spawn(
+        &nats.url(),
+        &["--shutdown-grace", "500ms", "--concurrency", "8"],
+    );
+    let _staying = Running::worker(worker_config(&nats.url()));
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(
+            super::submit(
+                &mut client,
+                submit_req(
+                    "demo.sleep",
+                    serde_json::json!({"seconds": 1.5, "steps": 3}),
+                ),
+            )
+            .await,
+        );
+    }
+    // Stop one worker while tasks run on both.
+    eventually("tasks are running", || {
+        let js = js.clone();
+        let id = ids[0].clone();
+        async move { (!task_events(&js, &id).await.is_empty()).then_some(()) }
+    })
+    .await;
+    leaving.terminate();
+    let status = leaving.wait_exit().await;
+    assert!(status.success(), "graceful exit: {status:?}");
+
+    let mut outcomes = HashMap::new();
+    for id in &ids {
+        let t = wait_terminal(&client, id).await;
+        assert_eq!(t.state, TaskState::Succeeded as i32, "{t:?}");
+        let succeeded = task_events(&js, id)
+            .await
+            .iter()
+            .filter(|(_, e)| e.state == TaskState::Succeeded as i32)
+            .count();
+        outcomes.insert(id.clone(), succeeded);
+    }
+    assert!(
+        outcomes.values().all(|&n| n == 1),
+        "each task completed exactly once: {outcomes:?}"
+    );
+    // The stopped worker really held tasks: some were handed back to the other.
+    let mut handed_back = 0;
+    for id in &ids {
+        handed_back += task_events(&js, id)
+            .await
+            .iter()
+            .filter(|(_, e)| {
+                e.error
+                    .as_ref()
+                    .is_some_and(|e| e.code == "WORKER_SHUTDOWN")
+            })
+            .count();
+    }
+    assert!(
+        handed_back > 0,
+        "the shutdown handed no task back; the test proved nothing"
+    );
+}
+
+both_databases!(
+    killed_worker_task_is_finished_by_another,
+    sigterm_under_load_loses_nothing
+);
