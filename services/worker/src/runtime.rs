@@ -173,9 +173,15 @@ async fn pull_loop(
                 }
             }
         };
-        // The batch holds at most `wanted` messages: one slot each.
+        // The batch holds at most `wanted` messages: one slot each. A shutdown stops
+        // waiting for it at once; a message the server still sends to the abandoned
+        // request is redelivered to another worker after ack_wait.
         let mut permit = Some(permit);
-        while let Some(msg) = batch.next().await {
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = batch.next() => match m { Some(m) => m, None => break },
+            };
             match msg {
                 Ok(msg) => {
                     let split = permit
