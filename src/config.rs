@@ -25,7 +25,7 @@ pub struct NatsArgs {
 /// Stream settings; every process takes the same flags so they agree.
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
-    /// JetStream's duplicate window on the task stream. Must exceed the api's
+    /// JetStream's duplicate window on the streams. Must exceed the api's
     /// --outbox-lease, so a task the relay publishes a second time is dropped.
     #[arg(long, env = "TASKWIRE_DUPLICATE_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub duplicate_window: Duration,
@@ -33,6 +33,10 @@ pub struct StreamArgs {
     /// How long task events are kept in TASKWIRE_EVENTS (for late watchers, replay).
     #[arg(long, env = "TASKWIRE_EVENTS_MAX_AGE", default_value = "168h", value_parser = parse_duration)]
     pub events_max_age: Duration,
+
+    /// Replicas of each stream: 1 on a single server, 3 on a production cluster.
+    #[arg(long, env = "TASKWIRE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 impl StreamArgs {
@@ -40,8 +44,18 @@ impl StreamArgs {
         crate::nats::StreamSettings {
             duplicate_window: self.duplicate_window,
             events_max_age: self.events_max_age,
+            replicas: usize::from(self.stream_replicas),
         }
     }
+}
+
+/// How a gRPC server faces browsers.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Browser origins allowed to call over grpc-web (CORS): comma-separated, `*` for
+    /// any, empty for none.
+    #[arg(long = "cors-origins", env = "TASKWIRE_CORS_ORIGINS", default_value = "", value_parser = crate::serve::Cors::parse)]
+    pub cors: crate::serve::Cors,
 }
 
 /// Where the database is.

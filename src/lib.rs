@@ -23,6 +23,7 @@ pub mod domain;
 pub mod json;
 pub mod nats;
 pub mod pb;
+pub mod serve;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

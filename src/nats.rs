@@ -81,6 +81,8 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
     /// How long task events are kept, for watchers that resume late and for replay.
     pub events_max_age: Duration,
+    /// Replicas per stream (R3 on a production cluster).
+    pub replicas: usize,
 }
 
 impl Default for StreamSettings {
@@ -88,6 +90,7 @@ impl Default for StreamSettings {
         Self {
             duplicate_window: Duration::from_secs(10 * 60),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
         }
     }
 }
@@ -123,6 +126,7 @@ pub async fn setup_streams(js: &Context, s: &StreamSettings) -> Result<(), Error
         subjects: vec![subjects.to_string()],
         storage: StorageType::File,
         duplicate_window: s.duplicate_window,
+        num_replicas: s.replicas,
         ..Default::default()
     };
     let tasks = stream::Config {

@@ -417,9 +417,9 @@ fn apply_query(
          progress_fraction = CASE WHEN $14 = 1 THEN $4 ELSE progress_fraction END, \
          progress_message = COALESCE($5, progress_message), \
          output = COALESCE($6, output), \
-         error_code = COALESCE($7, error_code), \
-         error_message = COALESCE($8, error_message), \
-         error_retryable = COALESCE($9, error_retryable), \
+         error_code = CASE WHEN $15 = 1 THEN NULL ELSE COALESCE($7, error_code) END, \
+         error_message = CASE WHEN $15 = 1 THEN NULL ELSE COALESCE($8, error_message) END, \
+         error_retryable = CASE WHEN $15 = 1 THEN NULL ELSE COALESCE($9, error_retryable) END, \
          started_at_us = COALESCE(started_at_us, $10), \
          finished_at_us = COALESCE(finished_at_us, $11), \
          updated_at_us = $12, last_seq = $13 \
@@ -439,6 +439,9 @@ fn apply_query(
     .bind(ev.time_us)
     .bind(ev.seq as i64)
     .bind(has_progress)
+    // A success clears the error of an earlier failed attempt: `error` describes the
+    // last attempt or the task's failure.
+    .bind(i64::from(ev.state == TaskState::Succeeded))
 }
 
 /// A bind parameter of a query built at run time.

@@ -4,7 +4,9 @@
 
 mod cancel;
 mod chaos;
+mod cli;
 mod crash;
+mod grpc_web;
 mod idempotency;
 mod list;
 mod outage;
@@ -13,6 +15,7 @@ mod reflection;
 mod store;
 mod submit;
 mod validation;
+mod watch;
 mod worker;
 
 use taskwire::pb::v1::{SubmitTaskRequest, task_service_client::TaskServiceClient};

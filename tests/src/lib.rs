@@ -614,45 +614,34 @@ pub async fn wait_terminal(
     .await
 }
 
-/// A task's whole history in TASKWIRE_EVENTS, as (seq, event), oldest first.
+/// A task's whole history in TASKWIRE_EVENTS, as (seq, event), oldest first. Reads
+/// by direct get (no consumer), so any number of calls is fine.
 pub async fn task_events(
     js: &jetstream::Context,
     id: &str,
 ) -> Vec<(u64, taskwire::pb::internal::v1::Event)> {
-    use futures::StreamExt;
     use prost::Message;
     let stream = js
         .get_stream(nats::EVENTS_STREAM)
         .await
         .expect("events stream");
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: format!("taskwire.events.{id}"),
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("ephemeral consumer");
+    let subject = format!("taskwire.events.{id}");
     let mut out = Vec::new();
+    let mut from = 1;
     loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .messages()
+        match stream
+            .direct_get_next_for_subject(subject.as_str(), Some(from))
             .await
-            .expect("fetch events");
-        let mut got = 0;
-        while let Some(Ok(m)) = batch.next().await {
-            got += 1;
-            let seq = m.info().expect("info").stream_sequence;
-            out.push((
-                seq,
-                taskwire::pb::internal::v1::Event::decode(m.payload.clone()).expect("event"),
-            ));
-        }
-        if got == 0 {
-            return out;
+        {
+            Ok(m) => {
+                from = m.sequence + 1;
+                out.push((
+                    m.sequence,
+                    taskwire::pb::internal::v1::Event::decode(m.payload).expect("event"),
+                ));
+            }
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return out,
+            Err(e) => panic!("reading events of {id}: {e}"),
         }
     }
 }
@@ -734,4 +723,184 @@ impl Drop for WorkerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A watch service replica, in-process on a free loopback port.
+#[derive(Debug)]
+pub struct WatchServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), taskwire_watch::Error>>,
+}
+
+impl WatchServer {
+    pub async fn start(nats_url: &str, db_url: &str) -> Self {
+        use clap::Parser;
+        let config = taskwire_watch::Config::try_parse_from([
+            "taskwire-watch",
+            "--nats-url",
+            nats_url,
+            "--database-url",
+            db_url,
+            "--cors-origins",
+            "http://app.example",
+        ])
+        .expect("watch config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(taskwire_watch::run(config, listener, shutdown.clone()));
+        eventually("the watch service answers health", || async move {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .ok()
+        })
+        .await;
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Kills it: its task is aborted, its streams break mid-way.
+    pub fn kill(self) {
+        self.task.abort();
+        self.shutdown.cancel();
+    }
+
+    pub async fn client(
+        &self,
+    ) -> taskwire::pb::v1::watch_service_client::WatchServiceClient<Channel> {
+        watch_client(self.addr).await
+    }
+}
+
+impl Drop for WatchServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn watch_client(
+    addr: SocketAddr,
+) -> taskwire::pb::v1::watch_service_client::WatchServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect to watch");
+    taskwire::pb::v1::watch_service_client::WatchServiceClient::new(channel)
+}
+
+/// Reads a WatchTask stream to its end (or `PATIENCE`), returning its events.
+pub async fn watch_all(
+    client: &mut taskwire::pb::v1::watch_service_client::WatchServiceClient<Channel>,
+    task_id: &str,
+    after_seq: u64,
+) -> Vec<taskwire::pb::v1::TaskEvent> {
+    let mut stream = client
+        .watch_task(taskwire::pb::v1::WatchTaskRequest {
+            task_id: task_id.to_string(),
+            after_seq,
+        })
+        .await
+        .expect("watch starts")
+        .into_inner();
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(e) = stream.message().await.expect("stream ok") {
+            out.push(e);
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    out
+}
+
+/// `taskwire dev` as a child process on a free port with the given data dir.
+#[derive(Debug)]
+pub struct DevProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl DevProcess {
+    pub async fn spawn(data_dir: &Path) -> Self {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let child = Command::new(workspace_bin("taskwire"))
+            .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .arg("--nats-server")
+            .arg(venv_bin("nats-server"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("taskwire dev starts");
+        eventually("taskwire dev reports SERVING", || async move {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let status = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(())
+        })
+        .await;
+        Self { addr, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT, as Ctrl-C; waits for the exit.
+    pub async fn interrupt(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        eventually("taskwire dev exits", || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `taskwire` CLI with `args` (blocking; call from spawn_blocking).
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(workspace_bin("taskwire"))
+        .args(args)
+        .env_remove("TASKWIRE_ADDR")
+        .output()
+        .expect("taskwire runs")
 }

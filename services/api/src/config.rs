@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use taskwire::{
-    config::{DatabaseArgs, NatsArgs, StreamArgs, parse_duration},
+    config::{DatabaseArgs, NatsArgs, ServeArgs, StreamArgs, parse_duration},
     domain::MAX_ATTEMPTS_LIMIT,
 };
 
@@ -25,6 +25,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub streams: StreamArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 
     /// Largest task input accepted, in bytes of JSON; larger is RESOURCE_EXHAUSTED.
     #[arg(long, env = "TASKWIRE_MAX_INPUT_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]

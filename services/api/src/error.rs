@@ -7,7 +7,7 @@ use taskwire::{
     domain::{InvalidInput, TaskId},
     nats, store,
 };
-use tonic::{Code, Status};
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,25 +58,4 @@ impl From<ApiError> for Status {
             },
         }
     }
-}
-
-/// tonic rejects a request larger than the server's decoding limit with OUT_OF_RANGE
-/// before our code sees it; the contract says an oversize input is RESOURCE_EXHAUSTED.
-/// This rewrites exactly that status (a trailers-only response) on the way out.
-pub fn oversize_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
-    let h = resp.headers();
-    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-    // grpc-message is percent-encoded on the wire.
-    let too_large = h.get("grpc-message").is_some_and(|v| {
-        let m = String::from_utf8_lossy(v.as_bytes());
-        m.contains("length too large") || m.contains("length%20too%20large")
-    });
-    if out_of_range && too_large {
-        let code = (Code::ResourceExhausted as i32).to_string();
-        resp.headers_mut().insert(
-            "grpc-status",
-            http::HeaderValue::from_str(&code).expect("digits are a valid header value"),
-        );
-    }
-    resp
 }

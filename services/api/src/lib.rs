@@ -1,9 +1,9 @@
 //! The api service: `taskwire.v1.TaskService`, the front door.
 //!
 //! It validates every request at the edge, stores the task and its outbox row in one
-//! transaction, publishes it to TASKWIRE_TASKS and answers with the id at once. It also
-//! serves gRPC server reflection (v1 and v1alpha, so grpcurl needs no proto files) and
-//! `grpc.health.v1`.
+//! transaction, publishes it to TASKWIRE_TASKS and answers with the id at once. Served
+//! alone by `taskwire-api` (with reflection, health and grpc-web) or beside the other
+//! services by `taskwire dev`.
 //!
 //! # Layout
 //! - [`config`]: flags and `TASKWIRE_*` variables.
@@ -24,12 +24,13 @@ use std::{sync::Arc, time::Duration};
 
 use taskwire::{
     nats,
-    pb::{self, v1::task_service_server::TaskServiceServer},
+    pb::v1::task_service_server::TaskServiceServer,
+    serve,
     store::{self, Store},
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
@@ -51,106 +52,108 @@ pub enum Error {
 /// How often readiness is re-checked for grpc.health.v1.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs the api on `listener` until `shutdown` is cancelled, then drains in-flight
-/// calls and stops. Connects to the database (applying migrations) and NATS (creating
-/// streams and consumers) first.
+/// The api, connected and set up, not yet serving.
+#[derive(Debug)]
+pub struct Api {
+    /// The gRPC service, to add to a server's routes.
+    pub service: TaskServiceServer<TaskApi>,
+    relay: relay::Relay,
+    store: Store,
+    client: async_nats::Client,
+}
+
+impl Api {
+    /// Connects to the database (applying migrations) and NATS (creating streams).
+    pub async fn build(config: &Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let store = Store::connect(
+            &config.database.database_url,
+            &config.database.store_options(),
+        )
+        .await?;
+        let client = nats::connect(
+            &config.nats.nats_url,
+            "taskwire-api",
+            config.nats.nats_timeout,
+        )
+        .await?;
+        // A task message carries the whole input: NATS must take the largest one.
+        let max_request = config.max_input_bytes as usize + 64 * 1024;
+        let max_payload = client.server_info().max_payload;
+        if max_payload < max_request {
+            return Err(Error::Config(format!(
+                "NATS max_payload is {max_payload} bytes, below the {max_request} a task of \
+                 --max-input-bytes {} needs: set max_payload (e.g. 8MB) in nats-server's config",
+                config.max_input_bytes
+            )));
+        }
+        let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
+        nats::setup_streams(&js, &config.streams.settings()).await?;
+        let events = js
+            .get_stream(nats::EVENTS_STREAM)
+            .await
+            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+        let api = TaskApi {
+            shared: Arc::new(service::Shared {
+                store: store.clone(),
+                nats: client.clone(),
+                js: js.clone(),
+                events,
+                max_input_bytes: config.max_input_bytes as usize,
+                default_max_attempts: config.default_max_attempts,
+                outbox_lease: config.outbox_lease,
+                fault: config.fault,
+            }),
+        };
+        let relay = relay::Relay {
+            store: store.clone(),
+            nats: client.clone(),
+            js,
+            lease: config.outbox_lease,
+            poll: config.outbox_poll,
+        };
+        // Room for the largest input plus the rest of the request; anything larger is
+        // answered RESOURCE_EXHAUSTED (`serve::oversize_is_resource_exhausted`).
+        let service = TaskServiceServer::new(api).max_decoding_message_size(max_request);
+        Ok(Self {
+            service,
+            relay,
+            store,
+            client,
+        })
+    }
+
+    /// Runs the outbox relay until `shutdown`.
+    pub async fn run_relay(self, shutdown: CancellationToken) {
+        self.relay.run(shutdown).await;
+        self.store.close().await;
+    }
+}
+
+/// Runs the api alone on `listener` until `shutdown`, then drains in-flight calls.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate().map_err(Error::Config)?;
-    let store = Store::connect(
-        &config.database.database_url,
-        &config.database.store_options(),
-    )
-    .await?;
-    let client = nats::connect(
-        &config.nats.nats_url,
-        "taskwire-api",
-        config.nats.nats_timeout,
-    )
-    .await?;
-    // A task message carries the whole input: NATS must take the largest one.
-    let max_request = config.max_input_bytes as usize + 64 * 1024;
-    let max_payload = client.server_info().max_payload;
-    if max_payload < max_request {
-        return Err(Error::Config(format!(
-            "NATS max_payload is {max_payload} bytes, below the {max_request} a task of \
-             --max-input-bytes {} needs: set max_payload (e.g. 8MB) in nats-server's config",
-            config.max_input_bytes
-        )));
-    }
-    let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
-    nats::setup_streams(&js, &config.streams.settings()).await?;
-    let events = js
-        .get_stream(nats::EVENTS_STREAM)
-        .await
-        .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
-
-    let api = TaskApi {
-        shared: Arc::new(service::Shared {
-            store: store.clone(),
-            nats: client.clone(),
-            js: js.clone(),
-            events,
-            max_input_bytes: config.max_input_bytes as usize,
-            default_max_attempts: config.default_max_attempts,
-            outbox_lease: config.outbox_lease,
-            fault: config.fault,
-        }),
-    };
-    let relay = relay::Relay {
-        store: store.clone(),
-        nats: client.clone(),
-        js,
-        lease: config.outbox_lease,
-        poll: config.outbox_poll,
-    };
-    let relay = tokio::spawn(relay.run(shutdown.clone()));
-
+    let api = Api::build(&config).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TaskServiceServer<TaskApi>>().await;
     let readiness = tokio::spawn(report_readiness(
         health,
-        store.clone(),
-        client,
+        api.store.clone(),
+        api.client.clone(),
         shutdown.clone(),
     ));
-
-    // Both reflection versions: grpcurl 1.8 speaks only v1alpha, newer tools v1.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-
-    // `max_request`: room for the largest input plus the rest of the request; anything
-    // larger is answered RESOURCE_EXHAUSTED by the layer below.
-    tracing::info!(addr = %listener.local_addr().map_err(|e| Error::Config(e.to_string()))?, "api listening");
-    let served = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            error::oversize_is_resource_exhausted,
-        ))
-        .add_service(TaskServiceServer::new(api).max_decoding_message_size(max_request))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await;
+    let routes = serve::with_introspection(Routes::new(api.service.clone()), health_service);
+    let relay = tokio::spawn(api.run_relay(shutdown.clone()));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "api listening");
+    }
+    let served = serve::serve(routes, listener, &config.serve.cors, shutdown.clone()).await;
     shutdown.cancel();
     let _ = relay.await;
     let _ = readiness.await;
-    store.close().await;
     served?;
     Ok(())
 }

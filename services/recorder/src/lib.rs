@@ -14,7 +14,7 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, DeliverPolicy, pull},
 };
 use clap::Parser;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use taskwire::{
     config::{DatabaseArgs, NatsArgs, StreamArgs},
@@ -51,48 +51,77 @@ pub enum Error {
     Nats(#[from] nats::Error),
 }
 
-/// Runs until `shutdown`; the batch in hand is finished first.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let store = Store::connect(
-        &config.database.database_url,
-        &config.database.store_options(),
-    )
-    .await?;
-    let client = nats::connect(
-        &config.nats.nats_url,
-        "taskwire-recorder",
-        config.nats.nats_timeout,
-    )
-    .await?;
-    let js = nats::jetstream(client, config.nats.nats_timeout);
-    nats::setup_streams(&js, &config.streams.settings()).await?;
-    let consumer = consumer(&js).await?;
-    tracing::info!("recorder running");
-    while !shutdown.is_cancelled() {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            b = consumer.batch().max_messages(config.batch as usize).expires(Duration::from_millis(500)).messages() => b,
-        };
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "pull failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let mut messages = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => messages.push(m),
-                Err(e) => tracing::warn!(error = %e, "bad delivery"),
-            }
-        }
-        if !messages.is_empty() {
-            record(&store, &messages).await;
-        }
+/// A recorder connected to the database and NATS, its consumer set up.
+#[derive(Debug)]
+pub struct Recorder {
+    store: Store,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+}
+
+impl Recorder {
+    pub async fn start(config: &Config) -> Result<Self, Error> {
+        let store = Store::connect(
+            &config.database.database_url,
+            &config.database.store_options(),
+        )
+        .await?;
+        let client = nats::connect(
+            &config.nats.nats_url,
+            "taskwire-recorder",
+            config.nats.nats_timeout,
+        )
+        .await?;
+        let js = nats::jetstream(client, config.nats.nats_timeout);
+        nats::setup_streams(&js, &config.streams.settings()).await?;
+        Ok(Self {
+            store,
+            consumer: consumer(&js).await?,
+            batch: config.batch as usize,
+        })
     }
-    store.close().await;
+
+    /// Runs until `shutdown`; the batch in hand is finished first. Each batch is
+    /// whatever has arrived when the previous one is done (at least one event, at most
+    /// `--batch`): one event at a time when idle, large commits under load.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!("recorder running");
+        let mut messages = match self.consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot consume events");
+                return;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = messages.next() => m,
+            };
+            let mut batch = match first {
+                Some(Ok(m)) => vec![m],
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "bad delivery");
+                    continue;
+                }
+                None => break,
+            };
+            while batch.len() < self.batch {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m),
+                    Some(Some(Err(e))) => tracing::warn!(error = %e, "bad delivery"),
+                    _ => break,
+                }
+            }
+            record(&self.store, &batch).await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// Starts a recorder and runs it until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Recorder::start(&config).await?.run(shutdown).await;
     Ok(())
 }
 

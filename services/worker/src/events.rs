@@ -62,6 +62,10 @@ impl EventWriter {
         }
     }
 
+    pub fn task_id(&self) -> TaskId {
+        self.task_id
+    }
+
     /// Appends an event; returns its seq. `Conflict` means someone else wrote first.
     pub async fn write(&self, u: Update) -> Result<u64, nats::Error> {
         let event = Event {

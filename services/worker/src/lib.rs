@@ -36,5 +36,5 @@ mod runtime;
 pub mod sdk;
 
 pub use config::Config;
-pub use runtime::{Error, backoff, run};
+pub use runtime::{Error, Worker, backoff, run};
 pub use sdk::{HandlerResult, Registry, Stopped, TaskContext, TaskFailure};

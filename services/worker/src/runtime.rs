@@ -62,75 +62,108 @@ struct Shared {
     hand_back: CancellationToken,
 }
 
-/// Runs the worker until `shutdown`, then drains: stops pulling, lets running
-/// handlers finish within the grace period, and hands the rest back (NAK, no delay).
+/// A worker connected to NATS with its consumers set up, ready to run.
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    consumers: Vec<jetstream::consumer::Consumer<pull::Config>>,
+    /// Stops the cancel-signal router once the worker is done.
+    router_stop: CancellationToken,
+}
+
+impl Worker {
+    /// Connects, creates the streams and one consumer per registered kind.
+    pub async fn start(config: Config, registry: Registry) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        if registry.kinds().is_empty() {
+            return Err(Error::Config("no task kinds registered".into()));
+        }
+        let client = nats::connect(
+            &config.nats.nats_url,
+            "taskwire-worker",
+            config.nats.nats_timeout,
+        )
+        .await?;
+        let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
+        nats::setup_streams(&js, &config.streams.settings()).await?;
+        let events = js
+            .get_stream(nats::EVENTS_STREAM)
+            .await
+            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+        let router_stop = CancellationToken::new();
+        let cancels = Cancels::start(&client, router_stop.clone()).await?;
+        let mut consumers = Vec::new();
+        for kind in registry.kinds() {
+            consumers.push(nats::setup_kind_consumer(&js, &kind, config.ack_wait).await?);
+        }
+        let shared = Arc::new(Shared {
+            js,
+            events,
+            permits: Arc::new(Semaphore::new(config.concurrency as usize)),
+            registry,
+            config,
+            cancels,
+            hand_back: CancellationToken::new(),
+        });
+        Ok(Self {
+            shared,
+            client,
+            consumers,
+            router_stop,
+        })
+    }
+
+    /// Runs until `shutdown`, then drains: stops pulling, lets running handlers finish
+    /// within the grace period, and hands the rest back (NAK, no delay).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            shared,
+            client,
+            consumers,
+            router_stop,
+        } = self;
+        tracing::info!(kinds = ?shared.registry.kinds(), concurrency = shared.config.concurrency, "worker running");
+        let attempts = TaskTracker::new();
+        let loops = TaskTracker::new();
+        let fair_share = (shared.config.concurrency as usize / consumers.len()).max(1);
+        for consumer in consumers {
+            loops.spawn(pull_loop(
+                shared.clone(),
+                consumer,
+                fair_share,
+                attempts.clone(),
+                shutdown.clone(),
+            ));
+        }
+        loops.close();
+        loops.wait().await;
+
+        // Shutting down: nothing new is pulled; give running handlers the grace period.
+        attempts.close();
+        if tokio::time::timeout(shared.config.shutdown_grace, attempts.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                running = attempts.len(),
+                "grace period over; handing tasks back"
+            );
+            shared.hand_back.cancel();
+            attempts.wait().await;
+        }
+        router_stop.cancel();
+        client.flush().await.ok();
+    }
+}
+
+/// Starts a worker and runs it until `shutdown` (see [`Worker`]).
 pub async fn run(
     config: Config,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config.validate().map_err(Error::Config)?;
-    if registry.kinds().is_empty() {
-        return Err(Error::Config("no task kinds registered".into()));
-    }
-    let client = nats::connect(
-        &config.nats.nats_url,
-        "taskwire-worker",
-        config.nats.nats_timeout,
-    )
-    .await?;
-    let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
-    nats::setup_streams(&js, &config.streams.settings()).await?;
-    let events = js
-        .get_stream(nats::EVENTS_STREAM)
-        .await
-        .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
-    let cancels = Cancels::start(&client, shutdown.clone()).await?;
-
-    let mut consumers = Vec::new();
-    for kind in registry.kinds() {
-        consumers.push(nats::setup_kind_consumer(&js, &kind, config.ack_wait).await?);
-    }
-    let shared = Arc::new(Shared {
-        js,
-        events,
-        permits: Arc::new(Semaphore::new(config.concurrency as usize)),
-        registry,
-        config,
-        cancels,
-        hand_back: CancellationToken::new(),
-    });
-    tracing::info!(kinds = ?shared.registry.kinds(), concurrency = shared.config.concurrency, "worker running");
-
-    let attempts = TaskTracker::new();
-    let loops = TaskTracker::new();
-    let fair_share = (shared.config.concurrency as usize / consumers.len()).max(1);
-    for consumer in consumers {
-        loops.spawn(pull_loop(
-            shared.clone(),
-            consumer,
-            fair_share,
-            attempts.clone(),
-            shutdown.clone(),
-        ));
-    }
-    loops.close();
-    loops.wait().await;
-
-    // Shutting down: nothing new is pulled; give running handlers the grace period.
-    attempts.close();
-    if tokio::time::timeout(shared.config.shutdown_grace, attempts.wait())
-        .await
-        .is_err()
-    {
-        tracing::info!(
-            running = attempts.len(),
-            "grace period over; handing tasks back"
-        );
-        shared.hand_back.cancel();
-        attempts.wait().await;
-    }
-    client.flush().await.ok();
+    Worker::start(config, registry).await?.run(shutdown).await;
     Ok(())
 }
 
@@ -325,7 +358,8 @@ async fn run_attempt(
                 ..Update::default()
             };
             match write_outcome(&writer, done).await {
-                Ok(_) | Err(Lost) => ack(msg).await,
+                Ok(_) => ack(msg).await,
+                Err(Lost) => ack_if_finished(shared, msg, id).await,
                 Err(Unreachable) => {}
             }
             Ok(())
@@ -340,12 +374,7 @@ async fn run_attempt(
         }
         Outcome::Stopped => {
             // Cancelled (the api wrote CANCELLED) or taken over by another worker.
-            if let Ok(Some((_, ev))) = nats::last_event(&shared.events, id).await
-                && TaskState::try_from(ev.state).is_ok_and(|s| s == TaskState::Cancelled)
-            {
-                tracing::info!("cancelled");
-                ack(msg).await;
-            }
+            ack_if_finished(shared, msg, id).await;
             Ok(())
         }
         Outcome::HandBack => {
@@ -393,8 +422,9 @@ async fn claim(
                 return Ok(None);
             }
         }
-        let writer = EventWriter::new(shared.js.clone(), id, attempt, last_seq);
         if attempt > body.max_attempts {
+            // Recorded under the last real attempt's number.
+            let writer = EventWriter::new(shared.js.clone(), id, body.max_attempts, last_seq);
             // The previous attempt was the last and its worker died mid-way.
             let f = TaskFailure::retryable(format!(
                 "attempt {} of {} was lost with its worker",
@@ -405,6 +435,7 @@ async fn claim(
             fail(shared, msg, &writer, body, &f).await?;
             return Ok(None);
         }
+        let writer = EventWriter::new(shared.js.clone(), id, attempt, last_seq);
         match writer.write(Update::running()).await {
             Ok(_) => return Ok(Some(writer)),
             Err(nats::Error::Conflict) => continue,
@@ -442,7 +473,7 @@ async fn retry_or_fail(
             tracing::info!(?delay, error = %f, "attempt failed; retrying after backoff");
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
-        Err(Lost) => ack(msg).await,
+        Err(Lost) => ack_if_finished(shared, msg, writer.task_id()).await,
         Err(Unreachable) => {}
     }
     Ok(())
@@ -468,7 +499,7 @@ async fn fail(
             dead_letter(shared, body, Some(&error)).await?;
             ack(msg).await;
         }
-        Err(Lost) => ack(msg).await,
+        Err(Lost) => ack_if_finished(shared, msg, writer.task_id()).await,
         Err(Unreachable) => {}
     }
     Ok(())
@@ -529,6 +560,20 @@ async fn write_outcome(writer: &EventWriter, u: Update) -> Result<u64, WriteFail
         }
     }
     Err(Unreachable)
+}
+
+/// After losing a write: ack only if the task's history is finished (e.g. the api
+/// cancelled it). If another worker took the task over, this delivery's ack would
+/// remove the message that worker still needs for its own retry, so leave it.
+async fn ack_if_finished(shared: &Arc<Shared>, msg: &jetstream::Message, id: TaskId) {
+    match nats::last_event(&shared.events, id).await {
+        Ok(Some((_, ev))) if TaskState::try_from(ev.state).is_ok_and(TaskState::is_terminal) => {
+            tracing::info!(state = ?TaskState::try_from(ev.state), "task finished elsewhere; acking");
+            ack(msg).await;
+        }
+        Ok(_) => tracing::info!("task taken over by another worker; leaving its message"),
+        Err(e) => tracing::warn!(error = %e, "cannot read history; leaving the message"),
+    }
 }
 
 async fn ack(msg: &jetstream::Message) {

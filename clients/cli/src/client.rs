@@ -1,0 +1,305 @@
+//! The client commands: submit, status, watch, cancel, ls.
+
+use std::{collections::HashMap, time::Duration};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use taskwire::pb::v1::{
+    CancelTaskRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest, TaskEvent, TaskState,
+    WatchTaskRequest, task_service_client::TaskServiceClient,
+    watch_service_client::WatchServiceClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{CliError, output};
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The task kind, e.g. demo.sleep.
+    kind: String,
+    /// The input, as JSON.
+    #[arg(long, default_value = "null")]
+    input: String,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Attempts before the task fails (0 = the server default).
+    #[arg(long, default_value_t = 0)]
+    max_attempts: u32,
+    /// A label, key=value; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Follow the task's progress until it finishes.
+    #[arg(long)]
+    watch: bool,
+    /// Print JSON (the response, or with --watch one event per line).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The task id.
+    id: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The task id.
+    id: String,
+    /// Print one JSON event per line instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+    /// Resume after this seq.
+    #[arg(long, default_value_t = 0)]
+    after_seq: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only tasks in this state: queued, running, retrying, succeeded, failed, cancelled.
+    #[arg(long, value_parser = parse_state)]
+    state: Option<TaskState>,
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[arg(long, default_value_t = 20)]
+    page_size: i32,
+    #[arg(long, default_value = "")]
+    page_token: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn parse_state(s: &str) -> Result<TaskState, String> {
+    let name = format!(
+        "TASK_STATE_{}",
+        s.to_ascii_uppercase().trim_start_matches("TASK_STATE_")
+    );
+    TaskState::from_str_name(&name).ok_or_else(|| format!("unknown state {s:?}"))
+}
+
+async fn channel(addr: &str) -> Result<Channel, CliError> {
+    Endpoint::from_shared(addr.to_string())
+        .map_err(|e| CliError::Usage(format!("bad address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| CliError::Unreachable(format!("{addr}: {e}")))
+}
+
+async fn tasks(addr: &str) -> Result<TaskServiceClient<Channel>, CliError> {
+    Ok(TaskServiceClient::new(channel(addr).await?))
+}
+
+pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), CliError> {
+    let input: serde_json::Value = serde_json::from_str(&a.input)
+        .map_err(|e| CliError::Usage(format!("--input is not JSON: {e}")))?;
+    let resp = tasks(addr)
+        .await?
+        .submit_task(SubmitTaskRequest {
+            kind: a.kind,
+            input: Some(taskwire::json::json_to_value(&input)),
+            idempotency_key: a.idempotency_key.unwrap_or_default(),
+            max_attempts: a.max_attempts,
+            timeout: None,
+            labels: a.labels.into_iter().collect::<HashMap<_, _>>(),
+        })
+        .await?
+        .into_inner();
+    if a.watch {
+        if !a.json {
+            eprintln!("task {}", resp.task_id);
+        }
+        return follow(watch_addr, &resp.task_id, 0, a.json).await;
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"task_id": resp.task_id, "state": output::state_name(resp.state), "deduplicated": resp.deduplicated})
+        );
+    } else {
+        println!("{}", resp.task_id);
+    }
+    Ok(())
+}
+
+pub async fn status(addr: &str, a: IdArgs) -> Result<(), CliError> {
+    let t = tasks(addr)
+        .await?
+        .get_status(GetStatusRequest { task_id: a.id })
+        .await?
+        .into_inner();
+    if a.json {
+        println!("{}", output::task_json(&t));
+    } else {
+        println!("{}", output::task_line(&t));
+    }
+    Ok(())
+}
+
+pub async fn cancel(addr: &str, a: IdArgs) -> Result<(), CliError> {
+    let t = tasks(addr)
+        .await?
+        .cancel_task(CancelTaskRequest { task_id: a.id })
+        .await?
+        .into_inner();
+    if a.json {
+        println!("{}", output::task_json(&t));
+    } else {
+        println!("{}", output::task_line(&t));
+    }
+    Ok(())
+}
+
+pub async fn ls(addr: &str, a: LsArgs) -> Result<(), CliError> {
+    let page = tasks(addr)
+        .await?
+        .list_tasks(ListTasksRequest {
+            page_size: a.page_size,
+            page_token: a.page_token,
+            state: a.state.map_or(0, |s| s as i32),
+            kind: a.kind.unwrap_or_default(),
+            labels: a.labels.into_iter().collect(),
+        })
+        .await?
+        .into_inner();
+    for t in &page.tasks {
+        if a.json {
+            println!("{}", output::task_json(t));
+        } else {
+            println!("{}", output::task_line(t));
+        }
+    }
+    if !page.next_page_token.is_empty() && !a.json {
+        eprintln!("more: --page-token {}", page.next_page_token);
+    }
+    Ok(())
+}
+
+pub async fn watch(watch_addr: &str, a: WatchArgs) -> Result<(), CliError> {
+    follow(watch_addr, &a.id, a.after_seq, a.json).await
+}
+
+/// How long a dropped watch keeps trying to resume without hearing anything.
+const RESUME_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Follows a task to its end, resuming after a dropped connection from the last seq,
+/// and turns its final state into the result (and so the exit code).
+async fn follow(addr: &str, id: &str, after_seq: u64, json: bool) -> Result<(), CliError> {
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1000)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {percent:>3}% {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut last_seq = after_seq;
+    let mut last: Option<TaskEvent> = None;
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match stream_once(addr, id, &mut last_seq, &mut last, &bar, json).await {
+            Ok(()) => break,
+            // The server refused (unknown task, bad id): resuming cannot help.
+            Err(CliError::Rejected(s)) => return Err(CliError::Rejected(s)),
+            Err(e) => {
+                if quiet_since.elapsed() > RESUME_PATIENCE {
+                    return Err(e);
+                }
+                bar.set_message(format!("reconnecting ({e})"));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+        if last.as_ref().is_some_and(|e| e.seq == last_seq) {
+            quiet_since = tokio::time::Instant::now();
+        }
+    }
+    bar.finish_and_clear();
+    let Some(end) = last else {
+        return Err(CliError::Unreachable(
+            "the stream ended without events".into(),
+        ));
+    };
+    let output = end
+        .output
+        .as_ref()
+        .and_then(|v| taskwire::json::value_to_json(Some(v)).ok());
+    match TaskState::try_from(end.state) {
+        Ok(TaskState::Succeeded) => {
+            if !json {
+                println!("SUCCEEDED {}", output.unwrap_or(serde_json::Value::Null));
+            }
+            Ok(())
+        }
+        Ok(TaskState::Cancelled) => Err(CliError::TaskCancelled(id.to_string())),
+        _ => Err(CliError::TaskFailed(
+            id.to_string(),
+            end.error.map_or_else(
+                || "unknown error".into(),
+                |e| format!("{}: {}", e.code, e.message),
+            ),
+        )),
+    }
+}
+
+/// One WatchTask stream, until it ends (Ok: the task finished) or breaks.
+async fn stream_once(
+    addr: &str,
+    id: &str,
+    last_seq: &mut u64,
+    last: &mut Option<TaskEvent>,
+    bar: &ProgressBar,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut client = WatchServiceClient::new(channel(addr).await?);
+    let mut stream = client
+        .watch_task(WatchTaskRequest {
+            task_id: id.to_string(),
+            after_seq: *last_seq,
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        if event.seq < *last_seq || (event.seq == *last_seq && last.is_some()) {
+            continue;
+        }
+        *last_seq = event.seq;
+        if json {
+            println!("{}", output::event_json(&event));
+        } else {
+            if let Some(p) = &event.progress {
+                bar.set_position((p.fraction * 1000.0) as u64);
+                if !p.message.is_empty() {
+                    bar.set_message(format!(
+                        "{} {}",
+                        output::short_state(event.state),
+                        p.message
+                    ));
+                }
+            } else {
+                bar.set_message(output::short_state(event.state).to_string());
+            }
+            if !event.message.is_empty() {
+                bar.println(&event.message);
+            }
+        }
+        *last = Some(event);
+    }
+    match last {
+        Some(e) if TaskState::try_from(e.state).is_ok_and(TaskState::is_terminal) => Ok(()),
+        _ => Err(CliError::Unreachable("the stream ended early".into())),
+    }
+}

@@ -1,0 +1,116 @@
+//! `taskwire`: the command line. A generated-client user like any other, plus `dev`,
+//! the whole system in one process.
+//!
+//! Exit codes, for scripts: 0 the command worked (for `watch` and `submit --watch`:
+//! the task SUCCEEDED); 1 the task FAILED; 2 bad usage; 3 the task was CANCELLED;
+//! 4 the server refused the request (bad argument, unknown task, finished task);
+//! 5 taskwire could not be reached.
+
+mod client;
+mod dev;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// taskwire: long-running tasks with live progress.
+#[derive(Debug, Parser)]
+#[command(name = "taskwire", version)]
+struct Cli {
+    /// The api's address.
+    #[arg(
+        long,
+        global = true,
+        env = "TASKWIRE_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
+
+    /// The watch service's address (default: the api's, as in `taskwire dev`).
+    #[arg(long, global = true, env = "TASKWIRE_WATCH_ADDR")]
+    watch_addr: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the whole system in one process: a nats-server it starts, a SQLite file,
+    /// and the api, worker (demo kinds), recorder and watch services on one address.
+    Dev(dev::DevArgs),
+    /// Submits a task and prints its id (or, with --watch, follows it to the end).
+    Submit(client::SubmitArgs),
+    /// Prints a task's current record.
+    Status(client::IdArgs),
+    /// Follows a task's progress until it finishes; resumes by itself if the
+    /// connection drops.
+    Watch(client::WatchArgs),
+    /// Cancels a task.
+    Cancel(client::IdArgs),
+    /// Lists tasks, newest first.
+    Ls(client::LsArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let watch_addr = cli.watch_addr.clone().unwrap_or_else(|| cli.addr.clone());
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Submit(args) => client::submit(&cli.addr, &watch_addr, args).await,
+        Command::Status(args) => client::status(&cli.addr, args).await,
+        Command::Watch(args) => client::watch(&watch_addr, args).await,
+        Command::Cancel(args) => client::cancel(&cli.addr, args).await,
+        Command::Ls(args) => client::ls(&cli.addr, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskwire: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Why a command did not succeed; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rejected(tonic::Status),
+    #[error("cannot reach taskwire: {0}")]
+    Unreachable(String),
+    #[error("task {0} failed: {1}")]
+    TaskFailed(String, String),
+    #[error("task {0} was cancelled")]
+    TaskCancelled(String),
+    #[error("{0}")]
+    Dev(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::TaskFailed(..) => 1,
+            CliError::Usage(_) => 2,
+            CliError::TaskCancelled(_) => 3,
+            CliError::Rejected(_) => 4,
+            CliError::Unreachable(_) => 5,
+            CliError::Dev(_) => 1,
+        }
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                CliError::Unreachable(s.message().to_string())
+            }
+            _ => CliError::Rejected(s),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Printing tasks and events: for people (a line or a progress bar) and, with --json,
+//! for scripts (one JSON object per line, field names as in the contract).
+
+use prost_types::Timestamp;
+use serde_json::{Value, json};
+use taskwire::{
+    json::value_to_json,
+    pb::v1::{Progress, Task, TaskError, TaskEvent, TaskState},
+};
+
+pub fn state_name(state: i32) -> &'static str {
+    TaskState::try_from(state).map_or("TASK_STATE_UNKNOWN", |s| s.as_str_name())
+}
+
+/// A short name for people: "RUNNING".
+pub fn short_state(state: i32) -> &'static str {
+    state_name(state).trim_start_matches("TASK_STATE_")
+}
+
+fn progress(p: &Option<Progress>) -> Value {
+    p.as_ref().map_or(
+        Value::Null,
+        |p| json!({"fraction": p.fraction, "message": p.message}),
+    )
+}
+
+fn error(e: &Option<TaskError>) -> Value {
+    e.as_ref().map_or(
+        Value::Null,
+        |e| json!({"code": e.code, "message": e.message, "retryable": e.retryable}),
+    )
+}
+
+fn value(v: &Option<prost_types::Value>) -> Value {
+    v.as_ref()
+        .and_then(|v| value_to_json(Some(v)).ok())
+        .unwrap_or(Value::Null)
+}
+
+pub fn event_json(e: &TaskEvent) -> Value {
+    json!({
+        "task_id": e.task_id,
+        "seq": e.seq,
+        "time": e.time.as_ref().map(rfc3339),
+        "state": state_name(e.state),
+        "progress": progress(&e.progress),
+        "attempt": e.attempt,
+        "output": value(&e.output),
+        "error": error(&e.error),
+        "message": e.message,
+    })
+}
+
+pub fn task_json(t: &Task) -> Value {
+    json!({
+        "id": t.id,
+        "kind": t.kind,
+        "state": state_name(t.state),
+        "progress": progress(&t.progress),
+        "input": value(&t.input),
+        "output": value(&t.output),
+        "error": error(&t.error),
+        "attempt": t.attempt,
+        "max_attempts": t.max_attempts,
+        "labels": t.labels,
+        "created_at": t.created_at.as_ref().map(rfc3339),
+        "started_at": t.started_at.as_ref().map(rfc3339),
+        "finished_at": t.finished_at.as_ref().map(rfc3339),
+        "updated_at": t.updated_at.as_ref().map(rfc3339),
+        "last_seq": t.last_seq,
+    })
+}
+
+/// A task as one line for people.
+pub fn task_line(t: &Task) -> String {
+    let pct = t.progress.as_ref().map_or(0.0, |p| p.fraction * 100.0);
+    let mut line = format!(
+        "{}  {:<10} {:<16} {:>5.1}%  attempt {}/{}",
+        t.id,
+        short_state(t.state),
+        t.kind,
+        pct,
+        t.attempt,
+        t.max_attempts
+    );
+    if let Some(e) = &t.error {
+        line += &format!("  error {}: {}", e.code, e.message);
+    }
+    line
+}
+
+/// RFC 3339 in UTC with microseconds, e.g. 2026-11-25T02:51:22.260488Z.
+pub fn rfc3339(ts: &Timestamp) -> String {
+    let days = ts.seconds.div_euclid(86_400);
+    let secs = ts.seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        ts.nanos / 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        let ts = Timestamp {
+            seconds: 1_795_575_082,
+            nanos: 260_488_000,
+        };
+        assert_eq!(rfc3339(&ts), "2026-11-25T02:51:22.260488Z");
+        assert_eq!(
+            rfc3339(&Timestamp {
+                seconds: 0,
+                nanos: 0
+            }),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            rfc3339(&Timestamp {
+                seconds: 951_782_400,
+                nanos: 0
+            }),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+}

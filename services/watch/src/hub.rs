@@ -1,0 +1,146 @@
+//! The hub: one core NATS subscription per watch process on `taskwire.live.>` (the
+//! EVENTS stream republishes only what it stored), demultiplexed in memory to the
+//! streams watching each task. No NATS consumer per watcher.
+//!
+//! It never blocks: each watcher has a bounded queue, and a watcher whose queue is
+//! full is dropped from the hub (its queue closes). That watcher then catches up from
+//! the stream by itself, so a slow client slows nobody else and loses nothing.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use futures::StreamExt;
+use prost::Message;
+use taskwire::{domain::TaskId, nats, pb::internal::v1::Event};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One stored event as the hub received it.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub seq: u64,
+    /// The seq of the task's previous event (republish's Nats-Last-Sequence): if it is
+    /// newer than what a watcher sent last, the watcher missed something.
+    pub prev_seq: u64,
+    pub event: Arc<Event>,
+}
+
+type Watchers = HashMap<TaskId, Vec<(u64, mpsc::Sender<Live>)>>;
+
+#[derive(Debug, Clone, Default)]
+pub struct Hub {
+    watchers: Arc<Mutex<Watchers>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A watcher's place in the hub; leaves it on drop.
+#[derive(Debug)]
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Live>,
+    task: TaskId,
+    id: u64,
+    hub: Hub,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut w = self.hub.watchers.lock().expect("lock");
+        if let Some(list) = w.get_mut(&self.task) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                w.remove(&self.task);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Subscribes to `taskwire.live.>` and routes until `shutdown`.
+    pub async fn start(
+        client: &async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<Self, nats::Error> {
+        let mut sub = client
+            .subscribe("taskwire.live.>")
+            .await
+            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+        let hub = Hub::default();
+        let routing = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = sub.next() => match m { Some(m) => m, None => return },
+                };
+                if let Some((task, live)) = parse(&msg) {
+                    routing.route(task, live);
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    /// Joins the watchers of `task`, with a queue of `capacity` events.
+    pub fn subscribe(&self, task: TaskId, capacity: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.watchers
+            .lock()
+            .expect("lock")
+            .entry(task)
+            .or_default()
+            .push((id, tx));
+        Subscription {
+            rx,
+            task,
+            id,
+            hub: self.clone(),
+        }
+    }
+
+    /// How many watchers are attached (all tasks).
+    pub fn watchers(&self) -> usize {
+        self.watchers
+            .lock()
+            .expect("lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    fn route(&self, task: TaskId, live: Live) {
+        let mut w = self.watchers.lock().expect("lock");
+        let Some(list) = w.get_mut(&task) else { return };
+        // A full or closed queue drops that watcher; it resynchronises from the stream.
+        list.retain(|(_, tx)| tx.try_send(live.clone()).is_ok());
+        if list.is_empty() {
+            w.remove(&task);
+        }
+    }
+}
+
+fn parse(msg: &async_nats::Message) -> Option<(TaskId, Live)> {
+    let task = TaskId::parse(msg.subject.strip_prefix("taskwire.live.")?).ok()?;
+    let headers = msg.headers.as_ref()?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+    };
+    let seq = header("Nats-Sequence")?;
+    let prev_seq = header("Nats-Last-Sequence").unwrap_or(0);
+    let event = Event::decode(msg.payload.clone()).ok()?;
+    Some((
+        task,
+        Live {
+            seq,
+            prev_seq,
+            event: Arc::new(event),
+        },
+    ))
+}

@@ -1,0 +1,209 @@
+//! `taskwire.v1.WatchService/WatchTask` with the contract's stream semantics:
+//! - after_seq = 0: the current state first (seq = the record's last_seq), then every
+//!   later event in order; after_seq = N: every event with seq > N, then live ones.
+//! - seq strictly increases; nothing is sent twice or skipped; the stream ends OK
+//!   right after the terminal event.
+//!
+//! No gap between the snapshot and the live feed: a watcher joins the hub *before* it
+//! reads the record, then fills anything between the record and the first live event
+//! from TASKWIRE_EVENTS. The same refill repairs a missed core message (detected by
+//! Nats-Last-Sequence) and a watcher the hub dropped for being slow.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::stream::{DirectGetErrorKind, Info, Stream};
+use prost::Message;
+use taskwire::{
+    domain::TaskId,
+    json, nats,
+    pb::{
+        internal::v1::Event,
+        v1::{TaskEvent, TaskState, WatchTaskRequest, watch_service_server::WatchService},
+    },
+    store::{Store, TaskRecord},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::hub::{Hub, Live};
+
+/// Events buffered per stream towards the client, and per watcher in the hub. Together
+/// they bound a stream's memory; a client slower than this is caught up from the stream.
+pub const CLIENT_BUFFER: usize = 16;
+pub const HUB_BUFFER: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct WatchApi {
+    pub(crate) hub: Hub,
+    pub(crate) store: Store,
+    pub(crate) events: Arc<Stream<Info>>,
+}
+
+#[tonic::async_trait]
+impl WatchService for WatchApi {
+    type WatchTaskStream = ReceiverStream<Result<TaskEvent, Status>>;
+
+    #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn watch_task(
+        &self,
+        req: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let WatchTaskRequest { task_id, after_seq } = req.into_inner();
+        let id = TaskId::parse(&task_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Join the hub first: whatever is stored after this is also queued for us.
+        let sub = self.hub.subscribe(id, HUB_BUFFER);
+        let record = self
+            .store
+            .get_task(id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "database unavailable");
+                Status::unavailable("the database is unavailable; retry")
+            })?
+            .ok_or_else(|| Status::not_found(format!("task {id} not found")))?;
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        let watcher = Watcher {
+            id,
+            out: tx,
+            last_sent: after_seq,
+            api: self.clone(),
+        };
+        tokio::spawn(watcher.run(record, after_seq, sub));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One WatchTask stream.
+struct Watcher {
+    id: TaskId,
+    out: mpsc::Sender<Result<TaskEvent, Status>>,
+    /// The seq of the last event sent (or the client's after_seq).
+    last_sent: u64,
+    api: WatchApi,
+}
+
+/// Why a stream ended early.
+enum End {
+    /// The terminal event was sent: the stream ends OK.
+    Finished,
+    /// The client left.
+    Gone,
+}
+
+impl Watcher {
+    async fn run(mut self, record: TaskRecord, after_seq: u64, mut sub: crate::hub::Subscription) {
+        let result = async {
+            if after_seq == 0 {
+                self.send_snapshot(&record).await?;
+            }
+            self.refill().await?;
+            loop {
+                let live = tokio::select! {
+                    _ = self.out.closed() => return Err(End::Gone),
+                    l = sub.rx.recv() => l,
+                };
+                match live {
+                    Some(live) => self.live(live).await?,
+                    None => {
+                        // The hub dropped us (too slow): join again, then refill.
+                        sub = self.api.hub.subscribe(self.id, HUB_BUFFER);
+                        self.refill().await?;
+                    }
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) | Err(End::Finished) | Err(End::Gone) => {}
+        }
+    }
+
+    /// The record as the first event (after_seq = 0).
+    async fn send_snapshot(&mut self, r: &TaskRecord) -> Result<(), End> {
+        let t = r.to_proto();
+        let event = TaskEvent {
+            task_id: t.id,
+            seq: r.last_seq,
+            time: t.updated_at,
+            state: t.state,
+            progress: t.progress,
+            attempt: t.attempt,
+            output: t.output,
+            error: t.error,
+            message: String::new(),
+        };
+        self.last_sent = r.last_seq;
+        self.emit(event).await
+    }
+
+    async fn live(&mut self, live: Live) -> Result<(), End> {
+        if live.seq <= self.last_sent {
+            return Ok(()); // Already sent (by the snapshot or a refill).
+        }
+        if live.prev_seq > self.last_sent {
+            // Something between what we sent and this event never reached us.
+            return self.refill().await;
+        }
+        let event = to_public(self.id, live.seq, &live.event);
+        self.last_sent = live.seq;
+        self.emit(event).await
+    }
+
+    /// Sends every stored event after `last_sent`, from TASKWIRE_EVENTS.
+    async fn refill(&mut self) -> Result<(), End> {
+        let subject = nats::event_subject(self.id);
+        loop {
+            let next = self
+                .api
+                .events
+                .direct_get_next_for_subject(subject.as_str(), Some(self.last_sent + 1))
+                .await;
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the event stream");
+                    let _ = self
+                        .out
+                        .send(Err(Status::unavailable(format!(
+                            "the event stream is unavailable; resume with after_seq = {}",
+                            self.last_sent
+                        ))))
+                        .await;
+                    return Err(End::Gone);
+                }
+            };
+            let Ok(ev) = Event::decode(msg.payload) else {
+                tracing::error!(seq = msg.sequence, "undecodable event skipped");
+                self.last_sent = msg.sequence;
+                continue;
+            };
+            self.last_sent = msg.sequence;
+            self.emit(to_public(self.id, msg.sequence, &ev)).await?;
+        }
+    }
+
+    /// Sends one event; ends the stream after a terminal one.
+    async fn emit(&mut self, event: TaskEvent) -> Result<(), End> {
+        let terminal = TaskState::try_from(event.state).is_ok_and(TaskState::is_terminal);
+        self.out.send(Ok(event)).await.map_err(|_| End::Gone)?;
+        if terminal { Err(End::Finished) } else { Ok(()) }
+    }
+}
+
+fn to_public(id: TaskId, seq: u64, e: &Event) -> TaskEvent {
+    TaskEvent {
+        task_id: id.to_string(),
+        seq,
+        time: e
+            .time
+            .or_else(|| Some(json::micros_to_timestamp(json::now_micros()))),
+        state: e.state,
+        progress: e.progress.clone(),
+        attempt: e.attempt,
+        output: e.output.clone(),
+        error: e.error.clone(),
+        message: e.message.clone(),
+    }
+}

@@ -1,0 +1,304 @@
+//! WatchTask: the contract's stream semantics, resume without gaps (also on another
+//! replica after a kill), fan-out to many watchers, and a slow watcher that slows
+//! nobody (guarantee 4).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use taskwire::pb::v1::{TaskEvent, TaskState, WatchTaskRequest};
+use taskwire_tests::{
+    Db, Stack, WatchServer, both_databases, eventually, task_events, wait_terminal, watch_all,
+    watch_client,
+};
+use tonic::Code;
+
+use super::submit_req;
+
+fn terminal(e: &TaskEvent) -> bool {
+    TaskState::try_from(e.state).is_ok_and(TaskState::is_terminal)
+}
+
+/// Checks one stream: seqs strictly increase, progress never goes back within an
+/// attempt, it ends with exactly one terminal event, and after the first (snapshot)
+/// event it is exactly the task's stored history.
+fn check_stream(events: &[TaskEvent], history: &[(u64, taskwire::pb::internal::v1::Event)]) {
+    assert!(!events.is_empty());
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq strictly increases"
+    );
+    let fractions: Vec<(u32, f64)> = events
+        .iter()
+        .filter(|e| e.state == TaskState::Running as i32)
+        .filter_map(|e| e.progress.as_ref().map(|p| (e.attempt, p.fraction)))
+        .collect();
+    assert!(
+        fractions
+            .windows(2)
+            .all(|w| w[0].0 != w[1].0 || w[0].1 <= w[1].1),
+        "progress never goes backwards: {fractions:?}"
+    );
+    assert_eq!(events.iter().filter(|e| terminal(e)).count(), 1);
+    assert!(
+        terminal(events.last().unwrap()),
+        "ends right after the terminal event"
+    );
+    let after: Vec<u64> = history
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s > events[0].seq)
+        .collect();
+    let got: Vec<u64> = events[1..].iter().map(|e| e.seq).collect();
+    assert_eq!(got, after, "nothing skipped, nothing twice");
+}
+
+async fn watchers_before_during_after_agree(db: Db) {
+    let stack = Stack::start(db).await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let mut client = stack.client().await;
+    let js = stack.nats.jetstream().await;
+    let id = super::submit(
+        &mut client,
+        submit_req(
+            "demo.agent",
+            serde_json::json!({"prompt": "w", "tokens": 20, "delay_ms": 30}),
+        ),
+    )
+    .await;
+
+    let before = tokio::spawn({
+        let mut c = watch.client().await;
+        let id = id.clone();
+        async move { watch_all(&mut c, &id, 0).await }
+    });
+    eventually("the task is a quarter through", || {
+        let js = js.clone();
+        let id = id.clone();
+        async move {
+            task_events(&js, &id)
+                .await
+                .iter()
+                .any(|(_, e)| e.progress.as_ref().is_some_and(|p| p.fraction >= 0.25))
+                .then_some(())
+        }
+    })
+    .await;
+    let during = tokio::spawn({
+        let mut c = watch.client().await;
+        let id = id.clone();
+        async move { watch_all(&mut c, &id, 0).await }
+    });
+    let final_task = wait_terminal(&client, &id).await;
+    let after = watch_all(&mut watch.client().await, &id, 0).await;
+    let before = before.await.unwrap();
+    let during = during.await.unwrap();
+
+    let history = task_events(&js, &id).await;
+    for (name, events) in [("before", &before), ("during", &during), ("after", &after)] {
+        check_stream(events, &history);
+        let last = events.last().unwrap();
+        assert_eq!(last.state, TaskState::Succeeded as i32, "{name}");
+        assert_eq!(
+            last.output, final_task.output,
+            "{name} sees the final output"
+        );
+        assert_eq!(last.seq, history.last().unwrap().0, "{name}");
+    }
+    assert!(before.len() > during.len(), "the early watcher saw the run");
+    assert_eq!(after.len(), 1, "after the end: just the final state");
+
+    // Resume: after_seq = N gives exactly the events after N.
+    for (seq, _) in history.iter().step_by(5) {
+        let resumed = watch_all(&mut watch.client().await, &id, *seq).await;
+        let want: Vec<u64> = history
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| s > seq)
+            .collect();
+        assert_eq!(
+            resumed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            want,
+            "after_seq {seq}"
+        );
+    }
+
+    // Unknown and malformed ids.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let e = watch
+        .client()
+        .await
+        .watch_task(WatchTaskRequest {
+            task_id: unknown,
+            after_seq: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = watch
+        .client()
+        .await
+        .watch_task(WatchTaskRequest {
+            task_id: "x".into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+async fn resume_on_another_replica_after_a_kill(db: Db) {
+    let stack = Stack::start(db).await;
+    let first = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let second = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let mut client = stack.client().await;
+    let id = super::submit(
+        &mut client,
+        submit_req(
+            "demo.agent",
+            serde_json::json!({"prompt": "r", "tokens": 40, "delay_ms": 25}),
+        ),
+    )
+    .await;
+
+    let mut stream = first
+        .client()
+        .await
+        .watch_task(WatchTaskRequest {
+            task_id: id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 8 {
+        seen.push(stream.message().await.unwrap().expect("an event"));
+    }
+    first.kill();
+    // The broken stream ends with an error (or nothing more) once the replica is gone.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(e)) = stream.message().await {
+            seen.push(e);
+        }
+    })
+    .await;
+
+    let last = seen.last().unwrap().seq;
+    let rest = watch_all(&mut second.client().await, &id, last).await;
+    let mut all = seen.clone();
+    all.extend(rest);
+    check_stream(&all, &task_events(&stack.nats.jetstream().await, &id).await);
+}
+
+async fn a_thousand_watchers(db: Db) {
+    let stack = Stack::start_with(db, |url| {
+        let mut c = taskwire_tests::worker_config(url);
+        c.concurrency = 64;
+        c
+    })
+    .await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let mut client = stack.client().await;
+    // Several connections, as many clients would have.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(watch_client(watch.addr).await);
+    }
+
+    // 1,000 watchers of one task.
+    let one = super::submit(
+        &mut client,
+        submit_req(
+            "demo.agent",
+            serde_json::json!({"prompt": "k", "tokens": 30, "delay_ms": 50}),
+        ),
+    )
+    .await;
+    let watchers = (0..1000).map(|i| {
+        let mut c = clients[i % clients.len()].clone();
+        let id = one.clone();
+        tokio::spawn(async move { watch_all(&mut c, &id, 0).await })
+    });
+    let results = join_all(watchers).await;
+    let history = task_events(&stack.nats.jetstream().await, &one).await;
+    for r in results {
+        check_stream(&r.unwrap(), &history);
+    }
+
+    // 1,000 watchers of 1,000 tasks.
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        ids.push(
+            super::submit(
+                &mut client,
+                submit_req(
+                    "demo.agent",
+                    serde_json::json!({"prompt": format!("t{i}"), "tokens": 3, "delay_ms": 1}),
+                ),
+            )
+            .await,
+        );
+    }
+    let watchers = ids.iter().enumerate().map(|(i, id)| {
+        let mut c = clients[i % clients.len()].clone();
+        let id = id.clone();
+        tokio::spawn(async move { watch_all(&mut c, &id, 0).await })
+    });
+    let results = join_all(watchers).await;
+    let js = stack.nats.jetstream().await;
+    for (id, r) in ids.iter().zip(results) {
+        let events = r.unwrap();
+        assert_eq!(
+            events.last().unwrap().state,
+            TaskState::Succeeded as i32,
+            "{id}"
+        );
+        check_stream(&events, &task_events(&js, id).await);
+    }
+}
+
+async fn a_watcher_that_never_reads_slows_nobody(db: Db) {
+    let stack = Stack::start(db).await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let mut client = stack.client().await;
+    let id = super::submit(
+        &mut client,
+        submit_req(
+            "demo.agent",
+            serde_json::json!({"prompt": "s", "tokens": 2000, "delay_ms": 0}),
+        ),
+    )
+    .await;
+    // The slow one: opens its stream and reads nothing while the task runs.
+    let mut slow = watch
+        .client()
+        .await
+        .watch_task(WatchTaskRequest {
+            task_id: id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fast = watch_all(&mut watch.client().await, &id, 0).await;
+    let history = task_events(&stack.nats.jetstream().await, &id).await;
+    check_stream(&fast, &history);
+
+    // Now it reads: it was caught up from the stream, in order, nothing missing.
+    let mut late = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = slow.message().await.unwrap() {
+            late.push(e);
+        }
+    })
+    .await
+    .expect("the slow stream completes");
+    check_stream(&late, &history);
+}
+
+both_databases!(
+    watchers_before_during_after_agree,
+    resume_on_another_replica_after_a_kill,
+    a_thousand_watchers,
+    a_watcher_that_never_reads_slows_nobody
+);
