@@ -205,8 +205,9 @@ async fn dev_survives_kill_9_and_ctrl_c_leaves_nothing() {
     })
     .await;
     let first_nats = nats_pid(dir.path()).expect("pid file");
-    dev.kill(); // kill -9, mid-task
-    drop(dev);
+    dev.kill(); // kill -9, mid-task: its nats-server is orphaned, still running
+    // Not dropped: its Drop would stop the orphan, which the restart below must do.
+    std::mem::forget(dev);
 
     // Restarted on the same data dir: the old nats-server is replaced, the task finishes.
     let mut dev = DevProcess::spawn(dir.path()).await;

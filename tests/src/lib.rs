@@ -832,6 +832,7 @@ pub async fn watch_all(
 pub struct DevProcess {
     pub addr: SocketAddr,
     child: Child,
+    data_dir: PathBuf,
 }
 
 impl DevProcess {
@@ -862,11 +863,11 @@ impl DevProcess {
                 .then_some(())
         })
         .await;
-        Self { addr, child }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        Self {
+            addr,
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     pub fn kill(&mut self) {
@@ -890,9 +891,28 @@ impl DevProcess {
 }
 
 impl Drop for DevProcess {
+    /// Stops it as Ctrl-C would; if it is already dead (a test killed it), its
+    /// orphaned nats-server is stopped through the pid file, so no test leaves one.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("nats-server.pid")) {
+            let pid = pid.trim();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("nats-server") {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
     }
 }
 
