@@ -302,3 +302,99 @@ both_databases!(
     a_thousand_watchers,
     a_watcher_that_never_reads_slows_nobody
 );
+
+/// WatchTasks: one stream for many tasks, filtered by kind and labels.
+async fn watch_tasks_follows_many_tasks(db: Db) {
+    use std::collections::HashMap;
+    use taskwire::pb::v1::{SubmitTaskRequest, WatchTasksRequest};
+    let stack = Stack::start(db).await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let client = stack.client().await;
+
+    let open = |kind: &str, labels: &[(&str, &str)]| {
+        let req = WatchTasksRequest {
+            kind: kind.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let addr = watch.addr;
+        async move {
+            watch_client(addr)
+                .await
+                .watch_tasks(req)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut all = open("", &[]).await;
+    let mut sleeps = open("demo.sleep", &[]).await;
+    let mut ml = open("", &[("team", "ml")]).await;
+
+    let submit = |kind: &str, team: &str| {
+        let req = SubmitTaskRequest {
+            labels: HashMap::from([("team".to_string(), team.to_string())]),
+            ..submit_req(kind, serde_json::json!({"seconds": 0.1, "steps": 2}))
+        };
+        let mut c = client.clone();
+        async move { super::submit(&mut c, req).await }
+    };
+    let echo_web = submit("demo.echo", "web").await;
+    let sleep_ml = submit("demo.sleep", "ml").await;
+    let sleep_web = submit("demo.sleep", "web").await;
+    for id in [&echo_web, &sleep_ml, &sleep_web] {
+        wait_terminal(&stack.client().await, id).await;
+    }
+
+    /// Reads until every named task has sent its terminal event.
+    async fn until_done(
+        s: &mut tonic::Streaming<TaskEvent>,
+        ids: &[&String],
+    ) -> HashMap<String, Vec<TaskEvent>> {
+        let mut got: HashMap<String, Vec<TaskEvent>> = HashMap::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !ids
+                .iter()
+                .all(|id| got.get(*id).is_some_and(|v| v.last().is_some_and(terminal)))
+            {
+                let e = s.message().await.unwrap().expect("stream open");
+                got.entry(e.task_id.clone()).or_default().push(e);
+            }
+        })
+        .await
+        .expect("all terminal events arrive");
+        got
+    }
+    let js = stack.nats.jetstream().await;
+    let got = until_done(&mut all, &[&echo_web, &sleep_ml, &sleep_web]).await;
+    for (id, events) in &got {
+        let history: Vec<u64> = task_events(&js, id).await.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            history,
+            "{id}: every live event, in order"
+        );
+    }
+    let got = until_done(&mut sleeps, &[&sleep_ml, &sleep_web]).await;
+    assert!(!got.contains_key(&echo_web), "kind filter");
+    let got = until_done(&mut ml, &[&sleep_ml]).await;
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        vec![&sleep_ml],
+        "label filter"
+    );
+
+    let e = watch_client(watch.addr)
+        .await
+        .watch_tasks(WatchTasksRequest {
+            kind: "Bad Kind".into(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+both_databases!(watch_tasks_follows_many_tasks);

@@ -54,6 +54,7 @@ impl TaskApi {
                 output: None,
                 error: None,
                 message: "cancelled by request".to_string(),
+                kind: record.kind.clone(),
             };
             match nats::publish(
                 &s.js,

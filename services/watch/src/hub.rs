@@ -32,10 +32,33 @@ pub struct Live {
 
 type Watchers = HashMap<TaskId, Vec<(u64, mpsc::Sender<Live>)>>;
 
+/// WatchTasks streams: every task's events, optionally of one kind.
+type Firehose = Vec<(u64, Option<String>, mpsc::Sender<(TaskId, Live)>)>;
+
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
     watchers: Arc<Mutex<Watchers>>,
+    firehose: Arc<Mutex<Firehose>>,
     next_id: Arc<AtomicU64>,
+}
+
+/// A WatchTasks stream's place in the hub; leaves it on drop. Its queue closes if it
+/// falls behind.
+#[derive(Debug)]
+pub struct FirehoseSubscription {
+    pub rx: mpsc::Receiver<(TaskId, Live)>,
+    id: u64,
+    hub: Hub,
+}
+
+impl Drop for FirehoseSubscription {
+    fn drop(&mut self) {
+        self.hub
+            .firehose
+            .lock()
+            .expect("lock")
+            .retain(|(id, _, _)| *id != self.id);
+    }
 }
 
 /// A watcher's place in the hub; leaves it on drop.
@@ -103,6 +126,18 @@ impl Hub {
         }
     }
 
+    /// Joins the feed of every task (of `kind`, if given).
+    pub fn subscribe_all(&self, kind: Option<String>, capacity: usize) -> FirehoseSubscription {
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.firehose.lock().expect("lock").push((id, kind, tx));
+        FirehoseSubscription {
+            rx,
+            id,
+            hub: self.clone(),
+        }
+    }
+
     /// How many watchers are attached (all tasks).
     pub fn watchers(&self) -> usize {
         self.watchers
@@ -114,6 +149,14 @@ impl Hub {
     }
 
     fn route(&self, task: TaskId, live: Live) {
+        {
+            let mut f = self.firehose.lock().expect("lock");
+            // A full queue drops that stream; it then ends with UNAVAILABLE.
+            f.retain(|(_, kind, tx)| {
+                kind.as_ref().is_some_and(|k| *k != live.event.kind)
+                    || tx.try_send((task, live.clone())).is_ok()
+            });
+        }
         let mut w = self.watchers.lock().expect("lock");
         let Some(list) = w.get_mut(&task) else { return };
         // A full or closed queue drops that watcher; it resynchronises from the stream.

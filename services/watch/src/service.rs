@@ -9,16 +9,19 @@
 //! from TASKWIRE_EVENTS. The same refill repairs a missed core message (detected by
 //! Nats-Last-Sequence) and a watcher the hub dropped for being slow.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use async_nats::jetstream::stream::{DirectGetErrorKind, Info, Stream};
 use prost::Message;
 use taskwire::{
-    domain::TaskId,
+    domain::{Labels, TaskId, TaskKind},
     json, nats,
     pb::{
         internal::v1::Event,
-        v1::{TaskEvent, TaskState, WatchTaskRequest, watch_service_server::WatchService},
+        v1::{
+            TaskEvent, TaskState, WatchTaskRequest, WatchTasksRequest,
+            watch_service_server::WatchService,
+        },
     },
     store::{Store, TaskRecord},
 };
@@ -40,9 +43,33 @@ pub struct WatchApi {
     pub(crate) events: Arc<Stream<Info>>,
 }
 
+/// Events queued per WatchTasks stream in the hub.
+pub const FIREHOSE_BUFFER: usize = 1024;
+
 #[tonic::async_trait]
 impl WatchService for WatchApi {
     type WatchTaskStream = ReceiverStream<Result<TaskEvent, Status>>;
+    type WatchTasksStream = ReceiverStream<Result<TaskEvent, Status>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_tasks(
+        &self,
+        req: Request<WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let WatchTasksRequest { kind, labels } = req.into_inner();
+        let kind = if kind.is_empty() {
+            None
+        } else {
+            Some(TaskKind::parse(&kind).map_err(|e| Status::invalid_argument(e.to_string()))?)
+        };
+        let labels = Labels::parse(&labels).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sub = self
+            .hub
+            .subscribe_all(kind.map(|k| k.to_string()), FIREHOSE_BUFFER);
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        tokio::spawn(firehose(sub, labels, self.store.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn watch_task(
@@ -189,6 +216,61 @@ impl Watcher {
         let terminal = TaskState::try_from(event.state).is_ok_and(TaskState::is_terminal);
         self.out.send(Ok(event)).await.map_err(|_| End::Gone)?;
         if terminal { Err(End::Finished) } else { Ok(()) }
+    }
+}
+
+/// One WatchTasks stream: forwards the feed, filtered by labels (which events do not
+/// carry: each task's are read once from its record).
+async fn firehose(
+    mut sub: crate::hub::FirehoseSubscription,
+    labels: Labels,
+    store: Store,
+    tx: mpsc::Sender<Result<TaskEvent, Status>>,
+) {
+    let mut matches: HashMap<TaskId, bool> = HashMap::new();
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return,
+            n = sub.rx.recv() => n,
+        };
+        let Some((id, live)) = next else {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "fell too far behind the live feed; list again and reconnect",
+                )))
+                .await;
+            return;
+        };
+        if !labels.is_empty() {
+            let wanted = match matches.get(&id) {
+                Some(m) => *m,
+                None => {
+                    let m = match store.get_task(id).await {
+                        Ok(Some(r)) => {
+                            let have: HashMap<String, String> =
+                                serde_json::from_str(&r.labels).unwrap_or_default();
+                            labels.iter().all(|(k, v)| have.get(k) == Some(v))
+                        }
+                        _ => false,
+                    };
+                    if matches.len() > 100_000 {
+                        matches.clear();
+                    }
+                    matches.insert(id, m);
+                    m
+                }
+            };
+            if !wanted {
+                continue;
+            }
+        }
+        if tx
+            .send(Ok(to_public(id, live.seq, &live.event)))
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

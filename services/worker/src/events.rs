@@ -41,6 +41,7 @@ impl Update {
 pub(crate) struct EventWriter {
     js: async_nats::jetstream::Context,
     task_id: TaskId,
+    kind: String,
     attempt: u32,
     /// The newest seq of the task's history this attempt knows; the lock also keeps
     /// one attempt's events in order.
@@ -51,12 +52,14 @@ impl EventWriter {
     pub fn new(
         js: async_nats::jetstream::Context,
         task_id: TaskId,
+        kind: &str,
         attempt: u32,
         last_seq: u64,
     ) -> Self {
         Self {
             js,
             task_id,
+            kind: kind.to_string(),
             attempt,
             last_seq: Mutex::new(last_seq),
         }
@@ -77,6 +80,7 @@ impl EventWriter {
             output: u.output,
             error: u.error,
             message: u.message,
+            kind: self.kind.clone(),
         };
         let mut last = self.last_seq.lock().await;
         let seq = nats::publish(

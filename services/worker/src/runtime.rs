@@ -424,7 +424,13 @@ async fn claim(
         }
         if attempt > body.max_attempts {
             // Recorded under the last real attempt's number.
-            let writer = EventWriter::new(shared.js.clone(), id, body.max_attempts, last_seq);
+            let writer = EventWriter::new(
+                shared.js.clone(),
+                id,
+                &body.kind,
+                body.max_attempts,
+                last_seq,
+            );
             // The previous attempt was the last and its worker died mid-way.
             let f = TaskFailure::retryable(format!(
                 "attempt {} of {} was lost with its worker",
@@ -435,7 +441,7 @@ async fn claim(
             fail(shared, msg, &writer, body, &f).await?;
             return Ok(None);
         }
-        let writer = EventWriter::new(shared.js.clone(), id, attempt, last_seq);
+        let writer = EventWriter::new(shared.js.clone(), id, &body.kind, attempt, last_seq);
         match writer.write(Update::running()).await {
             Ok(_) => return Ok(Some(writer)),
             Err(nats::Error::Conflict) => continue,
