@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// present (scripts/setup installs it), else nats-server on PATH.
     #[arg(long, env = "TASKWIRE_NATS_SERVER")]
     nats_server: Option<PathBuf>,
+    /// Static files to serve at / beside the gRPC services (the dashboard); default:
+    /// clients/web/dist if it exists.
+    #[arg(long)]
+    web_dir: Option<PathBuf>,
 }
 
 /// How long a redelivery waits in dev mode: a task whose process was killed resumes
@@ -63,7 +67,13 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
 
     let mut nats = NatsChild::start(a.nats_server.as_deref(), &data_dir).await?;
     let shutdown = taskwire::shutdown::on_signal();
-    let result = serve_all(&nats.url, &data_dir, listener, addr, started, shutdown).await;
+    let web_dir = a.web_dir.or_else(|| {
+        Some(PathBuf::from("clients/web/dist")).filter(|d| d.join("index.html").exists())
+    });
+    let result = serve_all(
+        &nats.url, &data_dir, web_dir, listener, addr, started, shutdown,
+    )
+    .await;
     nats.stop().await;
     result
 }
@@ -71,6 +81,7 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
 async fn serve_all(
     nats_url: &str,
     data_dir: &Path,
+    web_dir: Option<PathBuf>,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     started: Instant,
@@ -108,7 +119,13 @@ async fn serve_all(
         .set_serving::<WatchServiceServer<taskwire_watch::WatchApi>>()
         .await;
     let routes = Routes::new(api.service.clone()).add_service(watch.service.clone());
-    let routes = serve::with_introspection(routes, health_service);
+    let mut routes = serve::with_introspection(routes, health_service);
+    if let Some(dir) = &web_dir {
+        // Everything that is not a gRPC path is a static file (the dashboard).
+        let router = std::mem::take(routes.axum_router_mut());
+        *routes.axum_router_mut() =
+            router.fallback_service(tower_http::services::ServeDir::new(dir));
+    }
 
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(api.run_relay(shutdown.clone()));
@@ -121,6 +138,13 @@ async fn serve_all(
         started.elapsed()
     );
     println!("  data: {}", data_dir.display());
+    println!(
+        "  nats: {nats_url} (also in {})",
+        data_dir.join("nats-url").display()
+    );
+    if let Some(dir) = &web_dir {
+        println!("  dashboard: http://{addr}/ (from {})", dir.display());
+    }
     println!(
         "  try:  grpcurl -plaintext -d '{{\"kind\":\"demo.agent\",\"input\":{{\"prompt\":\"hi\",\"tokens\":40}}}}' {addr} taskwire.v1.TaskService/SubmitTask"
     );
@@ -172,6 +196,8 @@ impl NatsChild {
             let _ = std::fs::write(&pid_file, pid.to_string());
         }
         let url = format!("nats://127.0.0.1:{port}");
+        // For workers in other languages that join this dev system.
+        let _ = std::fs::write(data_dir.join("nats-url"), &url);
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
