@@ -35,10 +35,14 @@ pub struct DevArgs {
     /// present (scripts/setup installs it), else nats-server on PATH.
     #[arg(long, env = "TASKWIRE_NATS_SERVER")]
     nats_server: Option<PathBuf>,
-    /// Static files to serve at / beside the gRPC services (the dashboard); default:
+    /// Static files to serve on --web-listen (the dashboard); default:
     /// clients/web/dist if it exists.
     #[arg(long)]
     web_dir: Option<PathBuf>,
+    /// Where to serve the dashboard (plain HTTP; it calls the gRPC address over
+    /// grpc-web, learning it from /config.js).
+    #[arg(long, default_value = "127.0.0.1:50080")]
+    web_listen: SocketAddr,
 }
 
 /// How long a redelivery waits in dev mode: a task whose process was killed resumes
@@ -70,18 +74,59 @@ pub async fn run(a: DevArgs) -> Result<(), CliError> {
     let web_dir = a.web_dir.or_else(|| {
         Some(PathBuf::from("clients/web/dist")).filter(|d| d.join("index.html").exists())
     });
-    let result = serve_all(
-        &nats.url, &data_dir, web_dir, listener, addr, started, shutdown,
-    )
-    .await;
+    let web = match web_dir {
+        Some(dir) => Some(serve_web(dir, a.web_listen, addr, shutdown.clone()).await?),
+        None => None,
+    };
+    let result = serve_all(&nats.url, &data_dir, listener, addr, started, shutdown).await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
     nats.stop().await;
     result
+}
+
+/// Serves the dashboard's static files, and `/config.js` telling the page where the
+/// gRPC services are. A separate listener: tonic-web answers plain HTTP/1.1 GETs on the
+/// gRPC port with 400.
+async fn serve_web(
+    dir: PathBuf,
+    listen: SocketAddr,
+    grpc: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| err(&format!("cannot listen on {listen} for the dashboard"))(e.to_string()))?;
+    let config = format!("window.TASKWIRE_GRPC_URL = \"http://{grpc}\";\n");
+    let router = axum::Router::new()
+        .route(
+            "/config.js",
+            axum::routing::get(move || {
+                let config = config.clone();
+                async move { ([("content-type", "text/javascript")], config) }
+            }),
+        )
+        .fallback_service(tower_http::services::ServeDir::new(&dir));
+    println!("  dashboard: http://{listen}/ (from {})", dir.display());
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "dashboard server stopped");
+        }
+    }))
 }
 
 async fn serve_all(
     nats_url: &str,
     data_dir: &Path,
-    web_dir: Option<PathBuf>,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     started: Instant,
@@ -119,13 +164,7 @@ async fn serve_all(
         .set_serving::<WatchServiceServer<taskwire_watch::WatchApi>>()
         .await;
     let routes = Routes::new(api.service.clone()).add_service(watch.service.clone());
-    let mut routes = serve::with_introspection(routes, health_service);
-    if let Some(dir) = &web_dir {
-        // Everything that is not a gRPC path is a static file (the dashboard).
-        let router = std::mem::take(routes.axum_router_mut());
-        *routes.axum_router_mut() =
-            router.fallback_service(tower_http::services::ServeDir::new(dir));
-    }
+    let routes = serve::with_introspection(routes, health_service);
 
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(api.run_relay(shutdown.clone()));
@@ -142,9 +181,6 @@ async fn serve_all(
         "  nats: {nats_url} (also in {})",
         data_dir.join("nats-url").display()
     );
-    if let Some(dir) = &web_dir {
-        println!("  dashboard: http://{addr}/ (from {})", dir.display());
-    }
     println!(
         "  try:  grpcurl -plaintext -d '{{\"kind\":\"demo.agent\",\"input\":{{\"prompt\":\"hi\",\"tokens\":40}}}}' {addr} taskwire.v1.TaskService/SubmitTask"
     );
