@@ -114,8 +114,21 @@ pub async fn serve(
             oversize_is_resource_exhausted,
         ))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC frames (a submit's
+/// answer, one progress event) must leave at once, not wait for a delayed ACK (~40 ms).
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 /// tonic rejects a request larger than the server's decoding limit with OUT_OF_RANGE

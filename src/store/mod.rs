@@ -161,16 +161,24 @@ impl Store {
             backend,
             timeout: opts.timeout,
         };
-        store.migrate().await?;
+        store.migrate(&url).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), Error> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run(&self.pool).await?;
+    /// Applies pending migrations. Several processes may start at once on one
+    /// database: PostgreSQL's migrator serialises them with an advisory lock, and for
+    /// SQLite (whose migrator does not lock) a lock file beside the database does.
+    async fn migrate(&self, url: &str) -> Result<(), Error> {
+        match self.backend {
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => {
+                let _guard = match sqlite_path(url) {
+                    Some(path) => Some(lock_file(path.with_extension("migrate.lock")).await?),
+                    None => None,
+                };
+                SQLITE_MIGRATIONS.run(&self.pool).await?;
+            }
+        }
         Ok(())
     }
 
@@ -199,6 +207,31 @@ impl Store {
     }
 }
 
+/// The file a `sqlite://PATH?...` URL names, if it names one.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// Takes an exclusive lock on `path` (created if missing); released when dropped.
+async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File, Error> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| Error::Unavailable(format!("migration lock: {e}")))?
+    .map_err(|e| Error::Unavailable(format!("migration lock: {e}")))
+}
+
 /// A URL with its password replaced, for logs and error messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -225,6 +258,17 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/a.db?mode=rwc"),
+            Some("/tmp/a.db".into())
+        );
+        assert_eq!(sqlite_path("sqlite://rel.db"), Some("rel.db".into()));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://h/db"), None);
     }
 
     #[test]

@@ -357,6 +357,18 @@ impl Store {
         .await
     }
 
+    /// How many tasks are in `state` (benchmarks and operators; a full count).
+    pub async fn count_in_state(&self, state: TaskState) -> Result<u64, Error> {
+        self.deadline(async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = $1")
+                .bind(state as i64)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     /// Applies one event to a task's record, if it is newer than the last applied
     /// (seq > last_seq): replaying an event changes nothing. Returns whether it applied.
     #[tracing::instrument(skip_all, fields(task_id = %id, seq = ev.seq), err)]

@@ -234,3 +234,19 @@ both_databases!(
     outbox_leases,
     unreachable_database_is_unavailable
 );
+
+/// Several processes starting at once on a fresh database (api, recorder, watch...) all
+/// migrate it without tripping over each other.
+async fn concurrent_first_starts_migrate_once(db: Db) {
+    let db = db.create().await;
+    let connects = (0..6).map(|_| {
+        let url = db.url.clone();
+        tokio::spawn(async move { Store::connect(&url, &Default::default()).await.map(|_| ()) })
+    });
+    for r in futures::future::join_all(connects).await {
+        r.unwrap()
+            .expect("every concurrent start migrates or finds it done");
+    }
+}
+
+both_databases!(concurrent_first_starts_migrate_once);

@@ -386,21 +386,21 @@ pub async fn connect(
     Ok(TaskServiceClient::new(channel))
 }
 
-/// A built binary of this workspace (`cargo build --bins` puts them beside the test
-/// binary's parent directory; scripts/test builds them first).
+/// A built binary of this workspace: beside the running binary (a bench tool in
+/// target/<profile>/) or one directory up (a test binary in target/<profile>/deps/).
+/// scripts/test builds them first.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build --workspace --bins; scripts/test does)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("own binary path");
+    let here = exe.parent().expect("a directory");
+    let path = [here.join(name), here.parent().unwrap_or(here).join(name)]
+        .into_iter()
+        .find(|p| p.exists());
+    path.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing beside {}: build it first (cargo build --workspace --bins; scripts/test does)",
+            here.display()
+        )
+    })
 }
 
 /// The `taskwire-api` binary as a child process, killed on drop.

@@ -113,10 +113,7 @@ async fn serve_web(
         let served = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(serve::incoming(listener), shutdown.cancelled_owned())
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "dashboard server stopped");
