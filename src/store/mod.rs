@@ -60,6 +60,9 @@ pub enum Error {
     /// A row holds something the code cannot read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A statement shared by a batch failed (the details are logged once).
+    #[error("batched query failed: {0}")]
+    Batch(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]

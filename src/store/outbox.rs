@@ -31,13 +31,27 @@ pub struct OutboxRow {
 
 impl Store {
     /// Forgets the outbox row of a task that JetStream has acknowledged.
-    #[tracing::instrument(skip_all, fields(task_id = %id), err)]
     pub async fn delete_outbox(&self, id: TaskId) -> Result<(), Error> {
+        self.delete_outbox_rows(&[id]).await
+    }
+
+    /// Forgets the outbox rows of many acknowledged tasks in one statement.
+    #[tracing::instrument(skip_all, fields(rows = ids.len()), err)]
+    pub async fn delete_outbox_rows(&self, ids: &[TaskId]) -> Result<(), Error> {
         self.deadline(async {
-            sqlx::query("DELETE FROM outbox WHERE task_id = $1")
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await?;
+            for chunk in ids.chunks(500) {
+                let params: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+                let sql = format!(
+                    "DELETE FROM outbox WHERE task_id IN ({})",
+                    params.join(", ")
+                );
+                // Safe: only `$n` placeholders were formatted into the statement.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                q.execute(&self.pool).await?;
+            }
             Ok(())
         })
         .await

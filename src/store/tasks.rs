@@ -199,81 +199,143 @@ pub struct EventUpdate {
 impl Store {
     /// Inserts a task, its labels and its outbox row in one transaction; or, when the
     /// caller's idempotency key is taken, writes nothing and names the existing task.
-    /// The unique (caller, idempotency_key) constraint decides, so concurrent repeats
-    /// yield one task.
-    #[tracing::instrument(skip_all, fields(task_id = %task.id), err)]
     pub async fn insert_task(
         &self,
         task: &NewTask,
         outbox: &OutboxEntry,
     ) -> Result<Inserted, Error> {
+        let mut out = self.insert_tasks(&[(task.clone(), outbox.clone())]).await?;
+        Ok(out.pop().expect("one result per task"))
+    }
+
+    /// Inserts many tasks with their labels and outbox rows in one transaction (one
+    /// commit: the api's group commit of concurrent submits), answering for each
+    /// whether it is new or which task already holds its idempotency key. The unique
+    /// (caller, idempotency_key) constraint decides, so concurrent repeats, also within
+    /// one batch, yield one task.
+    #[tracing::instrument(skip_all, fields(tasks = tasks.len()), err)]
+    pub async fn insert_tasks(
+        &self,
+        tasks: &[(NewTask, OutboxEntry)],
+    ) -> Result<Vec<Inserted>, Error> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
         self.deadline(async {
             let mut tx = self.pool.begin().await?;
-            let labels_json = serde_json::to_string(&task.labels.clone().into_map())
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
-            let inserted = sqlx::query(
-                "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-                 max_attempts, timeout_ms, created_at_us, updated_at_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
-                 ON CONFLICT (caller, idempotency_key) DO NOTHING",
-            )
-            .bind(task.id.to_string())
-            .bind(task.kind.as_str().to_string())
-            .bind(TaskState::Queued as i64)
-            .bind(task.caller.as_str().to_string())
-            .bind(
-                task.idempotency_key
-                    .as_ref()
-                    .map(|k| k.as_str().to_string()),
-            )
-            .bind(task.input.clone())
-            .bind(labels_json)
-            .bind(i64::from(task.max_attempts))
-            .bind(task.timeout.map(|t| t.as_millis() as i64))
-            .bind(task.created_at_us)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let mut inserted = std::collections::HashSet::new();
+            // Multi-row statements, in chunks that stay under SQLite's parameter limit.
+            for chunk in tasks.chunks(INSERT_CHUNK) {
+                let mut sql = String::from(
+                    "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
+                     max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES ",
+                );
+                for n in 0..chunk.len() {
+                    let b = n * 10;
+                    if n > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql += &format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9,
+                        b + 10,
+                        b + 10
+                    );
+                }
+                sql.push_str(" ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id");
+                // Safe: only fixed SQL and `$n` placeholders were appended.
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                for (t, _) in chunk {
+                    let labels = serde_json::to_string(&t.labels.clone().into_map())
+                        .map_err(|e| Error::Corrupt(e.to_string()))?;
+                    q = q
+                        .bind(t.id.to_string())
+                        .bind(t.kind.as_str().to_string())
+                        .bind(TaskState::Queued as i64)
+                        .bind(t.caller.as_str().to_string())
+                        .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
+                        .bind(t.input.clone())
+                        .bind(labels)
+                        .bind(i64::from(t.max_attempts))
+                        .bind(t.timeout.map(|d| d.as_millis() as i64))
+                        .bind(t.created_at_us);
+                }
+                inserted.extend(q.fetch_all(&mut *tx).await?);
+            }
 
-            if inserted == 0 {
-                // Only the idempotency constraint is handled by ON CONFLICT, so a key
-                // must be present; read the task that holds it.
+            let new: Vec<&(NewTask, OutboxEntry)> = tasks
+                .iter()
+                .filter(|(t, _)| inserted.contains(&t.id.to_string()))
+                .collect();
+            for chunk in new.chunks(INSERT_CHUNK) {
+                let mut sql = String::from(
+                    "INSERT INTO outbox (task_id, subject, payload, lease_until_us) VALUES ",
+                );
+                for n in 0..chunk.len() {
+                    let b = n * 4;
+                    if n > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql += &format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4);
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (t, o) in chunk {
+                    q = q
+                        .bind(t.id.to_string())
+                        .bind(o.subject.clone())
+                        .bind(o.payload.clone())
+                        .bind(o.lease_until_us);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            let labels: Vec<(String, &String, &String)> = new
+                .iter()
+                .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
+                .collect();
+            for chunk in labels.chunks(INSERT_CHUNK) {
+                let mut sql = String::from("INSERT INTO task_labels (task_id, key, value) VALUES ");
+                for n in 0..chunk.len() {
+                    let b = n * 3;
+                    if n > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql += &format!("(${}, ${}, ${})", b + 1, b + 2, b + 3);
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, k, v) in chunk {
+                    q = q.bind(id.clone()).bind((*k).clone()).bind((*v).clone());
+                }
+                q.execute(&mut *tx).await?;
+            }
+
+            // The rest lost to an existing key: name the task that holds it.
+            let mut out = Vec::with_capacity(tasks.len());
+            for (t, _) in tasks {
+                if inserted.contains(&t.id.to_string()) {
+                    out.push(Inserted::New);
+                    continue;
+                }
                 let id: String = sqlx::query_scalar(
                     "SELECT id FROM tasks WHERE caller = $1 AND idempotency_key = $2",
                 )
-                .bind(task.caller.as_str().to_string())
-                .bind(
-                    task.idempotency_key
-                        .as_ref()
-                        .map(|k| k.as_str().to_string()),
-                )
+                .bind(t.caller.as_str().to_string())
+                .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
                 .fetch_one(&mut *tx)
                 .await?;
-                tx.rollback().await?;
-                let id = TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?;
-                return Ok(Inserted::Duplicate(id));
+                out.push(Inserted::Duplicate(
+                    TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?,
+                ));
             }
-
-            for (k, v) in task.labels.iter() {
-                sqlx::query("INSERT INTO task_labels (task_id, key, value) VALUES ($1, $2, $3)")
-                    .bind(task.id.to_string())
-                    .bind(k.clone())
-                    .bind(v.clone())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query(
-                "INSERT INTO outbox (task_id, subject, payload, lease_until_us) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(task.id.to_string())
-            .bind(outbox.subject.clone())
-            .bind(outbox.payload.clone())
-            .bind(outbox.lease_until_us)
-            .execute(&mut *tx)
-            .await?;
             tx.commit().await?;
-            Ok(Inserted::New)
+            Ok(out)
         })
         .await
     }
@@ -455,6 +517,9 @@ fn apply_query(
     // last attempt or the task's failure.
     .bind(i64::from(ev.state == TaskState::Succeeded))
 }
+
+/// Rows per multi-row INSERT: 10 parameters a row stays far below SQLite's limit.
+const INSERT_CHUNK: usize = 500;
 
 /// A bind parameter of a query built at run time.
 enum Arg {

@@ -67,7 +67,11 @@ async fn submit_stores_and_enqueues(db: Db) {
         .await
         .unwrap();
     let id = taskwire::domain::TaskId::parse(&resp.task_id).unwrap();
-    assert!(!store.in_outbox(id).await.unwrap());
+    taskwire_tests::eventually("the outbox row is deleted", || {
+        let store = store.clone();
+        async move { (!store.in_outbox(id).await.unwrap()).then_some(()) }
+    })
+    .await;
     api.stop().await.expect("clean stop");
 }
 

@@ -46,6 +46,7 @@ impl From<ApiError> for Status {
             ApiError::Store(ref s) => match s {
                 store::Error::Unavailable(_) => unavailable(&e, "the database"),
                 store::Error::Query(_)
+                | store::Error::Batch(_)
                 | store::Error::Corrupt(_)
                 | store::Error::Migrate(_)
                 | store::Error::Config(_) => internal(&e),

@@ -9,10 +9,12 @@
 //! - [`config`]: flags and `TASKWIRE_*` variables.
 //! - `service`: the RPC handlers; request parsing.
 //! - `submit`, `cancel`: the two operations with a protocol of their own.
+//! - `batch`: group commit of concurrent submits, batched outbox cleanup.
 //! - `relay`: publishes outbox rows whose submitter died.
 //! - `error`: the one mapping from errors to gRPC codes.
 #![forbid(unsafe_code)]
 
+mod batch;
 mod cancel;
 pub mod config;
 mod error;
@@ -103,6 +105,8 @@ impl Api {
                 default_max_attempts: config.default_max_attempts,
                 outbox_lease: config.outbox_lease,
                 fault: config.fault,
+                inserter: batch::Inserter::spawn(store.clone()),
+                outbox_cleaner: batch::OutboxCleaner::spawn(store.clone()),
             }),
         };
         let relay = relay::Relay {

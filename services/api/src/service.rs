@@ -35,6 +35,9 @@ pub struct Shared {
     pub default_max_attempts: u32,
     pub outbox_lease: Duration,
     pub fault: Option<Fault>,
+    /// Group commit of concurrent submits.
+    pub inserter: crate::batch::Inserter,
+    pub outbox_cleaner: crate::batch::OutboxCleaner,
 }
 
 /// The TaskService implementation; cheap to clone.

@@ -74,7 +74,7 @@ impl TaskApi {
             lease_until_us: now + s.outbox_lease.as_micros() as i64,
         };
 
-        match s.store.insert_task(&task, &outbox).await? {
+        match s.inserter.insert(task.clone(), outbox.clone()).await? {
             Inserted::New => {}
             Inserted::Duplicate(id) => {
                 return Ok(self
@@ -105,11 +105,7 @@ impl TaskApi {
                 if s.fault == Some(Fault::AbortAfterPublish) {
                     std::process::abort();
                 }
-                // If this delete fails, the relay publishes again later and JetStream
-                // drops the duplicate: a warning, not an error for the caller.
-                if let Err(e) = s.store.delete_outbox(id).await {
-                    tracing::warn!(task_id = %id, error = %e, "outbox row left for the relay");
-                }
+                s.outbox_cleaner.forget(id);
             }
             Err(publish_err) => match s
                 .store

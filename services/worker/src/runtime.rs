@@ -396,6 +396,22 @@ async fn claim(
     attempt: u32,
     body: &TaskMessage,
 ) -> Result<Option<EventWriter>, ()> {
+    // A first delivery usually finds an empty history: claim it with "expected seq 0"
+    // straight away, saving a read. If that loses (cancelled while queued), read.
+    if attempt == 1 && body.max_attempts >= 1 {
+        let writer = EventWriter::new(shared.js.clone(), id, &body.kind, attempt, 0);
+        match writer.write(Update::running()).await {
+            Ok(_) => return Ok(Some(writer)),
+            Err(nats::Error::Conflict) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot append RUNNING; retrying later");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return Err(());
+            }
+        }
+    }
     // A few tries: a dead worker's stale history may move under us once or twice.
     for _ in 0..5 {
         let last = match nats::last_event(&shared.events, id).await {
