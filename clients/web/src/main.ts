@@ -1,0 +1,731 @@
+// The taskwire dashboard: lists tasks (ListTasks), submits and cancels them, and keeps
+// every visible row live from ONE WatchTasks stream (browsers allow only ~6 HTTP/1.1
+// connections per host, so one WatchTask per row would starve the page). When that
+// stream drops, it reconnects with backoff and lists again to catch up: WatchTasks is
+// live-only, so ListTasks is its resume path. The detail drawer uses WatchTask with
+// after_seq for one task's events.
+import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createApi } from "./api";
+import { $, append, clear, h } from "./dom";
+import {
+  FILTER_STATES,
+  compactJson,
+  describeError,
+  formatClock,
+  formatDuration,
+  isTerminal,
+  parseLabels,
+  prettyJson,
+  shortId,
+  stateName,
+  tsMillis,
+} from "./format";
+import { SubmitTaskRequestSchema } from "./gen/taskwire/v1/service_pb";
+import { ProgressSchema, TaskState, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
+
+const api = createApi();
+const UNARY_TIMEOUT_MS = 15_000;
+
+/** The demo kinds `taskwire dev` runs, with an example input for each. */
+const PRESETS: { kind: string; input: JsonValue; hint: string }[] = [
+  { kind: "demo.sleep", input: { seconds: 5, steps: 10 }, hint: "sleeps, reporting n steps" },
+  { kind: "demo.agent", input: { prompt: "hi", tokens: 40, delay_ms: 120 }, hint: "streams tokens as progress" },
+  { kind: "demo.echo", input: { hello: "world" }, hint: "returns its input" },
+  { kind: "demo.flaky", input: {}, hint: "fails once, then succeeds" },
+  { kind: "demo.fail", input: {}, hint: "always fails" },
+];
+
+// ---------------------------------------------------------------------------------
+// State
+
+interface Row {
+  task: Task;
+  /** The newest human-readable line: an event's log message or progress message. */
+  note: string;
+  tr: HTMLTableRowElement;
+  badge: HTMLElement;
+  attempt: HTMLElement;
+  progress: HTMLElement;
+  bar: HTMLElement;
+  pct: HTMLElement;
+  message: HTMLElement;
+  duration: HTMLElement;
+  actions: HTMLElement;
+  /** One button per row, kept across renders so a click is never lost to a re-render. */
+  cancel: HTMLButtonElement;
+}
+
+interface Filter {
+  state: TaskState;
+  kind: string;
+  labels: Record<string, string>;
+}
+
+let filter: Filter = { state: TaskState.UNSPECIFIED, kind: "", labels: {} };
+let pageSize = 20;
+/** page_token of every page visited so far; the last one is the current page's. */
+let pageTokens: string[] = [""];
+let nextPageToken = "";
+let rows = new Map<string, Row>();
+let listGeneration = 0;
+let highlightId = "";
+
+const tbody = $<HTMLTableSectionElement>('[data-testid="task-rows"]');
+
+// ---------------------------------------------------------------------------------
+// Rows
+
+function newRow(task: Task): Row {
+  const badge = h("span", { class: "badge", "data-testid": "task-state" });
+  const attempt = h("span", { class: "attempt", "data-testid": "task-attempt" });
+  const bar = h("div", { class: "bar" });
+  const progress = h(
+    "div",
+    { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "data-testid": "task-progress" },
+    bar,
+  );
+  const pct = h("span", { class: "pct", "data-testid": "task-progress-label" });
+  const message = h("span", { class: "message", "data-testid": "task-message" });
+  const duration = h("span", { class: "duration", "data-testid": "task-duration" });
+  const actions = h("td", { class: "actions" });
+  const id = task.id;
+  const cancel = h("button", { class: "btn small danger", "data-testid": "cancel-button", onclick: () => cancelTask(id, cancel) }, "Cancel");
+  const tr = h(
+    "tr",
+    { "data-testid": "task-row", "data-task-id": id },
+    h(
+      "td",
+      {},
+      h("button", { class: "link mono", "data-testid": "task-id", title: `${id}\nclick for details`, onclick: () => openDetail(id) }, shortId(id)),
+    ),
+    h("td", { class: "mono kind", "data-testid": "task-kind" }, task.kind),
+    h("td", {}, badge, attempt),
+    h("td", { class: "col-progress" }, h("div", { class: "progress-cell" }, progress, pct)),
+    h("td", { class: "message-cell" }, message),
+    h("td", { class: "muted nowrap", "data-testid": "task-created" }, formatClock(tsMillis(task.createdAt))),
+    h("td", { class: "muted nowrap" }, duration),
+    actions,
+  );
+  const row: Row = { task, note: task.progress?.message ?? "", tr, badge, attempt, progress, bar, pct, message, duration, actions, cancel };
+  renderRow(row);
+  return row;
+}
+
+function displayFraction(task: Task): number {
+  // A SUCCEEDED task is complete even if its handler never reported progress.
+  if (task.state === TaskState.SUCCEEDED) return 1;
+  const f = task.progress?.fraction ?? 0;
+  return Number.isFinite(f) ? Math.min(1, Math.max(0, f)) : 0;
+}
+
+function renderRow(row: Row): void {
+  const t = row.task;
+  const name = stateName(t.state);
+  row.tr.dataset.state = name;
+  row.badge.textContent = name;
+  row.badge.className = `badge state-${name.toLowerCase()}`;
+  row.attempt.textContent = t.attempt > 1 || t.state === TaskState.RETRYING ? `attempt ${t.attempt}/${t.maxAttempts || "?"}` : "";
+
+  const fraction = displayFraction(t);
+  const pct = Math.round(fraction * 100);
+  row.progress.dataset.fraction = String(fraction);
+  row.progress.setAttribute("aria-valuenow", String(pct));
+  row.progress.className = `progress state-${name.toLowerCase()}${t.state === TaskState.QUEUED ? " waiting" : ""}`;
+  row.bar.style.width = `${pct}%`;
+  row.pct.textContent = `${pct}%`;
+
+  let text = row.note;
+  let cls = "message";
+  if (t.state === TaskState.FAILED || (t.state === TaskState.RETRYING && t.error)) {
+    text = t.error ? `${t.error.code}: ${t.error.message}` : text;
+    cls += " bad";
+  } else if (t.state === TaskState.SUCCEEDED && t.output) {
+    text = `→ ${compactJson(t.output, 60)}`;
+    cls += " good";
+  }
+  row.message.className = cls;
+  row.message.textContent = text;
+  row.message.title = text;
+
+  renderDuration(row);
+
+  // Cancel is offered on non-terminal rows only; the button is added and removed, never rebuilt.
+  if (isTerminal(t.state)) row.cancel.remove();
+  else if (row.cancel.parentNode !== row.actions) row.actions.appendChild(row.cancel);
+}
+
+function renderDuration(row: Row): void {
+  const t = row.task;
+  const start = tsMillis(t.startedAt);
+  const end = tsMillis(t.finishedAt) ?? (isTerminal(t.state) ? tsMillis(t.updatedAt) : undefined);
+  row.duration.textContent = start === undefined ? "—" : formatDuration((end ?? Date.now()) - start);
+}
+
+/**
+ * Events for tasks that are not on screen yet, by task id (bounded). The stream can be
+ * ahead of ListTasks: a task submitted a moment ago may start, or even finish, before
+ * the listing that shows its row arrives, and the database (written by taskwire's
+ * recorder) can lag the events the stream carries. When a listing brings the row in,
+ * the events it has not seen yet are applied from here, so none is lost.
+ */
+const early = new Map<string, TaskEvent[]>();
+const EARLY_MAX_TASKS = 500;
+const EARLY_MAX_EVENTS = 64;
+
+function rememberEarly(ev: TaskEvent): void {
+  let list = early.get(ev.taskId);
+  if (!list) {
+    if (early.size >= EARLY_MAX_TASKS) early.delete(early.keys().next().value as string);
+    list = [];
+    early.set(ev.taskId, list);
+  }
+  list.push(ev);
+  if (list.length > EARLY_MAX_EVENTS) list.shift();
+}
+
+/** Applies one event (from WatchTasks) to its row, or keeps it until the row appears. */
+function applyEvent(ev: TaskEvent): void {
+  const row = rows.get(ev.taskId);
+  if (row) {
+    applyToRow(row, ev);
+    return;
+  }
+  rememberEarly(ev);
+  // A task this page does not show yet (e.g. submitted elsewhere): on the first page,
+  // list again so it appears. WatchTasks sends no QUEUED event, so this fires when it starts.
+  if (pageTokens.length === 1 && (filter.state === TaskState.UNSPECIFIED || filter.state === ev.state)) scheduleReload();
+}
+
+/** Folds an event into a task record; false when the record already has it (by seq). */
+function foldEvent(t: Task, ev: TaskEvent): boolean {
+  if (ev.seq !== 0n && ev.seq <= t.lastSeq) return false; // already applied (list and stream overlap)
+  if (ev.seq > t.lastSeq) t.lastSeq = ev.seq;
+  const wasState = t.state;
+  t.state = ev.state;
+  if (ev.attempt) t.attempt = ev.attempt;
+  if (ev.progress) t.progress = ev.progress;
+  else if (ev.state === TaskState.RUNNING && wasState !== TaskState.RUNNING) t.progress = create(ProgressSchema, {});
+  if (ev.output) t.output = ev.output;
+  if (ev.error) t.error = ev.error;
+  if (ev.time) {
+    if (ev.state === TaskState.RUNNING && !t.startedAt) t.startedAt = ev.time;
+    if (isTerminal(ev.state)) t.finishedAt = ev.time;
+    t.updatedAt = ev.time;
+  }
+  return true;
+}
+
+function applyToRow(row: Row, ev: TaskEvent): void {
+  if (!foldEvent(row.task, ev)) return;
+  const line = ev.message || ev.progress?.message;
+  if (line) row.note = line;
+  renderRow(row);
+}
+
+/** Replaces the table body with a freshly listed page, keeping rows that are newer. */
+function showTasks(tasks: Task[]): void {
+  const next = new Map<string, Row>();
+  for (const task of tasks) {
+    const old = rows.get(task.id);
+    let row: Row;
+    if (old && old.task.lastSeq > task.lastSeq) {
+      row = old; // the stream already moved this row past what the list read
+    } else if (old) {
+      old.task = task;
+      if (task.progress?.message) old.note = task.progress.message;
+      renderRow(old);
+      row = old;
+    } else {
+      row = newRow(task);
+    }
+    const missed = early.get(task.id);
+    if (missed) {
+      early.delete(task.id);
+      for (const ev of missed) applyToRow(row, ev);
+    }
+    row.tr.classList.toggle("fresh", task.id === highlightId);
+    next.set(task.id, row);
+  }
+  rows = next;
+  clear(tbody);
+  if (tasks.length === 0) {
+    append(
+      tbody,
+      h("tr", { class: "empty", "data-testid": "empty" }, h("td", { colspan: 8 }, hasFilter() ? "No tasks match these filters." : "No tasks yet. Submit one on the left.")),
+    );
+  }
+  for (const row of next.values()) tbody.appendChild(row.tr);
+}
+
+function hasFilter(): boolean {
+  return filter.state !== TaskState.UNSPECIFIED || filter.kind !== "" || Object.keys(filter.labels).length > 0;
+}
+
+// ---------------------------------------------------------------------------------
+// Listing and paging
+
+const listError = $('[data-testid="list-error"]');
+const pageInfo = $('[data-testid="page-info"]');
+const prevBtn = $<HTMLButtonElement>('[data-testid="prev-page"]');
+const nextBtn = $<HTMLButtonElement>('[data-testid="next-page"]');
+
+async function loadPage(): Promise<void> {
+  const generation = ++listGeneration;
+  document.body.classList.add("loading");
+  try {
+    const res = await api.tasks.listTasks(
+      { pageSize, pageToken: pageTokens[pageTokens.length - 1], state: filter.state, kind: filter.kind, labels: filter.labels },
+      { timeoutMs: UNARY_TIMEOUT_MS },
+    );
+    if (generation !== listGeneration) return; // a newer listing superseded this one
+    nextPageToken = res.nextPageToken;
+    showTasks(res.tasks);
+    listError.hidden = true;
+    const page = pageTokens.length;
+    const first = (page - 1) * pageSize + (res.tasks.length ? 1 : 0);
+    pageInfo.textContent = `Page ${page} · ${first}–${(page - 1) * pageSize + res.tasks.length}${nextPageToken ? "" : " (last)"}`;
+  } catch (err) {
+    if (generation !== listGeneration) return;
+    const { code, message } = describeError(err);
+    listError.textContent = `Could not list tasks — ${code}: ${message}`;
+    listError.hidden = false;
+  } finally {
+    if (generation === listGeneration) document.body.classList.remove("loading");
+    prevBtn.disabled = pageTokens.length <= 1;
+    nextBtn.disabled = !nextPageToken;
+  }
+}
+
+let reloadTimer: number | undefined;
+/** Lists again soon; bursts of unknown-task events collapse into one ListTasks. */
+function scheduleReload(delayMs = 400): void {
+  if (reloadTimer !== undefined) return;
+  reloadTimer = window.setTimeout(() => {
+    reloadTimer = undefined;
+    void loadPage();
+  }, delayMs);
+}
+
+prevBtn.addEventListener("click", () => {
+  if (pageTokens.length > 1) {
+    pageTokens.pop();
+    void loadPage();
+  }
+});
+nextBtn.addEventListener("click", () => {
+  if (nextPageToken) {
+    pageTokens.push(nextPageToken);
+    void loadPage();
+  }
+});
+$<HTMLSelectElement>('[data-testid="page-size"]').addEventListener("change", (ev) => {
+  pageSize = Number((ev.target as HTMLSelectElement).value) || 20;
+  pageTokens = [""];
+  void loadPage();
+});
+
+// Filters
+const filterForm = $<HTMLFormElement>('[data-testid="filters"]');
+const stateSelect = $<HTMLSelectElement>('[data-testid="filter-state"]');
+append(stateSelect, h("option", { value: String(TaskState.UNSPECIFIED) }, "any state"));
+for (const s of FILTER_STATES) append(stateSelect, h("option", { value: String(s) }, stateName(s).toLowerCase()));
+
+function applyFilters(): void {
+  const kind = $<HTMLInputElement>('[data-testid="filter-kind"]').value.trim();
+  const labelInput = $<HTMLInputElement>('[data-testid="filter-label"]');
+  let labels: Record<string, string>;
+  try {
+    labels = parseLabels(labelInput.value.trim());
+    labelInput.removeAttribute("aria-invalid");
+  } catch (err) {
+    labelInput.setAttribute("aria-invalid", "true");
+    listError.textContent = `Label filter: ${(err as Error).message}`;
+    listError.hidden = false;
+    return;
+  }
+  const streamChanged = kind !== filter.kind || JSON.stringify(labels) !== JSON.stringify(filter.labels);
+  filter = { state: Number(stateSelect.value) as TaskState, kind, labels };
+  pageTokens = [""];
+  void loadPage();
+  // The stream carries the same kind/label filter, so it only sends what can be shown.
+  if (streamChanged) startStream();
+}
+filterForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  applyFilters();
+});
+stateSelect.addEventListener("change", applyFilters);
+$('[data-testid="refresh"]').addEventListener("click", () => void loadPage());
+
+// ---------------------------------------------------------------------------------
+// The one WatchTasks stream
+
+const streamPill = $('[data-testid="stream-status"]');
+let streamAbort: AbortController | undefined;
+
+function setStreamStatus(status: "connecting" | "live" | "reconnecting" | "error", text: string, title = ""): void {
+  streamPill.dataset.status = status;
+  $(".pill-text", streamPill).textContent = text;
+  streamPill.title = title;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = window.setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      window.clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+function startStream(): void {
+  streamAbort?.abort();
+  const ac = new AbortController();
+  streamAbort = ac;
+  void watchLoop(ac.signal, { kind: filter.kind, labels: { ...filter.labels } });
+}
+
+async function watchLoop(signal: AbortSignal, req: { kind: string; labels: Record<string, string> }): Promise<void> {
+  let failures = 0;
+  let first = true;
+  while (!signal.aborted) {
+    setStreamStatus("connecting", first ? "connecting…" : "reconnecting…");
+    let reason = "the stream ended";
+    let openedAt = 0;
+    try {
+      const stream = api.watch.watchTasks(req, {
+        signal,
+        timeoutMs: 0, // a live stream has no deadline
+        onHeader: () => {
+          // Established: anything that happened before now is in a fresh listing,
+          // anything after arrives on this stream (rows merge by seq). This is also how
+          // a reconnect catches up on what it missed: WatchTasks has no replay.
+          openedAt = Date.now();
+          setStreamStatus("live", "live");
+          void loadPage();
+          if (!first) {
+            // The database can trail the events by a moment (taskwire's recorder writes
+            // in batches), so after a gap list once more shortly after.
+            window.setTimeout(() => void loadPage(), 2000);
+          }
+          first = false;
+        },
+      });
+      for await (const ev of stream) applyEvent(ev);
+    } catch (err) {
+      if (signal.aborted) return;
+      const { code, message } = describeError(err);
+      reason = `${code}: ${message}`;
+      if (ConnectError.from(err).code === Code.InvalidArgument) {
+        // The filter itself is refused (e.g. a malformed kind): retrying cannot help.
+        // The list shows the same error; a new filter starts a new stream.
+        setStreamStatus("error", "not watching", reason);
+        return;
+      }
+    }
+    if (signal.aborted) return;
+    first = false;
+    // Back off from the start again only after a stream that stayed up a while, so a
+    // server that accepts and at once drops the stream is not hammered.
+    if (openedAt && Date.now() - openedAt > 10_000) failures = 0;
+    failures++;
+    const base = Math.min(30_000, 500 * 2 ** Math.min(failures - 1, 6));
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    setStreamStatus("reconnecting", `offline · retry in ${Math.ceil(delay / 1000)}s`, reason);
+    await sleep(delay, signal);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Submitting
+
+const submitForm = $<HTMLFormElement>('[data-testid="submit-form"]');
+const kindInput = $<HTMLInputElement>('[data-testid="submit-kind"]');
+const inputArea = $<HTMLTextAreaElement>('[data-testid="submit-input"]');
+const submitError = $('[data-testid="submit-error"]');
+const submitResult = $('[data-testid="submit-result"]');
+const submitButton = $<HTMLButtonElement>('[data-testid="submit-button"]');
+
+const datalist = $("#kind-options");
+const presets = $('[data-testid="presets"]');
+for (const p of PRESETS) {
+  append(datalist, h("option", { value: p.kind }, p.hint));
+  append(
+    presets,
+    h(
+      "button",
+      {
+        type: "button",
+        class: "chip",
+        title: p.hint,
+        "data-testid": `preset-${p.kind}`,
+        onclick: () => {
+          kindInput.value = p.kind;
+          inputArea.value = JSON.stringify(p.input);
+          validateInput();
+        },
+      },
+      p.kind,
+    ),
+  );
+}
+
+/** Parses the input textarea; shows why when it is not JSON. Empty means no input. */
+function validateInput(): { ok: true; value: JsonValue | undefined } | { ok: false } {
+  const text = inputArea.value.trim();
+  if (text === "") {
+    inputArea.removeAttribute("aria-invalid");
+    return { ok: true, value: undefined };
+  }
+  try {
+    const value = JSON.parse(text) as JsonValue;
+    inputArea.removeAttribute("aria-invalid");
+    if (submitError.dataset.kind === "json") submitError.hidden = true;
+    return { ok: true, value };
+  } catch (err) {
+    inputArea.setAttribute("aria-invalid", "true");
+    return { ok: false };
+  }
+}
+inputArea.addEventListener("input", () => validateInput());
+
+function showSubmitError(kind: "json" | "form" | "grpc", text: string): void {
+  submitError.dataset.kind = kind;
+  submitError.textContent = text;
+  submitError.hidden = false;
+  submitResult.hidden = true;
+}
+
+submitForm.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  submitError.hidden = true;
+  submitResult.hidden = true;
+  const kind = kindInput.value.trim();
+  if (!kind) {
+    showSubmitError("form", "Kind is required, e.g. demo.sleep.");
+    kindInput.focus();
+    return;
+  }
+  const parsed = validateInput();
+  if (!parsed.ok) {
+    let why = "";
+    try {
+      JSON.parse(inputArea.value);
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    showSubmitError("json", `Input is not valid JSON: ${why}`);
+    inputArea.focus();
+    return;
+  }
+  let labels: Record<string, string>;
+  try {
+    labels = parseLabels($<HTMLInputElement>('[data-testid="submit-labels"]').value.trim());
+  } catch (err) {
+    showSubmitError("form", `Labels: ${(err as Error).message}`);
+    return;
+  }
+  const maxAttempts = Number($<HTMLInputElement>('[data-testid="submit-max-attempts"]').value || 0);
+  const idempotencyKey = $<HTMLInputElement>('[data-testid="submit-idempotency-key"]').value.trim();
+
+  const request = create(SubmitTaskRequestSchema, {
+    kind,
+    labels,
+    maxAttempts: Number.isFinite(maxAttempts) && maxAttempts > 0 ? Math.floor(maxAttempts) : 0,
+    idempotencyKey,
+    input: parsed.value === undefined ? undefined : fromJson(ValueSchema, parsed.value),
+  });
+  submitButton.disabled = true;
+  submitButton.textContent = "Submitting…";
+  try {
+    const res = await api.tasks.submitTask(request, { timeoutMs: UNARY_TIMEOUT_MS });
+    highlightId = res.taskId;
+    submitResult.replaceChildren(
+      res.deduplicated ? "Already submitted with that key: " : "Submitted ",
+      h("button", { type: "button", class: "link mono", "data-testid": "submit-result-id", onclick: () => openDetail(res.taskId) }, res.taskId),
+    );
+    submitResult.dataset.taskId = res.taskId;
+    submitResult.hidden = false;
+    // Show it now: WatchTasks sends nothing until the task starts running.
+    if (pageTokens.length > 1) pageTokens = [""];
+    await loadPage();
+  } catch (err) {
+    const { code, message } = describeError(err);
+    showSubmitError("grpc", `${code}: ${message}`);
+  } finally {
+    submitButton.disabled = false;
+    submitButton.textContent = "Submit task";
+  }
+});
+
+// ---------------------------------------------------------------------------------
+// Cancelling
+
+async function cancelTask(id: string, button?: HTMLButtonElement): Promise<void> {
+  if (button) {
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+  }
+  try {
+    const task = await api.tasks.cancelTask({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS });
+    const row = rows.get(id);
+    if (row && task.lastSeq >= row.task.lastSeq) {
+      row.task = task;
+      renderRow(row);
+    }
+    toast(`Cancelled ${shortId(id)}`, "ok");
+  } catch (err) {
+    const { code, message } = describeError(err);
+    toast(`Cancel ${shortId(id)} failed — ${code}: ${message}`, "error");
+    if (button) {
+      button.disabled = false;
+      button.textContent = "Cancel";
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Toasts
+
+const toasts = $('[data-testid="toasts"]');
+function toast(text: string, kind: "ok" | "error"): void {
+  const el = h("div", { class: `toast ${kind}`, "data-testid": `toast-${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+  el.addEventListener("click", () => el.remove());
+  toasts.appendChild(el);
+  window.setTimeout(() => el.remove(), kind === "error" ? 10_000 : 4_000);
+}
+
+// ---------------------------------------------------------------------------------
+// Detail drawer: GetStatus, then WatchTask from after_seq (resumes after drops)
+
+const drawer = $('[data-testid="task-detail"]');
+const drawerBody = $(".drawer-body", drawer);
+let detail: { id: string; abort: AbortController } | undefined;
+
+function closeDetail(): void {
+  detail?.abort.abort();
+  detail = undefined;
+  drawer.hidden = true;
+}
+$('[data-testid="detail-close"]').addEventListener("click", closeDetail);
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && detail) closeDetail();
+});
+
+function kv(label: string, value: Node | string): HTMLElement {
+  return h("div", { class: "kv" }, h("span", { class: "k" }, label), h("span", { class: "v" }, value));
+}
+
+function openDetail(id: string): void {
+  closeDetail();
+  const abort = new AbortController();
+  const events = h("ol", { class: "events", "data-testid": "detail-events" });
+  const summary = h("div", { class: "detail-summary" }, "Loading…");
+  const streamNote = h("p", { class: "muted small", "data-testid": "detail-stream" }, "");
+  clear(drawerBody);
+  append(drawerBody, h("p", { class: "mono small detail-id" }, id), summary, h("h3", {}, "Events"), streamNote, events);
+  drawer.hidden = false;
+  let lastSeq = 0n;
+
+  let current: Task | undefined;
+  const addEvent = (ev: TaskEvent) => {
+    if (ev.seq !== 0n && ev.seq <= lastSeq) return;
+    if (ev.seq > lastSeq) lastSeq = ev.seq;
+    if (current && foldEvent(current, ev)) renderSummary(current);
+    const name = stateName(ev.state);
+    const text =
+      ev.message ||
+      (ev.error ? `${ev.error.code}: ${ev.error.message}` : "") ||
+      (ev.progress ? `${Math.round(ev.progress.fraction * 100)}% ${ev.progress.message}` : "") ||
+      (ev.output ? `→ ${compactJson(ev.output, 80)}` : "");
+    events.prepend(
+      h(
+        "li",
+        {},
+        h("span", { class: "muted mono" }, `#${ev.seq}`),
+        h("span", { class: `badge small state-${name.toLowerCase()}` }, name),
+        h("span", { class: "ev-text" }, text),
+        h("span", { class: "muted nowrap" }, formatClock(tsMillis(ev.time))),
+      ),
+    );
+  };
+
+  const renderSummary = (t: Task) => {
+    const name = stateName(t.state);
+    clear(summary);
+    append(
+      summary,
+      kv("kind", h("span", { class: "mono" }, t.kind)),
+      kv("state", h("span", { class: `badge state-${name.toLowerCase()}`, "data-testid": "detail-state" }, name)),
+      kv("attempt", `${t.attempt} of ${t.maxAttempts}`),
+      kv("progress", `${Math.round((t.progress?.fraction ?? 0) * 100)}% ${t.progress?.message ?? ""}`),
+      kv("labels", Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "—"),
+      kv("created", formatClock(tsMillis(t.createdAt))),
+      kv("started", formatClock(tsMillis(t.startedAt))),
+      kv("finished", formatClock(tsMillis(t.finishedAt))),
+      h("h3", {}, "Input"),
+      h("pre", { class: "json" }, prettyJson(t.input) || "—"),
+      t.output ? h("h3", {}, "Output") : null,
+      t.output ? h("pre", { class: "json" }, prettyJson(t.output)) : null,
+      t.error ? h("h3", {}, "Error") : null,
+      t.error ? h("pre", { class: "json bad" }, `${t.error.code}${t.error.retryable ? " (retryable)" : ""}\n${t.error.message}`) : null,
+    );
+  };
+
+  detail = { id, abort };
+
+  void (async () => {
+    try {
+      current = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
+      renderSummary(current);
+    } catch (err) {
+      if (abort.signal.aborted) return;
+      const { code, message } = describeError(err);
+      summary.textContent = `${code}: ${message}`;
+      return;
+    }
+    // WatchTask: after_seq = 0 first sends the current state; after a drop, resume
+    // with after_seq = the last seq received. The stream ends after the terminal event.
+    let failures = 0;
+    while (!abort.signal.aborted) {
+      streamNote.textContent = "watching…";
+      try {
+        for await (const ev of api.watch.watchTask({ taskId: id, afterSeq: lastSeq }, { signal: abort.signal, timeoutMs: 0 })) {
+          failures = 0;
+          addEvent(ev);
+          if (isTerminal(ev.state)) {
+            // The final record (output, finished_at) once the task is done.
+            current = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
+            renderSummary(current);
+          }
+        }
+        streamNote.textContent = "finished";
+        return;
+      } catch (err) {
+        if (abort.signal.aborted) return;
+        const ce = ConnectError.from(err);
+        if (ce.code === Code.NotFound || ce.code === Code.InvalidArgument) {
+          streamNote.textContent = `${describeError(ce).code}: ${ce.rawMessage}`;
+          return;
+        }
+        failures++;
+        const delay = Math.min(10_000, 500 * 2 ** Math.min(failures - 1, 5));
+        streamNote.textContent = `disconnected (${describeError(ce).code}); resuming after #${lastSeq} in ${Math.ceil(delay / 1000)}s`;
+        await sleep(delay, abort.signal);
+      }
+    }
+  })();
+}
+
+// ---------------------------------------------------------------------------------
+// Start
+
+$('[data-testid="grpc-url"]').textContent = api.baseUrl;
+window.setInterval(() => {
+  for (const row of rows.values()) if (row.task.startedAt && !isTerminal(row.task.state)) renderDuration(row);
+}, 1000);
+void loadPage();
+startStream();

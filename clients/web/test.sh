@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The dashboard's test, end to end and non-interactive:
+#   1. npm ci (exact versions from package-lock.json)
+#   2. generated code has no drift from ../../proto (regenerate into a temp dir, diff src/gen)
+#   3. typecheck and build dist/
+#   4. Debian's chromium (installed with apt-get when missing; needs root)
+#   5. `taskwire dev` on free loopback ports, a temp data dir, --web-dir dist/
+#   6. node --test test/ driving chromium with playwright-core
+# Exits non-zero on any failure; always stops taskwire dev and removes its temp dir.
+# Env: TASKWIRE_BIN (default <repo>/target/debug/taskwire), TASKWIRE_NATS_SERVER
+# (default <repo>/.venv/bin/nats-server), CHROMIUM (default /usr/bin/chromium).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$here"
+
+TASKWIRE_BIN="${TASKWIRE_BIN:-$repo/target/debug/taskwire}"
+NATS_SERVER="${TASKWIRE_NATS_SERVER:-$repo/.venv/bin/nats-server}"
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+ARTIFACTS_DIR="$here/test-artifacts"
+started=$SECONDS
+
+say() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - started)); }
+die() { echo "test.sh: $*" >&2; exit 1; }
+
+for bin in "$TASKWIRE_BIN" "$NATS_SERVER"; do
+  [[ -x "$bin" ]] || die "missing $bin (build taskwire with cargo and run scripts/setup first)"
+done
+command -v node >/dev/null || die "node is not installed"
+
+work="$(mktemp -d -t taskwire-web.XXXXXX)"
+tw_pid=""
+cleanup() {
+  local rc=$?
+  if [[ -n "$tw_pid" ]] && kill -0 "$tw_pid" 2>/dev/null; then
+    kill -INT "$tw_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$tw_pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$tw_pid" 2>/dev/null; then
+      echo "test.sh: taskwire dev ignored SIGINT for 10s; killing its process group" >&2
+      kill -KILL -- "-$tw_pid" 2>/dev/null || kill -KILL "$tw_pid" 2>/dev/null || true
+    fi
+    wait "$tw_pid" 2>/dev/null || true
+  fi
+  if [[ $rc -ne 0 && -f "$work/taskwire.log" ]]; then
+    echo "---- last lines of the taskwire dev log ----" >&2
+    tail -n 40 "$work/taskwire.log" >&2 || true
+  fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say "npm ci"
+timeout 600 npm ci --no-audit --no-fund --loglevel=error
+
+say "generated code drift check"
+timeout 120 npx --no-install buf generate --output "$work/gen"
+if ! diff -ru src/gen "$work/gen/src/gen"; then
+  die "src/gen is stale: run 'npx buf generate' in clients/web and commit the result"
+fi
+
+say "typecheck and build"
+timeout 120 npx --no-install tsc --noEmit -p .
+timeout 120 node build.mjs
+
+say "chromium"
+if [[ ! -x "$CHROMIUM" ]]; then
+  [[ $(id -u) -eq 0 ]] || die "$CHROMIUM is missing; install Debian's chromium (apt-get install -y chromium) as root"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -qq
+  timeout 900 apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  [[ -x "$CHROMIUM" ]] || die "apt-get installed chromium but $CHROMIUM does not exist"
+fi
+"$CHROMIUM" --version 2>/dev/null || true
+
+say "start taskwire dev"
+free_port() {
+  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+grpc_port=$(free_port)
+web_port=$(free_port)
+while [[ "$web_port" == "$grpc_port" ]]; do web_port=$(free_port); done
+grpc_url="http://127.0.0.1:$grpc_port"
+web_url="http://127.0.0.1:$web_port/"
+# Its own session (process group), so a stuck server can be killed with its children.
+env -u TASKWIRE_ADDR -u TASKWIRE_WATCH_ADDR -u TASKWIRE_NATS_SERVER \
+  setsid "$TASKWIRE_BIN" dev \
+  --listen "127.0.0.1:$grpc_port" \
+  --data-dir "$work/data" \
+  --nats-server "$NATS_SERVER" \
+  --web-dir "$here/dist" \
+  --web-listen "127.0.0.1:$web_port" \
+  >"$work/taskwire.log" 2>&1 </dev/null &
+tw_pid=$!
+
+# Ready when the dashboard, /config.js and gRPC (a ListTasks over grpc-web) all answer.
+TW_WEB="$web_url" TW_GRPC="$grpc_url" TW_PID="$tw_pid" timeout 70 node --input-type=module -e '
+const { TW_WEB, TW_GRPC, TW_PID } = process.env;
+const deadline = Date.now() + 60_000;
+const alive = () => { try { process.kill(Number(TW_PID), 0); return true; } catch { return false; } };
+for (;;) {
+  if (!alive()) { console.error("taskwire dev exited"); process.exit(1); }
+  try {
+    const sig = AbortSignal.timeout(2000);
+    const index = await fetch(TW_WEB, { signal: sig });
+    const config = await (await fetch(new URL("/config.js", TW_WEB), { signal: sig })).text();
+    const list = await fetch(`${TW_GRPC}/taskwire.v1.TaskService/ListTasks`, {
+      method: "POST", signal: sig,
+      headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
+      body: new Uint8Array([0, 0, 0, 0, 0]),
+    });
+    const body = new Uint8Array(await list.arrayBuffer());
+    const trailer = new TextDecoder().decode(body);
+    if (index.ok && config.includes(TW_GRPC) && list.ok && /grpc-status:\s*0/.test(trailer + (list.headers.get("grpc-status") === "0" ? "grpc-status:0" : ""))) {
+      console.log(`ready: dashboard ${TW_WEB}, grpc-web ${TW_GRPC}`);
+      process.exit(0);
+    }
+  } catch {}
+  if (Date.now() > deadline) { console.error("taskwire dev did not become ready in 60s"); process.exit(1); }
+  await new Promise((r) => setTimeout(r, 250));
+}' || die "taskwire dev did not start"
+
+say "browser test"
+mkdir -p "$ARTIFACTS_DIR"
+TASKWIRE_WEB_URL="$web_url" TASKWIRE_GRPC_URL="$grpc_url" CHROMIUM="$CHROMIUM" ARTIFACTS_DIR="$ARTIFACTS_DIR" \
+  timeout 300 node --test --test-timeout=240000 --test-concurrency=1 test/
+
+say "stop taskwire dev"
+kill -INT "$tw_pid"
+for _ in $(seq 1 100); do kill -0 "$tw_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$tw_pid" 2>/dev/null; then die "taskwire dev did not exit within 10s of SIGINT"; fi
+wait "$tw_pid" || echo "test.sh: note: taskwire dev exited with status $? after SIGINT"
+tw_pid=""
+echo "screenshot: $ARTIFACTS_DIR/dashboard.png"
+say "web dashboard: ok"

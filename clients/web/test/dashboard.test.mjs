@@ -1,0 +1,357 @@
+// End-to-end test of the dashboard: Debian's chromium (driven by playwright-core)
+// against a running `taskwire dev` that serves clients/web/dist. test.sh starts the
+// server and passes its addresses:
+//   TASKWIRE_WEB_URL   the dashboard, e.g. http://127.0.0.1:50080/
+//   TASKWIRE_GRPC_URL  what /config.js should announce, e.g. http://127.0.0.1:50051
+//   CHROMIUM           the browser binary (default /usr/bin/chromium)
+//   ARTIFACTS_DIR      where the screenshot goes (default ../test-artifacts)
+import assert from "node:assert/strict";
+import { mkdirSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { dirname, join } from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const WEB_URL = process.env.TASKWIRE_WEB_URL;
+const GRPC_URL = process.env.TASKWIRE_GRPC_URL;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = process.env.ARTIFACTS_DIR || join(here, "..", "test-artifacts");
+if (!WEB_URL || !GRPC_URL) throw new Error("TASKWIRE_WEB_URL and TASKWIRE_GRPC_URL must be set (run test.sh)");
+
+const STEP = 30_000; // the bound for any one wait in this file
+
+let browser;
+let page;
+const watchRequests = []; // every request to /taskwire.v1.WatchService/WatchTask*
+const openStreams = new Set(); // those not finished or failed yet
+let maxOpenStreams = 0;
+const grpcRequests = [];
+const pageErrors = [];
+const offHost = []; // any request that leaves 127.0.0.1
+const consoleLines = []; // everything the page logged, saved for debugging
+
+const row = (id) => page.locator(`[data-testid="task-row"][data-task-id="${id}"]`);
+
+async function submit(kind, input, { labels = "" } = {}) {
+  const before = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
+  await page.fill('[data-testid="submit-kind"]', kind);
+  await page.fill('[data-testid="submit-input"]', input);
+  await page.fill('[data-testid="submit-labels"]', labels);
+  await page.click('[data-testid="submit-button"]');
+  await page.waitForFunction(
+    (prev) => {
+      const el = document.querySelector('[data-testid="submit-result"]');
+      const err = document.querySelector('[data-testid="submit-error"]');
+      return (el && !el.hidden && el.dataset.taskId && el.dataset.taskId !== prev) || (err && !err.hidden);
+    },
+    before,
+    { timeout: STEP },
+  );
+  const err = page.locator('[data-testid="submit-error"]');
+  if (await err.isVisible()) assert.fail(`submit ${kind} failed: ${await err.textContent()}`);
+  const id = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
+  assert.match(id, /^[0-9a-f-]{36}$/);
+  await row(id).waitFor({ timeout: STEP });
+  return id;
+}
+
+before(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: STEP,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  page = await browser.newPage({ viewport: { width: 1500, height: 860 }, deviceScaleFactor: 1 });
+  page.setDefaultTimeout(STEP);
+  page.on("request", (req) => {
+    const url = new URL(req.url());
+    if (url.protocol.startsWith("http") && url.hostname !== "127.0.0.1") offHost.push(req.url());
+    if (url.pathname.startsWith("/taskwire.v1.")) grpcRequests.push(url.pathname);
+    if (url.pathname.startsWith("/taskwire.v1.WatchService/WatchTask")) {
+      watchRequests.push(url.pathname);
+      openStreams.add(req);
+      maxOpenStreams = Math.max(maxOpenStreams, openStreams.size);
+    }
+  });
+  page.on("requestfinished", (req) => openStreams.delete(req));
+  page.on("requestfailed", (req) => openStreams.delete(req));
+  page.on("pageerror", (err) => pageErrors.push(String(err)));
+  page.on("console", (msg) => {
+    consoleLines.push(`${msg.type()}: ${msg.text()}`);
+    if (msg.type() === "error") pageErrors.push(`console: ${msg.text()}`);
+  });
+  // Record every progress value a row shows, to prove the bar moved live.
+  await page.addInitScript(() => {
+    window.__fractions = {};
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const el = r.target;
+        if (!(el instanceof HTMLElement) || el.dataset.testid !== "task-progress") continue;
+        const id = el.closest("tr")?.dataset.taskId;
+        if (id) (window.__fractions[id] ??= []).push(Number(el.dataset.fraction));
+      }
+    }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-fraction"] });
+  });
+  await page.goto(WEB_URL, { waitUntil: "load", timeout: STEP });
+});
+
+after(async () => {
+  // For debugging a failure: how the page looked at the end, and what it logged.
+  await page?.screenshot({ path: join(ARTIFACTS, "final.png"), fullPage: true }).catch(() => {});
+  writeFileSync(join(ARTIFACTS, "console.log"), consoleLines.join("\n") + "\n");
+  await browser?.close();
+});
+
+test("loads, reads /config.js and goes live on one WatchTasks stream", async () => {
+  assert.equal(await page.title(), "taskwire dashboard");
+  assert.equal(await page.textContent('[data-testid="grpc-url"]'), GRPC_URL);
+  await page.waitForSelector('[data-testid="stream-status"][data-status="live"]', { timeout: STEP });
+  assert.deepEqual(watchRequests, ["/taskwire.v1.WatchService/WatchTasks"]);
+});
+
+test("rejects malformed JSON input with a message and sends nothing", async () => {
+  const sent = grpcRequests.length;
+  await page.fill('[data-testid="submit-kind"]', "demo.echo");
+  await page.fill('[data-testid="submit-input"]', '{"seconds": 2,');
+  await page.click('[data-testid="submit-button"]');
+  const err = page.locator('[data-testid="submit-error"]');
+  await err.waitFor({ state: "visible" });
+  assert.match(await err.textContent(), /not valid JSON/);
+  assert.equal(await page.getAttribute('[data-testid="submit-input"]', "aria-invalid"), "true");
+  assert.equal(grpcRequests.length, sent, "no RPC for invalid input");
+});
+
+test("shows the server's gRPC error for a bad kind", async () => {
+  await page.fill('[data-testid="submit-kind"]', "Not A Kind!");
+  await page.fill('[data-testid="submit-input"]', "{}");
+  await page.click('[data-testid="submit-button"]');
+  const err = page.locator('[data-testid="submit-error"]');
+  await page.waitForFunction(() => /INVALID_ARGUMENT/.test(document.querySelector('[data-testid="submit-error"]')?.textContent ?? ""));
+  assert.ok(await err.isVisible());
+});
+
+let sleepId;
+let cancelledId;
+
+test("demo.sleep submitted from the page runs to 100% and SUCCEEDED, live", async () => {
+  sleepId = await submit("demo.sleep", '{"seconds":2,"steps":4}', { labels: "suite=web" });
+  const r = row(sleepId);
+  await r.locator('[data-testid="task-progress"][aria-valuenow="100"]').waitFor({ timeout: STEP });
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${sleepId}"][data-state="SUCCEEDED"]`, { timeout: STEP });
+  assert.equal(await r.locator('[data-testid="task-state"]').textContent(), "SUCCEEDED");
+  assert.equal(await r.locator('[data-testid="task-progress-label"]').textContent(), "100%");
+  assert.equal(await r.locator('[data-testid="cancel-button"]').count(), 0, "no cancel on a finished task");
+  const seen = await page.evaluate((id) => window.__fractions[id] ?? [], sleepId);
+  const steps = seen.filter((f) => f > 0 && f < 1);
+  assert.ok(steps.length >= 2, `the bar moved through intermediate steps from stream events (saw ${JSON.stringify(seen)})`);
+  for (let i = 1; i < seen.length; i++) assert.ok(seen[i] >= seen[i - 1], `progress never went back: ${JSON.stringify(seen)}`);
+  assert.match(await r.locator('[data-testid="task-message"]').textContent(), /slept/);
+});
+
+test("a long demo.sleep is cancelled from the page", async () => {
+  cancelledId = await submit("demo.sleep", '{"seconds":120,"steps":120}');
+  const r = row(cancelledId);
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${cancelledId}"][data-state="RUNNING"]`, { timeout: STEP });
+  await r.locator('[data-testid="cancel-button"]').click();
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${cancelledId}"][data-state="CANCELLED"]`, { timeout: STEP });
+  assert.equal(await r.locator('[data-testid="task-state"]').textContent(), "CANCELLED");
+  assert.equal(await r.locator('[data-testid="cancel-button"]').count(), 0);
+});
+
+test("every row stays live on the single stream; screenshot", async () => {
+  // A few more rows for the picture: one streaming tokens, one failed.
+  const agentId = await submit("demo.agent", '{"prompt":"hi","tokens":150,"delay_ms":60}', { labels: "suite=web" });
+  const failId = await submit("demo.fail", "{}");
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${failId}"][data-state="FAILED"]`, { timeout: STEP });
+  await page.waitForFunction(
+    (id) => Number(document.querySelector(`[data-task-id="${id}"] [data-testid="task-progress"]`)?.getAttribute("aria-valuenow")) >= 40,
+    agentId,
+    { timeout: STEP },
+  );
+  // Still one streaming request, opened once, for all of these tasks.
+  assert.deepEqual(watchRequests, ["/taskwire.v1.WatchService/WatchTasks"], `streams opened: ${JSON.stringify(watchRequests)}`);
+  assert.equal(openStreams.size, 1, "the one stream is still open");
+  assert.equal(maxOpenStreams, 1, "never more than one stream open");
+  assert.equal(await page.getAttribute('[data-testid="stream-status"]', "data-status"), "live");
+  await row(sleepId).locator('[data-testid="task-progress"][aria-valuenow="100"]').waitFor();
+  await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
+  // Stop the agent so it does not outlive the test's interest in it.
+  await row(agentId).locator('[data-testid="cancel-button"]').click();
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${agentId}"][data-state="CANCELLED"]`, { timeout: STEP });
+});
+
+test("filters by state, kind and label", async () => {
+  await page.selectOption('[data-testid="filter-state"]', { label: "cancelled" });
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('[data-testid="task-row"]')];
+    return rows.length > 0 && rows.every((r) => r.dataset.state === "CANCELLED");
+  });
+  assert.equal(await row(cancelledId).count(), 1);
+  assert.equal(await row(sleepId).count(), 0);
+
+  await page.selectOption('[data-testid="filter-state"]', { label: "any state" });
+  await page.fill('[data-testid="filter-kind"]', "demo.sleep");
+  await page.fill('[data-testid="filter-label"]', "suite=web");
+  await page.click('[data-testid="filter-apply"]');
+  await page.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll('[data-testid="task-row"]')];
+    return rows.length === 1 && rows[0].dataset.taskId === id;
+  }, sleepId);
+
+  // A malformed kind: the server's INVALID_ARGUMENT shows, and the stream gives up
+  // instead of retrying a filter that cannot work.
+  await page.fill('[data-testid="filter-kind"]', "Not A Kind");
+  await page.fill('[data-testid="filter-label"]', "");
+  await page.click('[data-testid="filter-apply"]');
+  await page.waitForSelector('[data-testid="list-error"]:not([hidden])');
+  assert.match(await page.textContent('[data-testid="list-error"]'), /INVALID_ARGUMENT: kind/);
+  await page.waitForSelector('[data-testid="stream-status"][data-status="error"]');
+
+  await page.fill('[data-testid="filter-kind"]', "");
+  await page.click('[data-testid="filter-apply"]');
+  await row(cancelledId).waitFor();
+  assert.ok(await page.isHidden('[data-testid="list-error"]'));
+  await page.waitForSelector('[data-testid="stream-status"][data-status="live"]');
+  // A kind/label filter change replaces the stream; it never adds one.
+  assert.ok(watchRequests.every((p) => p === "/taskwire.v1.WatchService/WatchTasks"));
+  for (let i = 0; i < 50 && openStreams.size !== 1; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(openStreams.size, 1, "exactly one stream open after filter changes");
+});
+
+test("pages with next/prev page tokens", async () => {
+  for (let i = 0; i < 8; i++) await submit("demo.echo", JSON.stringify({ n: i }));
+  // 12 tasks now exist (4 from the tests above, 8 echoes): 10 on page 1, 2 on page 2.
+  await page.selectOption('[data-testid="page-size"]', "10");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="task-row"]').length === 10);
+  const first = await page.$$eval('[data-testid="task-row"]', (rs) => rs.map((r) => r.dataset.taskId));
+  assert.match(await page.textContent('[data-testid="page-info"]'), /^Page 1/);
+  assert.equal(await page.isDisabled('[data-testid="prev-page"]'), true);
+  await page.click('[data-testid="next-page"]');
+  await page.waitForFunction(() => /^Page 2/.test(document.querySelector('[data-testid="page-info"]')?.textContent ?? ""));
+  const second = await page.$$eval('[data-testid="task-row"]', (rs) => rs.map((r) => r.dataset.taskId));
+  assert.equal(second.length, 2);
+  assert.ok(second.every((id) => !first.includes(id)), "page 2 holds other tasks");
+  assert.ok(second.includes(sleepId), "the oldest task is on the last page");
+  assert.equal(await page.isDisabled('[data-testid="next-page"]'), true);
+  await page.click('[data-testid="prev-page"]');
+  await page.waitForFunction(() => /^Page 1/.test(document.querySelector('[data-testid="page-info"]')?.textContent ?? ""));
+  assert.deepEqual(await page.$$eval('[data-testid="task-row"]', (rs) => rs.map((r) => r.dataset.taskId)), first);
+});
+
+// A TCP proxy between a second page and the gRPC port, so the test can drop the
+// WatchTasks connection the way a flaky network would.
+async function startProxy(targetPort) {
+  const sockets = new Set();
+  let refusing = false;
+  const server = net.createServer((client) => {
+    if (refusing) return client.destroy();
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", close);
+      s.on("close", close);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      refusing = true;
+      for (const s of sockets) s.destroy();
+    },
+    restore() {
+      refusing = false;
+    },
+    close() {
+      this.cut();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** SubmitTask straight to the server over grpc-web (no input), for a task the page did not submit. */
+async function submitDirect(kind) {
+  const kindBytes = new TextEncoder().encode(kind);
+  const msg = new Uint8Array([0x0a, kindBytes.length, ...kindBytes]);
+  const frame = new Uint8Array([0, 0, 0, 0, msg.length, ...msg]);
+  const res = await fetch(`${GRPC_URL}/taskwire.v1.TaskService/SubmitTask`, {
+    method: "POST",
+    headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
+    body: frame,
+    signal: AbortSignal.timeout(STEP),
+  });
+  const body = new Uint8Array(await res.arrayBuffer());
+  assert.equal(body[0], 0, `SubmitTask answered a message frame (grpc-status ${res.headers.get("grpc-status")})`);
+  assert.equal(body[5], 0x0a, "task_id is field 1");
+  return new TextDecoder().decode(body.subarray(7, 7 + body[6]));
+}
+
+test("after a dropped stream it reconnects with backoff and re-lists to catch up", async () => {
+  const proxy = await startProxy(Number(new URL(GRPC_URL).port));
+  const context = await browser.newContext({ viewport: { width: 1300, height: 700 } });
+  try {
+    const p = await context.newPage();
+    p.setDefaultTimeout(STEP);
+    const streams = [];
+    p.on("request", (req) => {
+      if (new URL(req.url()).pathname.startsWith("/taskwire.v1.WatchService/")) streams.push(new URL(req.url()).pathname);
+    });
+    await p.route(/\/config\.js$/, (route) =>
+      route.fulfill({ contentType: "text/javascript", body: `window.TASKWIRE_GRPC_URL = ${JSON.stringify(proxy.url)};` }),
+    );
+    await p.goto(WEB_URL, { timeout: STEP });
+    assert.equal(await p.textContent('[data-testid="grpc-url"]'), proxy.url);
+    await p.waitForSelector('[data-testid="stream-status"][data-status="live"]');
+
+    // A task the page is showing, running when the connection drops.
+    await p.fill('[data-testid="submit-kind"]', "demo.sleep");
+    await p.fill('[data-testid="submit-input"]', '{"seconds":2,"steps":2}');
+    await p.click('[data-testid="submit-button"]');
+    await p.waitForSelector('[data-testid="submit-result"]:not([hidden])');
+    const id = await p.getAttribute('[data-testid="submit-result"]', "data-task-id");
+    await p.waitForSelector(`[data-task-id="${id}"][data-state="RUNNING"]`);
+
+    proxy.cut();
+    await p.waitForSelector('[data-testid="stream-status"][data-status="reconnecting"]');
+    // While the page is offline: the task finishes, and another client submits one.
+    const otherId = await submitDirect("demo.echo");
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(await p.getAttribute(`[data-testid="task-row"][data-task-id="${id}"]`, "data-state"), "RUNNING", "offline: nothing new arrived");
+
+    proxy.restore();
+    await p.waitForSelector('[data-testid="stream-status"][data-status="live"]');
+    // Caught up by the re-list, not by replay (WatchTasks has none).
+    await p.waitForSelector(`[data-task-id="${id}"][data-state="SUCCEEDED"] [data-testid="task-progress"][aria-valuenow="100"]`);
+    await p.waitForSelector(`[data-testid="task-row"][data-task-id="${otherId}"]`);
+    assert.ok(streams.length >= 2, `reconnected: ${JSON.stringify(streams)}`);
+    assert.ok(streams.every((s) => s === "/taskwire.v1.WatchService/WatchTasks"), `only WatchTasks: ${JSON.stringify(streams)}`);
+  } finally {
+    await context.close();
+    await proxy.close();
+  }
+});
+
+test("no page errors, and all traffic stayed on 127.0.0.1", () => {
+  assert.deepEqual(pageErrors, []);
+  assert.deepEqual(offHost, []);
+});
