@@ -31,6 +31,13 @@ use crate::{domain::TaskId, pb::internal::v1::Event};
 pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
 pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 pub const DLQ_STREAM: &str = "TASKWIRE_DLQ";
+/// Captures JetStream's MAX_DELIVERIES advisories for the task stream. Advisories are
+/// core (at-most-once) messages; a stream keeps them until the recorder handles them.
+pub const ADVISORIES_STREAM: &str = "TASKWIRE_ADVISORIES";
+pub const MAX_DELIVERIES_SUBJECT: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TASKWIRE_TASKS.*";
+/// The recorder's durable consumer on TASKWIRE_ADVISORIES.
+pub const ADVISORY_CONSUMER: &str = "taskwire-recorder-advisories";
 /// The recorder's durable consumer on TASKWIRE_EVENTS.
 pub const RECORDER_CONSUMER: &str = "taskwire-recorder";
 
@@ -156,7 +163,12 @@ pub async fn setup_streams(js: &Context, s: &StreamSettings) -> Result<(), Error
         max_age: Duration::from_secs(30 * 24 * 3600),
         ..file(DLQ_STREAM, "taskwire.dlq.>")
     };
-    for config in [tasks, events, dlq] {
+    let advisories = stream::Config {
+        retention: RetentionPolicy::Limits,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..file(ADVISORIES_STREAM, MAX_DELIVERIES_SUBJECT)
+    };
+    for config in [tasks, events, dlq, advisories] {
         let name = config.name.clone();
         js.create_or_update_stream(config)
             .await
@@ -188,6 +200,7 @@ pub async fn setup_kind_consumer(
     js: &Context,
     kind: &str,
     ack_wait: Duration,
+    max_deliver: i64,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
     let tasks = js
         .get_stream_no_info(TASKS_STREAM)
@@ -200,10 +213,10 @@ pub async fn setup_kind_consumer(
             filter_subject: task_subject(kind),
             ack_policy: AckPolicy::Explicit,
             ack_wait,
-            // Above any task's max_attempts: a worker enforces the task's own limit
-            // from the delivery count (a delivery past it fails the task); this cap
-            // is the backstop.
-            max_deliver: i64::from(crate::domain::MAX_ATTEMPTS_LIMIT) + 1,
+            // Above any task's max_attempts (101 by default): a worker enforces the
+            // task's own limit from the delivery count; this cap is the backstop, and
+            // its advisory is handled by the recorder.
+            max_deliver,
             max_ack_pending: 10_000,
             ..Default::default()
         })
@@ -245,6 +258,31 @@ pub async fn publish(
         .await
         .map_err(map)?;
     Ok(ack.sequence)
+}
+
+/// Copies a dead task to `taskwire.dlq.<kind>` (Nats-Msg-Id = task id, so doing it
+/// again after a crash stores it once), with the error in headers.
+pub async fn publish_dead_letter(
+    js: &Context,
+    body: &crate::pb::internal::v1::TaskMessage,
+    error: Option<&crate::pb::v1::TaskError>,
+) -> Result<(), Error> {
+    let mut msg = PublishMessage::build()
+        .payload(Bytes::from(body.encode_to_vec()))
+        .message_id(&body.task_id)
+        .header(SCHEMA_HEADER, SCHEMA_VERSION);
+    if let Some(e) = error {
+        msg = msg.header("Taskwire-Error-Code", e.code.as_str()).header(
+            "Taskwire-Error-Retryable",
+            if e.retryable { "true" } else { "false" },
+        );
+    }
+    let ack = js
+        .send_publish(dlq_subject(&body.kind), msg)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    ack.await.map_err(|e| Error::Unavailable(e.to_string()))?;
+    Ok(())
 }
 
 /// The newest event of a task in TASKWIRE_EVENTS and its seq, or None if it has none.

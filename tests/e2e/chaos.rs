@@ -137,3 +137,64 @@ both_databases!(
     killed_worker_task_is_finished_by_another,
     sigterm_under_load_loses_nothing
 );
+
+/// Every worker holding a task dies until JetStream stops delivering it (the
+/// consumer's max_deliver, lowered to 2 here): the MAX_DELIVERIES advisory, kept in a
+/// stream, lets the recorder fail the task, dead-letter it and clear the work queue.
+async fn exhausted_deliveries_fail_the_task(db: Db) {
+    use taskwire::pb::v1::SubmitTaskRequest;
+    use taskwire_tests::{dlq_messages, tasks_in_stream};
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+    let mut client = api.client().await;
+    let js = nats.jetstream().await;
+    let id = super::submit(
+        &mut client,
+        SubmitTaskRequest {
+            max_attempts: 5,
+            ..submit_req(
+                "demo.sleep",
+                serde_json::json!({"seconds": 60, "steps": 60}),
+            )
+        },
+    )
+    .await;
+    let flags = ["--max-deliver", "2"];
+    for attempt in 1..=2u32 {
+        let mut doomed = WorkerProcess::spawn(&nats.url(), &flags);
+        eventually(&format!("attempt {attempt} runs"), || {
+            let js = js.clone();
+            let id = id.clone();
+            async move {
+                task_events(&js, &id)
+                    .await
+                    .iter()
+                    .any(|(_, e)| e.attempt == attempt && e.state == TaskState::Running as i32)
+                    .then_some(())
+            }
+        })
+        .await;
+        doomed.kill();
+    }
+    // A live worker's next pull makes JetStream emit the advisory.
+    let _puller = WorkerProcess::spawn(&nats.url(), &flags);
+    let t = wait_terminal(&client, &id).await;
+    assert_eq!(t.state, TaskState::Failed as i32, "{t:?}");
+    assert_eq!(
+        t.error.as_ref().map(|e| e.code.as_str()),
+        Some("MAX_DELIVERIES")
+    );
+    eventually("the task is dead-lettered and off the work queue", || {
+        let js = js.clone();
+        let id = id.clone();
+        async move {
+            let in_dlq = dlq_messages(&js).await.iter().any(|(m, _)| *m == id);
+            (in_dlq && tasks_in_stream(&js).await.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+both_databases!(exhausted_deliveries_fail_the_task);

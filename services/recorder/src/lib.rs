@@ -7,6 +7,8 @@
 //! a redelivery or a full replay of the stream leaves the database as it was.
 #![forbid(unsafe_code)]
 
+mod advisories;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -55,6 +57,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Recorder {
     store: Store,
+    advisories: advisories::Advisories,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
 }
@@ -76,6 +79,7 @@ impl Recorder {
         nats::setup_streams(&js, &config.streams.settings()).await?;
         Ok(Self {
             store,
+            advisories: advisories::Advisories::start(js.clone()).await?,
             consumer: consumer(&js).await?,
             batch: config.batch as usize,
         })
@@ -86,6 +90,7 @@ impl Recorder {
     /// `--batch`): one event at a time when idle, large commits under load.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!("recorder running");
+        let advisories = tokio::spawn(self.advisories.run(shutdown.clone()));
         let mut messages = match self.consumer.messages().await {
             Ok(m) => m,
             Err(e) => {
@@ -115,6 +120,7 @@ impl Recorder {
             }
             record(&self.store, &batch).await;
         }
+        let _ = advisories.await;
         self.store.close().await;
     }
 }

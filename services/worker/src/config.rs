@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "TASKWIRE_DEFAULT_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub default_timeout: Duration,
 
+    /// Deliveries JetStream makes of one task before it gives up (the consumer's
+    /// max_deliver; above any task's max_attempts). Past it the recorder fails the task
+    /// from the MAX_DELIVERIES advisory. Lowered only by tests.
+    #[arg(long, env = "TASKWIRE_MAX_DELIVER", default_value_t = 101, hide = true)]
+    pub max_deliver: i64,
+
     /// On SIGTERM, how long running handlers may take to finish before they are
     /// stopped and their tasks handed back for another worker.
     #[arg(long, env = "TASKWIRE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]

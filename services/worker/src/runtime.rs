@@ -17,7 +17,6 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message as _;
 use rand::Rng;
@@ -95,7 +94,9 @@ impl Worker {
         let cancels = Cancels::start(&client, router_stop.clone()).await?;
         let mut consumers = Vec::new();
         for kind in registry.kinds() {
-            consumers.push(nats::setup_kind_consumer(&js, &kind, config.ack_wait).await?);
+            consumers.push(
+                nats::setup_kind_consumer(&js, &kind, config.ack_wait, config.max_deliver).await?,
+            );
         }
         let shared = Arc::new(Shared {
             js,
@@ -527,37 +528,17 @@ async fn fail(
     Ok(())
 }
 
-/// Copies a dead task to `taskwire.dlq.<kind>` (Nats-Msg-Id = task id, so doing it
-/// again after a crash stores it once).
+/// Copies a dead task to the DLQ; on failure the message is left for redelivery.
 async fn dead_letter(
     shared: &Arc<Shared>,
     body: &TaskMessage,
     error: Option<&TaskError>,
 ) -> Result<(), ()> {
-    let mut msg = jetstream::message::PublishMessage::build()
-        .payload(Bytes::from(body.encode_to_vec()))
-        .message_id(&body.task_id)
-        .header(nats::SCHEMA_HEADER, nats::SCHEMA_VERSION);
-    if let Some(e) = error {
-        msg = msg.header("Taskwire-Error-Code", e.code.as_str()).header(
-            "Taskwire-Error-Retryable",
-            if e.retryable { "true" } else { "false" },
-        );
-    }
-    let sent = match shared
-        .js
-        .send_publish(nats::dlq_subject(&body.kind), msg)
+    nats::publish_dead_letter(&shared.js, body, error)
         .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    sent.map_err(|e| {
-        tracing::warn!(
-            error = e,
-            "dead-letter publish failed; the task is redelivered"
+        .map_err(
+            |e| tracing::warn!(error = %e, "dead-letter publish failed; the task is redelivered"),
         )
-    })
 }
 
 /// The outcome event could not be stored.
