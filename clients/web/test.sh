@@ -126,7 +126,7 @@ for (;;) {
 say "browser test"
 mkdir -p "$ARTIFACTS_DIR"
 TASKWIRE_WEB_URL="$web_url" TASKWIRE_GRPC_URL="$grpc_url" CHROMIUM="$CHROMIUM" ARTIFACTS_DIR="$ARTIFACTS_DIR" \
-  timeout 300 node --test --test-timeout=240000 --test-concurrency=1 test/
+  timeout 300 node --test --test-reporter=tap --test-timeout=240000 --test-concurrency=1 test/
 
 say "stop taskwire dev"
 kill -INT "$tw_pid"

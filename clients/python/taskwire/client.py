@@ -1,0 +1,843 @@
+"""A thin, typed client for taskwire's gRPC services (``taskwire.v1``).
+
+::
+
+    from taskwire import Client
+
+    with Client("127.0.0.1:50051") as tw:
+        task_id = tw.submit("demo.sleep", {"seconds": 2, "steps": 4})
+        for event in tw.watch(task_id):          # resumes by itself after a drop
+            print(event.seq, event.progress.fraction, event.progress.message)
+        print(tw.status(task_id).state)
+
+:class:`AsyncClient` has the same methods for asyncio (``grpc.aio``); its ``watch``
+is an async iterator. Every failed call raises :class:`TaskwireError`, which carries
+the gRPC status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
+from typing import Any, Optional, Union
+
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from .v1 import service_pb2, service_pb2_grpc, task_pb2
+from .values import JSON, from_value, to_value
+
+log = logging.getLogger("taskwire.client")
+
+__all__ = [
+    "AsyncClient",
+    "AsyncTaskWatch",
+    "Client",
+    "JSON",
+    "TERMINAL_STATES",
+    "TaskWatch",
+    "TaskwireError",
+    "from_value",
+    "is_terminal",
+    "state_name",
+    "to_value",
+]
+
+Task = task_pb2.Task
+TaskEvent = task_pb2.TaskEvent
+TaskState = task_pb2.TaskState
+ListTasksResponse = service_pb2.ListTasksResponse
+
+#: SUCCEEDED, FAILED and CANCELLED: a task in one of them never changes again.
+TERMINAL_STATES: frozenset[int] = frozenset(
+    {task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED}
+)
+
+StateLike = Union[int, str, None]
+Seconds = Union[float, int, datetime.timedelta]
+
+# Short reconnect backoffs, so that a watch resumes soon after the server is back
+# (gRPC's default grows to minutes).
+_DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.enable_retries", 0),
+)
+
+
+class TaskwireError(Exception):
+    """A taskwire call failed. ``code`` is the gRPC status code, ``details`` the
+    server's message, ``method`` the RPC (e.g. ``TaskService/GetStatus``)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, method: str = "") -> None:
+        self.code = code
+        self.details = details
+        self.method = method
+        where = f" ({method})" if method else ""
+        super().__init__(f"{code.name}: {details}{where}")
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError, method: str = "") -> "TaskwireError":
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        details = err.details() if hasattr(err, "details") else str(err)
+        return cls(code or grpc.StatusCode.UNKNOWN, details or "", method)
+
+
+def is_terminal(state: int) -> bool:
+    """Whether a ``TaskState`` value is SUCCEEDED, FAILED or CANCELLED."""
+    return state in TERMINAL_STATES
+
+
+def state_name(state: int) -> str:
+    """``4`` -> ``"SUCCEEDED"``."""
+    return task_pb2.TaskState.Name(state).removeprefix("TASK_STATE_")
+
+
+def _state_value(state: StateLike) -> int:
+    if state is None:
+        return task_pb2.TASK_STATE_UNSPECIFIED
+    if isinstance(state, str):
+        name = state.upper()
+        if not name.startswith("TASK_STATE_"):
+            name = "TASK_STATE_" + name
+        return task_pb2.TaskState.Value(name)
+    return int(state)
+
+
+def _seconds(value: Seconds) -> float:
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _target(address: str) -> tuple[str, bool]:
+    """``http://h:p`` / ``https://h:p`` / ``h:p`` -> (gRPC target, use TLS)."""
+    if address.startswith("https://"):
+        return address[len("https://") :].rstrip("/"), True
+    if address.startswith("http://"):
+        return address[len("http://") :].rstrip("/"), False
+    return address, False
+
+
+def _submit_request(
+    kind: str,
+    input: JSON,
+    idempotency_key: str,
+    max_attempts: int,
+    labels: Optional[Mapping[str, str]],
+    task_timeout: Optional[Seconds],
+) -> service_pb2.SubmitTaskRequest:
+    req = service_pb2.SubmitTaskRequest(
+        kind=kind,
+        input=to_value(input),
+        idempotency_key=idempotency_key or "",
+        max_attempts=max_attempts or 0,
+        labels=dict(labels or {}),
+    )
+    if task_timeout is not None:
+        d = duration_pb2.Duration()
+        d.FromTimedelta(datetime.timedelta(seconds=_seconds(task_timeout)))
+        req.timeout.CopyFrom(d)
+    return req
+
+
+def _list_request(
+    state: StateLike,
+    kind: str,
+    labels: Optional[Mapping[str, str]],
+    page_size: int,
+    page_token: str,
+) -> service_pb2.ListTasksRequest:
+    return service_pb2.ListTasksRequest(
+        page_size=page_size or 0,
+        page_token=page_token or "",
+        state=_state_value(state),  # type: ignore[arg-type]
+        kind=kind or "",
+        labels=dict(labels or {}),
+    )
+
+
+class _Resume:
+    """Bookkeeping shared by the sync and async watch: what was seen, what to resume
+    from, and how long to wait before the next try."""
+
+    def __init__(
+        self,
+        task_id: str,
+        after_seq: int,
+        max_retries: int,
+        backoff_base: float,
+        backoff_max: float,
+        timeout: Optional[float],
+    ) -> None:
+        self.task_id = task_id
+        self.last_seq = after_seq
+        self.emitted = False
+        self.finished = False
+        self.reconnects = 0
+        self.failures = 0
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        # Set when the client cancelled the call itself because the connection went
+        # away (GOAWAY from a server shutting down): resume rather than fail.
+        self.connection_lost = False
+
+    def already_over(self, task: task_pb2.Task) -> bool:
+        """Whether a watch from ``after_seq`` would get nothing: the task is finished
+        and its terminal event is not after ``after_seq``. (The server then sends
+        nothing and never ends the stream, so the client must not ask.)"""
+        return is_terminal(task.state) and 0 < task.last_seq <= self.last_seq
+
+    def request(self) -> service_pb2.WatchTaskRequest:
+        return service_pb2.WatchTaskRequest(task_id=self.task_id, after_seq=self.last_seq)
+
+    def remaining(self) -> Optional[float]:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TaskwireError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"watch of task {self.task_id} ran past its timeout",
+                "WatchService/WatchTask",
+            )
+        return left
+
+    def accept(self, ev: task_pb2.TaskEvent) -> bool:
+        """Whether to hand this event to the caller (drops anything already seen)."""
+        if self.emitted and ev.seq <= self.last_seq:
+            return False
+        self.emitted = True
+        self.last_seq = max(self.last_seq, ev.seq)
+        self.failures = 0
+        if is_terminal(ev.state):
+            self.finished = True
+        return True
+
+    def retryable(self, err: Optional[grpc.RpcError]) -> bool:
+        """Whether a stream that ended (err None: ended OK before the terminal event)
+        or failed should be resumed."""
+        if err is None:
+            return True
+        code = err.code() if hasattr(err, "code") else None
+        if code == grpc.StatusCode.CANCELLED and self.connection_lost:
+            return True
+        return code == grpc.StatusCode.UNAVAILABLE
+
+    def next_delay(self, err: Optional[grpc.RpcError]) -> float:
+        """Counts one failed try and returns how long to wait; raises when the retry
+        budget is spent."""
+        lost, self.connection_lost = self.connection_lost, False
+        self.failures += 1
+        if self.failures > self.max_retries:
+            if err is not None:
+                raise TaskwireError.from_rpc_error(err, "WatchService/WatchTask") from err
+            raise TaskwireError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the watch of task {self.task_id} kept ending early "
+                f"({self.max_retries} retries, last seq {self.last_seq})",
+                "WatchService/WatchTask",
+            )
+        self.reconnects += 1
+        if lost and self.failures == 1:
+            delay = 0.0  # the server said goodbye: try at once
+        else:
+            delay = min(self.backoff_base * 2 ** (self.failures - 1), self.backoff_max)
+            delay *= 0.75 + 0.25 * random.random()
+            if self.deadline is not None:
+                delay = min(delay, max(0.0, self.deadline - time.monotonic()))
+        why = "connection going away" if lost else (
+            f"{err.code().name}: {err.details()}" if err is not None else "stream ended early"
+        )
+        log.info(
+            "watch of task %s: resuming after seq %d in %.2fs (%s; try %d of %d)",
+            self.task_id, self.last_seq, delay, why, self.failures, self.max_retries,
+        )
+        return delay
+
+
+class TaskWatch(Iterator[task_pb2.TaskEvent]):
+    """Iterator over a task's events (``WatchService/WatchTask``) that resumes by
+    itself: when the stream drops (UNAVAILABLE, a server going away, a stream that
+    ends before the terminal event) it reconnects with ``after_seq`` = the last seq
+    seen, with bounded exponential backoff, so nothing is skipped or repeated. It
+    stops after the terminal event.
+
+    ``last_seq`` is the seq of the newest event yielded; ``reconnects`` counts resumes.
+    Call :meth:`close` (or leave a ``with`` block) to stop early.
+
+    With ``after_seq=0`` the first event is the task's current state (seq = its
+    ``last_seq``, 0 while it is QUEUED). If the stream drops before anything past that
+    snapshot arrived and the snapshot's seq was 0, the resume asks for a snapshot
+    again (the contract has no "from the first event" request).
+
+    With ``after_seq`` > 0 the watch first reads the task's record: if the task is
+    finished and its terminal event is at or before ``after_seq``, the iterator is empty
+    (the server would otherwise keep such a stream open forever).
+    """
+
+    def __init__(self, client: "Client", task_id: str, after_seq: int, timeout: Optional[float]):
+        self._client = client
+        self._r = _Resume(
+            task_id,
+            after_seq,
+            client.watch_retries,
+            client.watch_backoff_base,
+            client.watch_backoff_max,
+            timeout,
+        )
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._closed = False
+        self._gen = self._run()
+
+    @property
+    def task_id(self) -> str:
+        return self._r.task_id
+
+    @property
+    def last_seq(self) -> int:
+        return self._r.last_seq
+
+    @property
+    def reconnects(self) -> int:
+        return self._r.reconnects
+
+    def __iter__(self) -> "TaskWatch":
+        return self
+
+    def __next__(self) -> task_pb2.TaskEvent:
+        return next(self._gen)
+
+    def __enter__(self) -> "TaskWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops the watch; the iterator ends."""
+        self._closed = True
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+        try:
+            self._gen.close()
+        except ValueError:
+            pass  # closed from another thread while iterating: the cancel ends it
+
+    def _connection_lost(self) -> None:
+        """Called from gRPC's connectivity thread when the channel left READY."""
+        with self._lock:
+            call = self._call
+            if call is None:
+                return
+            self._r.connection_lost = True
+        call.cancel()
+
+    def _run(self) -> Generator[task_pb2.TaskEvent, None, None]:
+        r = self._r
+        if r.last_seq > 0 and r.already_over(self._client.status(r.task_id)):
+            return
+        self._client._watches.add(self)
+        try:
+            while not r.finished and not self._closed:
+                err: Optional[grpc.RpcError] = None
+                call = self._client._watch_stub.WatchTask(
+                    r.request(), timeout=r.remaining(), metadata=self._client._metadata
+                )
+                with self._lock:
+                    self._call = call
+                    r.connection_lost = False
+                try:
+                    for ev in call:
+                        if r.accept(ev):
+                            yield ev
+                            if r.finished:
+                                return
+                except grpc.RpcError as e:
+                    err = e
+                finally:
+                    with self._lock:
+                        self._call = None
+                    call.cancel()
+                if self._closed:
+                    return
+                if err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    r.remaining()  # raises if the watch's own timeout passed
+                if not r.retryable(err):
+                    assert err is not None
+                    raise TaskwireError.from_rpc_error(err, "WatchService/WatchTask") from err
+                delay = r.next_delay(err)
+                if delay > 0:
+                    time.sleep(delay)
+        finally:
+            self._client._watches.discard(self)
+
+
+class Client:
+    """Blocking client for taskwire's TaskService and WatchService.
+
+    ``address`` is ``host:port``, ``http://host:port`` (plaintext) or
+    ``https://host:port`` (TLS with the system roots, unless ``credentials`` is given).
+    ``timeout`` is each unary call's deadline in seconds. A watch resumes up to
+    ``watch_retries`` times in a row without receiving an event, waiting
+    ``watch_backoff_base * 2^n`` seconds (at most ``watch_backoff_max``) in between.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        watch_retries: int = 10,
+        watch_backoff_base: float = 0.25,
+        watch_backoff_max: float = 4.0,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        options: Sequence[tuple[str, Any]] = (),
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        target, tls = _target(address)
+        opts = list(_DEFAULT_CHANNEL_OPTIONS) + list(options)
+        if credentials is not None or tls:
+            self._channel = grpc.secure_channel(
+                target, credentials or grpc.ssl_channel_credentials(), options=opts
+            )
+        else:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        self.address = address
+        self.timeout = timeout
+        self.watch_retries = watch_retries
+        self.watch_backoff_base = watch_backoff_base
+        self.watch_backoff_max = watch_backoff_max
+        self._metadata = tuple(metadata)
+        self._tasks = service_pb2_grpc.TaskServiceStub(self._channel)
+        self._watch_stub = service_pb2_grpc.WatchServiceStub(self._channel)
+        self._watches: set[TaskWatch] = set()
+        self._state: Optional[grpc.ChannelConnectivity] = None
+        self._channel.subscribe(self._on_state)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel; running watches end."""
+        for w in list(self._watches):
+            w._closed = True
+        try:
+            self._channel.unsubscribe(self._on_state)
+        except Exception:  # pragma: no cover - already closed
+            pass
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
+        # A server that shuts down gracefully sends GOAWAY and waits for open streams
+        # to finish; a watch stream only finishes with its task. Leaving READY is the
+        # client's cue to reconnect its watches (from their last seq) at once.
+        prev, self._state = self._state, state
+        if prev == grpc.ChannelConnectivity.READY and state != grpc.ChannelConnectivity.READY:
+            for w in list(self._watches):
+                w._connection_lost()
+
+    def _unary(self, method: str, fn: Any, req: Any, timeout: Optional[float]) -> Any:
+        try:
+            return fn(req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise TaskwireError.from_rpc_error(e, method) from e
+
+    # -- TaskService ----------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        input: JSON = None,
+        *,
+        idempotency_key: str = "",
+        max_attempts: int = 0,
+        labels: Optional[Mapping[str, str]] = None,
+        task_timeout: Optional[Seconds] = None,
+        timeout: Optional[float] = None,
+    ) -> str:
+        """Submits a task and returns its id. ``input`` is any JSON value (plain
+        Python); ``max_attempts`` 0 = the server's default; ``task_timeout`` is the
+        per-attempt timeout (seconds or timedelta); ``timeout`` this call's deadline."""
+        return self.submit_task(
+            kind,
+            input,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            labels=labels,
+            task_timeout=task_timeout,
+            timeout=timeout,
+        ).task_id
+
+    def submit_task(
+        self,
+        kind: str,
+        input: JSON = None,
+        *,
+        idempotency_key: str = "",
+        max_attempts: int = 0,
+        labels: Optional[Mapping[str, str]] = None,
+        task_timeout: Optional[Seconds] = None,
+        timeout: Optional[float] = None,
+    ) -> service_pb2.SubmitTaskResponse:
+        """Like :meth:`submit`, but returns the whole response (``deduplicated``)."""
+        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
+        return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout)
+
+    def status(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        """The task's current record."""
+        req = service_pb2.GetStatusRequest(task_id=task_id)
+        return self._unary("TaskService/GetStatus", self._tasks.GetStatus, req, timeout)
+
+    def cancel(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        """Cancels the task; returns its record (CANCELLED). FAILED_PRECONDITION if it
+        already SUCCEEDED or FAILED."""
+        req = service_pb2.CancelTaskRequest(task_id=task_id)
+        return self._unary("TaskService/CancelTask", self._tasks.CancelTask, req, timeout)
+
+    def list(
+        self,
+        *,
+        state: StateLike = None,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: Optional[float] = None,
+    ) -> service_pb2.ListTasksResponse:
+        """One page of tasks, newest first. ``state`` is a ``TaskState`` value or a
+        name (``"RUNNING"``); pass ``next_page_token`` back as ``page_token``."""
+        req = _list_request(state, kind, labels, page_size, page_token)
+        return self._unary("TaskService/ListTasks", self._tasks.ListTasks, req, timeout)
+
+    def iter_tasks(
+        self,
+        *,
+        state: StateLike = None,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        page_size: int = 0,
+    ) -> Iterator[task_pb2.Task]:
+        """Every matching task, newest first, following page tokens."""
+        token = ""
+        while True:
+            page = self.list(state=state, kind=kind, labels=labels, page_size=page_size, page_token=token)
+            yield from page.tasks
+            token = page.next_page_token
+            if not token:
+                return
+
+    # -- WatchService ---------------------------------------------------------------
+
+    def watch(self, task_id: str, after_seq: int = 0, *, timeout: Optional[float] = None) -> TaskWatch:
+        """Iterates over the task's events until its terminal one, resuming by itself
+        after a dropped connection (see :class:`TaskWatch`). ``timeout`` bounds the
+        whole watch (seconds; None = no bound)."""
+        return TaskWatch(self, task_id, after_seq, timeout)
+
+    def watch_tasks(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> Iterator[task_pb2.TaskEvent]:
+        """The live events of every matching task (``WatchService/WatchTasks``). Live
+        only and not resumed: after an error, list again and call it anew."""
+        req = service_pb2.WatchTasksRequest(kind=kind or "", labels=dict(labels or {}))
+        call = self._watch_stub.WatchTasks(req, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            raise TaskwireError.from_rpc_error(e, "WatchService/WatchTasks") from e
+        finally:
+            call.cancel()
+
+    def wait(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        """Follows the task to its end and returns its final record."""
+        for _ in self.watch(task_id, timeout=timeout):
+            pass
+        return self.status(task_id)
+
+
+class AsyncTaskWatch(AsyncIterator[task_pb2.TaskEvent]):
+    """The asyncio twin of :class:`TaskWatch` (same resume rules)."""
+
+    def __init__(self, client: "AsyncClient", task_id: str, after_seq: int, timeout: Optional[float]):
+        self._client = client
+        self._r = _Resume(
+            task_id,
+            after_seq,
+            client.watch_retries,
+            client.watch_backoff_base,
+            client.watch_backoff_max,
+            timeout,
+        )
+        self._call: Any = None
+        self._closed = False
+        self._gen = self._run()
+
+    @property
+    def task_id(self) -> str:
+        return self._r.task_id
+
+    @property
+    def last_seq(self) -> int:
+        return self._r.last_seq
+
+    @property
+    def reconnects(self) -> int:
+        return self._r.reconnects
+
+    def __aiter__(self) -> "AsyncTaskWatch":
+        return self
+
+    async def __anext__(self) -> task_pb2.TaskEvent:
+        return await self._gen.__anext__()
+
+    async def __aenter__(self) -> "AsyncTaskWatch":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stops the watch; the iterator ends."""
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        await self._gen.aclose()
+
+    async def _monitor(self, call: Any) -> None:
+        """Cancels ``call`` (to resume it) when the channel leaves READY."""
+        channel = self._client._channel
+        state = channel.get_state(try_to_connect=False)
+        while True:
+            await channel.wait_for_state_change(state)
+            new = channel.get_state(try_to_connect=False)
+            if state == grpc.ChannelConnectivity.READY and new != grpc.ChannelConnectivity.READY:
+                self._r.connection_lost = True
+                call.cancel()
+                return
+            state = new
+
+    async def _run(self) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        r = self._r
+        if r.last_seq > 0 and r.already_over(await self._client.status(r.task_id)):
+            return
+        while not r.finished and not self._closed:
+            err: Optional[grpc.RpcError] = None
+            r.connection_lost = False
+            call = self._client._watch_stub.WatchTask(
+                r.request(), timeout=r.remaining(), metadata=self._client._metadata
+            )
+            self._call = call
+            monitor = asyncio.ensure_future(self._monitor(call))
+            try:
+                async for ev in call:
+                    if r.accept(ev):
+                        yield ev
+                        if r.finished:
+                            return
+            except asyncio.CancelledError:
+                # grpc.aio reports a call cancelled by the client as CancelledError;
+                # resume only if this client did it because the connection went away
+                # (an outer cancellation of the consuming task propagates).
+                task = asyncio.current_task()
+                cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+                if not r.connection_lost or (cancelling is not None and cancelling()):
+                    raise
+                err = _CancelledByClient()
+            except grpc.RpcError as e:
+                err = e
+            finally:
+                monitor.cancel()
+                self._call = None
+                call.cancel()
+            if self._closed:
+                return
+            if err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                r.remaining()
+            if not r.retryable(err):
+                assert err is not None
+                raise TaskwireError.from_rpc_error(err, "WatchService/WatchTask") from err
+            delay = r.next_delay(err)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+class _CancelledByClient(grpc.RpcError):
+    """Stands for a call this client cancelled because its connection went away."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "the connection went away; resuming"
+
+
+class AsyncClient:
+    """asyncio client (``grpc.aio``) with the same methods as :class:`Client`; create
+    it inside a running event loop. ``watch`` returns an async iterator."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        watch_retries: int = 10,
+        watch_backoff_base: float = 0.25,
+        watch_backoff_max: float = 4.0,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        options: Sequence[tuple[str, Any]] = (),
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        target, tls = _target(address)
+        opts = list(_DEFAULT_CHANNEL_OPTIONS) + list(options)
+        if credentials is not None or tls:
+            self._channel = grpc.aio.secure_channel(
+                target, credentials or grpc.ssl_channel_credentials(), options=opts
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        self.address = address
+        self.timeout = timeout
+        self.watch_retries = watch_retries
+        self.watch_backoff_base = watch_backoff_base
+        self.watch_backoff_max = watch_backoff_max
+        self._metadata = tuple(metadata)
+        self._tasks = service_pb2_grpc.TaskServiceStub(self._channel)
+        self._watch_stub = service_pb2_grpc.WatchServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _unary(self, method: str, fn: Any, req: Any, timeout: Optional[float]) -> Any:
+        try:
+            return await fn(req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise TaskwireError.from_rpc_error(e, method) from e
+
+    async def submit(
+        self,
+        kind: str,
+        input: JSON = None,
+        *,
+        idempotency_key: str = "",
+        max_attempts: int = 0,
+        labels: Optional[Mapping[str, str]] = None,
+        task_timeout: Optional[Seconds] = None,
+        timeout: Optional[float] = None,
+    ) -> str:
+        """See :meth:`Client.submit`."""
+        resp = await self.submit_task(
+            kind,
+            input,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            labels=labels,
+            task_timeout=task_timeout,
+            timeout=timeout,
+        )
+        return resp.task_id
+
+    async def submit_task(
+        self,
+        kind: str,
+        input: JSON = None,
+        *,
+        idempotency_key: str = "",
+        max_attempts: int = 0,
+        labels: Optional[Mapping[str, str]] = None,
+        task_timeout: Optional[Seconds] = None,
+        timeout: Optional[float] = None,
+    ) -> service_pb2.SubmitTaskResponse:
+        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
+        return await self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout)
+
+    async def status(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        req = service_pb2.GetStatusRequest(task_id=task_id)
+        return await self._unary("TaskService/GetStatus", self._tasks.GetStatus, req, timeout)
+
+    async def cancel(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        req = service_pb2.CancelTaskRequest(task_id=task_id)
+        return await self._unary("TaskService/CancelTask", self._tasks.CancelTask, req, timeout)
+
+    async def list(
+        self,
+        *,
+        state: StateLike = None,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: Optional[float] = None,
+    ) -> service_pb2.ListTasksResponse:
+        req = _list_request(state, kind, labels, page_size, page_token)
+        return await self._unary("TaskService/ListTasks", self._tasks.ListTasks, req, timeout)
+
+    async def iter_tasks(
+        self,
+        *,
+        state: StateLike = None,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[task_pb2.Task]:
+        token = ""
+        while True:
+            page = await self.list(state=state, kind=kind, labels=labels, page_size=page_size, page_token=token)
+            for t in page.tasks:
+                yield t
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch(self, task_id: str, after_seq: int = 0, *, timeout: Optional[float] = None) -> AsyncTaskWatch:
+        """See :meth:`Client.watch`; use with ``async for``."""
+        return AsyncTaskWatch(self, task_id, after_seq, timeout)
+
+    async def watch_tasks(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        req = service_pb2.WatchTasksRequest(kind=kind or "", labels=dict(labels or {}))
+        call = self._watch_stub.WatchTasks(req, timeout=timeout, metadata=self._metadata)
+        try:
+            async for ev in call:
+                yield ev
+        except grpc.RpcError as e:
+            raise TaskwireError.from_rpc_error(e, "WatchService/WatchTasks") from e
+        finally:
+            call.cancel()
+
+    async def wait(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        async for _ in self.watch(task_id, timeout=timeout):
+            pass
+        return await self.status(task_id)

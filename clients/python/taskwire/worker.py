@@ -1,0 +1,924 @@
+"""A taskwire worker runtime in Python, speaking docs/protocol.md over NATS JetStream
+(nats-py), side by side with the Rust workers.
+
+::
+
+    import asyncio
+    from taskwire.worker import TaskContext, TaskFailure, Worker
+
+    worker = Worker("nats://127.0.0.1:4222", ack_wait=30)
+
+    @worker.handler("py.reverse")
+    async def reverse(ctx: TaskContext):
+        words = str(ctx.input["text"]).split()
+        for i, word in enumerate(words, 1):
+            await ctx.progress(i / len(words), word)   # one event per word
+        return {"reversed": " ".join(reversed(words))}
+
+    asyncio.run(worker.run())       # until SIGINT/SIGTERM, then a graceful drain
+
+What the runtime does for every delivery (docs/protocol.md §5): decode, take the
+attempt number from the delivery count, read the task's newest event, ack finished
+tasks (re-sending the dead letter of a FAILED one), fail tasks whose attempts are spent,
+append RUNNING conditionally, run the handler with heartbeats (``+WPI`` every
+ack_wait/3) and its timeout, append every progress/log event with
+``Nats-Expected-Last-Subject-Sequence``, and turn the outcome into SUCCEEDED / RETRYING
++ ``-NAK {"delay":ns}`` / FAILED + dead letter, acking only after the outcome is stored.
+
+A handler returns the task's output (any JSON value), raises :class:`TaskFailure` to
+fail the attempt (retryable or not), or lets :class:`Stopped` propagate when the
+attempt was cancelled. Any other exception counts as a crash (``PANIC``, retryable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import random
+import re
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+from google.protobuf import timestamp_pb2
+
+from .internal.v1 import messages_pb2
+from .v1 import task_pb2
+from .values import JSON, from_value, to_value
+
+__all__ = [
+    "Handler",
+    "Stopped",
+    "TaskContext",
+    "TaskFailure",
+    "Worker",
+    "backoff",
+    "kind_consumer",
+]
+
+log = logging.getLogger("taskwire.worker")
+
+TASKS_STREAM = "TASKWIRE_TASKS"
+EVENTS_STREAM = "TASKWIRE_EVENTS"
+DLQ_STREAM = "TASKWIRE_DLQ"
+SCHEMA_HEADER = "Taskwire-Schema"
+SCHEMA_VERSION = "1"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+MAX_ATTEMPTS_LIMIT = 100
+
+# JetStream API error codes (docs/protocol.md §1, §2).
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_NO_MESSAGE_FOUND = 10037
+
+_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+_TERMINAL = frozenset(
+    {task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED}
+)
+
+
+def kind_consumer(kind: str) -> str:
+    """The durable consumer name of a kind: 64-bit FNV-1a of its bytes, low 32 bits."""
+    h = 0xCBF29CE484222325
+    for b in kind.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"taskwire-kind-{kind.replace('.', '_')}-{h & 0xFFFFFFFF:08x}"
+
+
+def valid_kind(kind: str) -> bool:
+    return bool(_KIND_RE.match(kind)) and "" not in kind.split(".")
+
+
+def backoff(attempt: int, base: float = 1.0, maximum: float = 300.0) -> float:
+    """Seconds to wait before attempt ``attempt + 1``:
+    ``min(base * 2^min(attempt-1, 20), max) * (0.75 + 0.25 * U)``."""
+    exp = base * (2 ** min(max(attempt - 1, 0), 20))
+    return min(exp, maximum) * (0.75 + 0.25 * random.random())
+
+
+class TaskFailure(Exception):
+    """Raised by a handler to fail its attempt. ``retryable`` failures are retried
+    (with backoff) while attempts are left; others fail the task at once."""
+
+    def __init__(self, message: str, *, code: str = "HANDLER_ERROR", retryable: bool = True) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+    @classmethod
+    def fatal(cls, message: str, *, code: str = "HANDLER_ERROR") -> "TaskFailure":
+        """A failure no other attempt could fix."""
+        return cls(message, code=code, retryable=False)
+
+    def to_proto(self) -> task_pb2.TaskError:
+        return task_pb2.TaskError(code=self.code, message=self.message, retryable=self.retryable)
+
+
+class Stopped(Exception):
+    """The attempt was stopped (cancelled, or another writer took the task): the
+    handler must stop and report nothing more. Raised by :meth:`TaskContext.progress`,
+    :meth:`TaskContext.log` and :meth:`TaskContext.sleep`."""
+
+    def __init__(self) -> None:
+        super().__init__("the attempt was stopped (cancelled or taken over)")
+
+
+class _Conflict(Exception):
+    """A conditional publish lost: someone else appended to the task first."""
+
+
+class _Unavailable(Exception):
+    """NATS did not answer or refused for another reason."""
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    # taskwire writes microsecond precision.
+    us = time.time_ns() // 1000
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+class _EventWriter:
+    """Appends one attempt's events to ``taskwire.events.<task_id>``, each with the
+    expected last subject sequence, one write at a time."""
+
+    def __init__(self, js: Any, task_id: str, kind: str, attempt: int, last_seq: int, timeout: float) -> None:
+        self.js = js
+        self.task_id = task_id
+        self.kind = kind
+        self.attempt = attempt
+        self.last_seq = last_seq
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+
+    async def write(
+        self,
+        state: int,
+        *,
+        progress: Optional[task_pb2.Progress] = None,
+        output: Optional[Any] = None,
+        error: Optional[task_pb2.TaskError] = None,
+        message: str = "",
+    ) -> int:
+        ev = messages_pb2.Event(
+            task_id=self.task_id,
+            time=_now(),
+            state=state,  # type: ignore[arg-type]
+            attempt=self.attempt,
+            message=message,
+            kind=self.kind,
+        )
+        if progress is not None:
+            ev.progress.CopyFrom(progress)
+        if output is not None:
+            ev.output.CopyFrom(output)
+        if error is not None:
+            ev.error.CopyFrom(error)
+        async with self._lock:
+            headers = {
+                SCHEMA_HEADER: SCHEMA_VERSION,
+                EXPECTED_LAST_SUBJECT_SEQ: str(self.last_seq),
+            }
+            try:
+                ack = await self.js.publish(
+                    f"taskwire.events.{self.task_id}",
+                    ev.SerializeToString(),
+                    timeout=self.timeout,
+                    headers=headers,
+                )
+            except nats.js.errors.APIError as e:
+                if e.err_code == ERR_WRONG_LAST_SEQUENCE:
+                    raise _Conflict() from e
+                raise _Unavailable(str(e)) from e
+            except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+                raise _Unavailable(repr(e)) from e
+            self.last_seq = ack.seq
+            return ack.seq
+
+
+class TaskContext:
+    """What a handler gets: the task, its attempt, and ways to report and to notice a
+    stop. ``deadline`` is on the ``time.monotonic()`` clock."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        kind: str,
+        input: JSON,
+        labels: dict[str, str],
+        attempt: int,
+        max_attempts: int,
+        deadline: float,
+        stop: asyncio.Event,
+        writer: _EventWriter,
+    ) -> None:
+        self.task_id = task_id
+        self.kind = kind
+        self.input = input
+        self.labels = labels
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.deadline = deadline
+        self._stop = stop
+        self._writer = writer
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the attempt was stopped (cancel signal, lost append, shutdown)."""
+        return self._stop.is_set()
+
+    async def wait_cancelled(self) -> None:
+        """Returns once the attempt is stopped."""
+        await self._stop.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleeps, raising :class:`Stopped` at once if the attempt is stopped."""
+        if self._stop.is_set():
+            raise Stopped()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+        if self._stop.is_set():
+            raise Stopped()
+
+    async def progress(self, fraction: float, message: str = "") -> None:
+        """Appends a RUNNING event with progress (fraction clamped to [0, 1])."""
+        f = float(fraction)
+        f = min(max(f, 0.0), 1.0) if math.isfinite(f) else 0.0
+        await self._send(progress=task_pb2.Progress(fraction=f, message=str(message)))
+
+    async def log(self, line: str) -> None:
+        """Appends a RUNNING event carrying a log line (watchers see it)."""
+        await self._send(message=str(line))
+
+    async def _send(self, **fields: Any) -> None:
+        if self._stop.is_set():
+            raise Stopped()
+        try:
+            await self._writer.write(task_pb2.TASK_STATE_RUNNING, **fields)
+        except (_Conflict, _Unavailable) as e:
+            # Any failed append stops the attempt (docs/protocol.md §5 step 8).
+            log.warning("task %s: event not stored (%r); stopping the attempt", self.task_id, e)
+            self._stop.set()
+            raise Stopped() from None
+
+
+Handler = Callable[[TaskContext], Awaitable[Any]]
+
+
+@dataclass
+class _Slots:
+    """Concurrency slots: fetch only as many messages as can start now."""
+
+    free: int
+    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def acquire(self, most: int) -> int:
+        async with self.cond:
+            await self.cond.wait_for(lambda: self.free > 0)
+            n = min(self.free, most)
+            self.free -= n
+            return n
+
+    async def release(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        async with self.cond:
+            self.free += n
+            self.cond.notify_all()
+
+
+class Worker:
+    """Runs registered handlers for their kinds' tasks.
+
+    ``ack_wait`` (seconds) must equal the other workers' of the same kinds (the shared
+    consumer takes the last one set). ``backoff_base``/``backoff_max`` give the retry
+    delay; ``default_timeout`` is the per-attempt timeout of tasks submitted without
+    one; ``shutdown_grace`` is how long running handlers may finish at shutdown before
+    they are handed back. ``stream_wait`` is how long :meth:`start` waits for NATS and
+    the streams (the worker does not create them: an api, Rust worker or recorder does).
+    ``max_deliver`` is the consumer's backstop (docs/protocol.md §3: 101); like
+    ``ack_wait``, it must match the other workers of the same kinds.
+    """
+
+    def __init__(
+        self,
+        nats_url: str = "nats://127.0.0.1:4222",
+        *,
+        ack_wait: float = 30.0,
+        concurrency: int = 16,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        default_timeout: float = 3600.0,
+        shutdown_grace: float = 20.0,
+        nats_timeout: float = 5.0,
+        stream_wait: float = 30.0,
+        max_deliver: int = MAX_ATTEMPTS_LIMIT + 1,
+        name: str = "taskwire-worker-py",
+    ) -> None:
+        if ack_wait < 0.3:
+            raise ValueError("ack_wait must be at least 0.3 seconds")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.nats_url = nats_url
+        self.ack_wait = float(ack_wait)
+        self.concurrency = concurrency
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = max(float(backoff_max), self.backoff_base)
+        self.default_timeout = float(default_timeout)
+        self.shutdown_grace = float(shutdown_grace)
+        self.nats_timeout = float(nats_timeout)
+        self.stream_wait = float(stream_wait)
+        self.max_deliver = int(max_deliver)
+        self.name = name
+        self._handlers: dict[str, Handler] = {}
+        self._nc: Optional[NATS] = None
+        self._js: Any = None
+        self._jsm: Any = None
+        self._subs: dict[str, Any] = {}
+        self._cancel_sub: Any = None
+        self._running: dict[str, asyncio.Event] = {}
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._hand_back = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._slots: Optional[_Slots] = None
+        self._closing = False
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(self, kind: str, handler: Handler) -> "Worker":
+        """Registers ``handler`` (an async function of a :class:`TaskContext`) for a kind."""
+        if not valid_kind(kind):
+            raise ValueError(f"invalid task kind {kind!r}: [a-z0-9][a-z0-9._-]{{0,127}}, no empty dot part")
+        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))):
+            raise TypeError(f"the handler of {kind} must be an async function of a TaskContext")
+        self._handlers[kind] = handler
+        return self
+
+    def handler(self, kind: str) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`register`."""
+
+        def deco(fn: Handler) -> Handler:
+            self.register(kind, fn)
+            return fn
+
+        return deco
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connects, waits for the streams, subscribes to cancel signals and sets up one
+        durable pull consumer per registered kind."""
+        if not self._handlers:
+            raise ValueError("no task kinds registered")
+        try:
+            # Reconnects forever once connected; the first connection is bounded.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.nats_url,
+                    name=self.name,
+                    connect_timeout=self.nats_timeout,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                ),
+                timeout=self.stream_wait,
+            )
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"cannot connect to NATS at {self.nats_url} within {self.stream_wait:g}s") from None
+        try:
+            await self._setup()
+        except BaseException:
+            await self.close()
+            raise
+        log.info("worker connected to %s; kinds %s", self.nats_url, self.kinds)
+
+    async def _setup(self) -> None:
+        assert self._nc is not None
+        self._js = self._nc.jetstream(timeout=self.nats_timeout)
+        self._jsm = self._nc.jsm(timeout=self.nats_timeout)
+        await self._wait_for_streams()
+        # Cancel signals first, so none for a task we are about to run is missed.
+        self._cancel_sub = await self._nc.subscribe("taskwire.cancel.>", cb=self._on_cancel)
+        for kind in self.kinds:
+            name = kind_consumer(kind)
+            config = js_api.ConsumerConfig(
+                durable_name=name,
+                filter_subject=f"taskwire.tasks.{kind}",
+                deliver_policy=js_api.DeliverPolicy.ALL,
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_deliver=self.max_deliver,
+                max_ack_pending=10_000,
+            )
+            await self._js.add_consumer(TASKS_STREAM, config=config)
+            self._subs[kind] = await self._js.pull_subscribe_bind(durable=name, stream=TASKS_STREAM)
+        self._slots = _Slots(self.concurrency)
+
+    async def _wait_for_streams(self) -> None:
+        deadline = time.monotonic() + self.stream_wait
+        while True:
+            try:
+                for stream in (TASKS_STREAM, EVENTS_STREAM, DLQ_STREAM):
+                    await self._js.stream_info(stream)
+                return
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"taskwire's streams do not exist on {self.nats_url} ({e!r}); start the "
+                        "api, a Rust worker or the recorder first (they create them)"
+                    ) from e
+                await asyncio.sleep(0.5)
+
+    async def _on_nats_error(self, e: Exception) -> None:
+        log.warning("NATS: %r", e)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS")
+
+    def shutdown(self) -> None:
+        """Asks :meth:`run` to stop pulling and drain (idempotent, signal-safe)."""
+        self._shutdown.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Starts (if needed) and pulls tasks until :meth:`shutdown` or SIGINT/SIGTERM;
+        then lets running handlers finish for ``shutdown_grace`` seconds and hands the
+        rest back (RETRYING ``WORKER_SHUTDOWN``, then a plain ``-NAK``)."""
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self.shutdown)
+                    installed.append(sig)
+        try:
+            if self._nc is None:
+                starting = asyncio.create_task(self.start())
+                stopping = asyncio.create_task(self._shutdown.wait())
+                await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not starting.done():  # shut down while starting
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+                    await self.close()
+                    return
+                starting.result()  # raises if the start failed
+            await self._serve()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def _serve(self) -> None:
+        kinds = self.kinds
+        fair_share = max(self.concurrency // len(kinds), 1)
+        pullers = [asyncio.create_task(self._pull_loop(k, fair_share), name=f"pull {k}") for k in kinds]
+        try:
+            await self._shutdown.wait()
+        finally:
+            for p in pullers:
+                p.cancel()
+            await asyncio.gather(*pullers, return_exceptions=True)
+            await self._drain()
+            log.info("worker stopped")
+
+    async def _drain(self) -> None:
+        if self._attempts:
+            _, pending = await asyncio.wait(set(self._attempts), timeout=self.shutdown_grace)
+            if pending:
+                log.info("grace period over; handing %d task(s) back", len(pending))
+                self._hand_back.set()
+                await asyncio.wait(pending, timeout=self.nats_timeout * 4 + 5)
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the NATS connection (after flushing acks)."""
+        nc, self._nc = self._nc, None
+        if nc is None:
+            return
+        self._closing = True
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    # -- cancel signals -------------------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        task_id = msg.subject.removeprefix("taskwire.cancel.")
+        stop = self._running.get(task_id)
+        if stop is not None:
+            log.info("task %s: cancel signal", task_id)
+            stop.set()
+
+    # -- pulling --------------------------------------------------------------------
+
+    async def _pull_loop(self, kind: str, fair_share: int) -> None:
+        sub = self._subs[kind]
+        slots = self._slots
+        assert slots is not None
+        while not self._shutdown.is_set():
+            n = await slots.acquire(fair_share)
+            try:
+                msgs = await sub.fetch(batch=n, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                await slots.release(n)
+                continue
+            except asyncio.CancelledError:
+                await slots.release(n)
+                raise
+            except Exception as e:  # NATS down, reconnecting, ...
+                await slots.release(n)
+                log.warning("pull for %s failed (%r); retrying", kind, e)
+                await asyncio.sleep(0.5)
+                continue
+            await slots.release(n - len(msgs))
+            for msg in msgs:
+                t = asyncio.create_task(self._process(msg))
+                self._attempts.add(t)
+                t.add_done_callback(self._attempt_done)
+
+    def _attempt_done(self, t: "asyncio.Task[None]") -> None:
+        self._attempts.discard(t)
+        if self._slots is not None:
+            asyncio.ensure_future(self._slots.release(1))
+        if not t.cancelled() and t.exception() is not None:
+            log.error("attempt crashed", exc_info=t.exception())
+
+    # -- acks -----------------------------------------------------------------------
+
+    async def _reply(self, msg: Msg, payload: bytes) -> None:
+        if not msg.reply:
+            return
+        try:
+            assert self._nc is not None
+            await self._nc.publish(msg.reply, payload)
+        except Exception as e:
+            # The outcome is stored: a redelivery sees it and acks then.
+            log.warning("ack %r failed: %r", payload, e)
+
+    async def _ack(self, msg: Msg) -> None:
+        await self._reply(msg, b"+ACK")
+
+    async def _nak(self, msg: Msg, delay: Optional[float] = None) -> None:
+        if delay is None:
+            await self._reply(msg, b"-NAK")
+        else:
+            ns = int(delay * 1_000_000_000)
+            await self._reply(msg, b'-NAK {"delay":%d}' % ns)
+
+    async def _wpi(self, msg: Msg) -> None:
+        await self._reply(msg, b"+WPI")
+
+    async def _term(self, msg: Msg) -> None:
+        await self._reply(msg, b"+TERM")
+
+    # -- history --------------------------------------------------------------------
+
+    async def _last_event(self, task_id: str) -> Optional[tuple[int, messages_pb2.Event]]:
+        """The task's newest event and its seq, or None if it has none."""
+        try:
+            raw = await self._jsm.get_last_msg(EVENTS_STREAM, f"taskwire.events.{task_id}")
+        except nats.js.errors.APIError as e:
+            if e.err_code == ERR_NO_MESSAGE_FOUND:
+                return None
+            raise _Unavailable(str(e)) from e
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+            raise _Unavailable(repr(e)) from e
+        ev = messages_pb2.Event.FromString(raw.data or b"")
+        return raw.seq, ev
+
+    # -- one delivery ---------------------------------------------------------------
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            attempt = int(msg.metadata.num_delivered)
+            body = messages_pb2.TaskMessage.FromString(msg.data)
+            task_id = body.task_id
+            if str(uuid.UUID(task_id)) != task_id:
+                raise ValueError(f"task_id {task_id!r} is not a lower-case hyphenated UUID")
+        except Exception as e:
+            log.error("bad task message on %s (%r); terminating it", msg.subject, e)
+            await self._term(msg)
+            return
+        stop = asyncio.Event()
+        self._running[task_id] = stop
+        try:
+            await self._run_attempt(msg, task_id, attempt, body, stop)
+        finally:
+            if self._running.get(task_id) is stop:
+                del self._running[task_id]
+
+    async def _claim(
+        self, msg: Msg, task_id: str, attempt: int, body: messages_pb2.TaskMessage
+    ) -> Optional[_EventWriter]:
+        """Steps 3-6: read the history, skip finished tasks, fail spent ones, append
+        RUNNING. None: nothing to run (handled, or left for redelivery)."""
+        for _ in range(5):
+            try:
+                last = await self._last_event(task_id)
+            except _Unavailable as e:
+                log.warning("task %s: cannot read its history (%s); retrying later", task_id, e)
+                await self._nak(msg, 1.0)
+                return None
+            last_seq = last[0] if last else 0
+            if last is not None and last[1].state in _TERMINAL:
+                ev = last[1]
+                if ev.state == task_pb2.TASK_STATE_FAILED:
+                    if not await self._dead_letter(body, ev.error if ev.HasField("error") else None):
+                        return None
+                log.info("task %s: already finished; acking", task_id)
+                await self._ack(msg)
+                return None
+            if attempt > body.max_attempts:
+                writer = _EventWriter(self._js, task_id, body.kind, body.max_attempts, last_seq, self.nats_timeout)
+                f = TaskFailure(
+                    f"attempt {attempt - 1} of {body.max_attempts} was lost with its worker",
+                    code="ATTEMPTS_EXHAUSTED",
+                    retryable=True,
+                )
+                await self._fail(msg, writer, body, f)
+                return None
+            writer = _EventWriter(self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout)
+            try:
+                await writer.write(task_pb2.TASK_STATE_RUNNING)
+                return writer
+            except _Conflict:
+                continue
+            except _Unavailable as e:
+                log.warning("task %s: cannot append RUNNING (%s); retrying later", task_id, e)
+                await self._nak(msg, 1.0)
+                return None
+        # Someone keeps writing: leave the message for redelivery after ack_wait.
+        return None
+
+    async def _run_attempt(
+        self, msg: Msg, task_id: str, attempt: int, body: messages_pb2.TaskMessage, stop: asyncio.Event
+    ) -> None:
+        writer = await self._claim(msg, task_id, attempt, body)
+        if writer is None:
+            return
+        handler = self._handlers.get(body.kind)
+        if handler is None:
+            f = TaskFailure.fatal(f"no handler for kind {body.kind}", code="NO_HANDLER")
+            await self._fail(msg, writer, body, f)
+            return
+        if body.HasField("timeout"):
+            timeout = max(body.timeout.ToTimedelta().total_seconds(), 0.0)
+        else:
+            timeout = self.default_timeout
+        ctx = TaskContext(
+            task_id=task_id,
+            kind=body.kind,
+            input=from_value(body.input) if body.HasField("input") else None,
+            labels=dict(body.labels),
+            attempt=attempt,
+            max_attempts=body.max_attempts,
+            deadline=time.monotonic() + timeout,
+            stop=stop,
+            writer=writer,
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        running = asyncio.create_task(self._call(handler, ctx))
+        stopped = asyncio.create_task(stop.wait())
+        hand_back = asyncio.create_task(self._hand_back.wait())
+        done: set[asyncio.Future[Any]] = set()
+        try:
+            done, _ = await asyncio.wait(
+                {running, stopped, hand_back}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            finished = running.done()
+            # Whatever ended the attempt, the handler stops now and reports nothing more.
+            was_stopped = stop.is_set()
+            stop.set()
+            for t in (heartbeat, stopped, hand_back):
+                t.cancel()
+            if not finished:
+                running.cancel()
+                await asyncio.wait({running}, timeout=1.0)
+            await asyncio.gather(heartbeat, stopped, hand_back, return_exceptions=True)
+
+        if running in done and not was_stopped:
+            result = running.result()
+            if isinstance(result, _Output):
+                await self._succeed(msg, writer, result.value)
+            elif isinstance(result, TaskFailure):
+                await self._retry_or_fail(msg, writer, body, attempt, result)
+            else:  # _StoppedResult
+                await self._ack_if_finished(msg, task_id)
+        elif was_stopped or stopped in done:
+            await self._ack_if_finished(msg, task_id)
+        elif hand_back in done:
+            f = TaskFailure("the worker shut down", code="WORKER_SHUTDOWN", retryable=True)
+            try:
+                await self._write_outcome(writer, task_pb2.TASK_STATE_RETRYING, error=f.to_proto())
+            except (_Conflict, _Unavailable):
+                return  # redelivered after ack_wait
+            await self._nak(msg)
+        else:
+            f = TaskFailure(
+                f"attempt {attempt} ran past its {_fmt_seconds(timeout)} timeout",
+                code="DEADLINE_EXCEEDED",
+                retryable=True,
+            )
+            await self._retry_or_fail(msg, writer, body, attempt, f)
+
+    async def _call(self, handler: Handler, ctx: TaskContext) -> "_Result":
+        """Runs the handler and turns what it did into a result."""
+        try:
+            value = await handler(ctx)
+        except Stopped:
+            return _StoppedResult()
+        except TaskFailure as f:
+            return f
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("task %s: handler crashed", ctx.task_id)
+            return TaskFailure(f"handler panicked: {type(e).__name__}: {e}", code="PANIC", retryable=True)
+        try:
+            return _Output(to_value(value))
+        except (TypeError, ValueError) as e:
+            return TaskFailure.fatal(f"the handler's output is not JSON: {e}")
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        every = self.ack_wait / 3
+        while True:
+            await asyncio.sleep(every)
+            await self._wpi(msg)
+
+    # -- outcomes -------------------------------------------------------------------
+
+    async def _write_outcome(self, writer: _EventWriter, state: int, **fields: Any) -> int:
+        """Stores an outcome event: 3 tries 200ms apart on errors; a conflict at once."""
+        last: Optional[Exception] = None
+        for i in range(3):
+            try:
+                return await writer.write(state, **fields)
+            except _Conflict:
+                raise
+            except _Unavailable as e:
+                last = e
+                log.warning("task %s: outcome event not stored (%s); retrying", writer.task_id, e)
+                if i < 2:
+                    await asyncio.sleep(0.2)
+        raise _Unavailable(str(last))
+
+    async def _succeed(self, msg: Msg, writer: _EventWriter, output: Any) -> None:
+        try:
+            await self._write_outcome(
+                writer,
+                task_pb2.TASK_STATE_SUCCEEDED,
+                progress=task_pb2.Progress(fraction=1.0, message="done"),
+                output=output,
+            )
+        except _Conflict:
+            await self._ack_if_finished(msg, writer.task_id)
+            return
+        except _Unavailable:
+            return  # no ack, no NAK: redelivered after ack_wait
+        await self._ack(msg)
+
+    async def _retry_or_fail(
+        self, msg: Msg, writer: _EventWriter, body: messages_pb2.TaskMessage, attempt: int, f: TaskFailure
+    ) -> None:
+        if not f.retryable or attempt >= body.max_attempts:
+            await self._fail(msg, writer, body, f)
+            return
+        try:
+            await self._write_outcome(writer, task_pb2.TASK_STATE_RETRYING, error=f.to_proto())
+        except _Conflict:
+            await self._ack_if_finished(msg, writer.task_id)
+            return
+        except _Unavailable:
+            return
+        delay = backoff(attempt, self.backoff_base, self.backoff_max)
+        log.info("task %s: attempt %d failed (%s); retrying in %.2fs", writer.task_id, attempt, f, delay)
+        await self._nak(msg, delay)
+
+    async def _fail(self, msg: Msg, writer: _EventWriter, body: messages_pb2.TaskMessage, f: TaskFailure) -> None:
+        """Step 11: FAILED, then the dead letter, then the ack."""
+        error = f.to_proto()
+        try:
+            await self._write_outcome(writer, task_pb2.TASK_STATE_FAILED, error=error)
+        except _Conflict:
+            await self._ack_if_finished(msg, writer.task_id)
+            return
+        except _Unavailable:
+            return
+        log.warning("task %s failed: %s", writer.task_id, f)
+        if await self._dead_letter(body, error):
+            await self._ack(msg)
+
+    async def _dead_letter(self, body: messages_pb2.TaskMessage, error: Optional[task_pb2.TaskError]) -> bool:
+        """Copies the task to ``taskwire.dlq.<kind>``; False if that failed (then the
+        message is left for redelivery, which finds FAILED and sends it again)."""
+        headers = {"Nats-Msg-Id": body.task_id, SCHEMA_HEADER: SCHEMA_VERSION}
+        if error is not None:
+            headers["Taskwire-Error-Code"] = error.code
+            headers["Taskwire-Error-Retryable"] = "true" if error.retryable else "false"
+        try:
+            await self._js.publish(
+                f"taskwire.dlq.{body.kind}", body.SerializeToString(), timeout=self.nats_timeout, headers=headers
+            )
+            return True
+        except Exception as e:
+            log.warning("task %s: dead-letter publish failed (%r); the task is redelivered", body.task_id, e)
+            return False
+
+    async def _ack_if_finished(self, msg: Msg, task_id: str) -> None:
+        """After losing a write: ack only if the history is finished (e.g. cancelled);
+        if another worker took the task over, its message must stay."""
+        try:
+            last = await self._last_event(task_id)
+        except _Unavailable as e:
+            log.warning("task %s: cannot read its history (%s); leaving the message", task_id, e)
+            return
+        if last is not None and last[1].state in _TERMINAL:
+            log.info("task %s: finished elsewhere (%s); acking", task_id, task_pb2.TaskState.Name(last[1].state))
+            await self._ack(msg)
+        else:
+            log.info("task %s: taken over by another worker; leaving its message", task_id)
+
+
+@dataclass
+class _Output:
+    value: Any
+
+
+class _StoppedResult:
+    pass
+
+
+_Result = Any  # _Output | TaskFailure | _StoppedResult
+
+
+def _fmt_seconds(s: float) -> str:
+    """A duration as Rust's ``Debug`` for ``Duration`` prints it (``500ms``, ``1.5s``,
+    ``3600s``), so error messages read the same from Python and Rust workers."""
+    ns = max(int(round(s * 1e9)), 0)
+
+    def fmt(value: int, unit: int, suffix: str) -> str:
+        whole, frac = divmod(value, unit)
+        digits = len(str(unit)) - 1
+        text = f"{frac:0{digits}d}".rstrip("0") if frac else ""
+        return f"{whole}.{text}{suffix}" if text else f"{whole}{suffix}"
+
+    if ns >= 1_000_000_000:
+        return fmt(ns, 1_000_000_000, "s")
+    if ns >= 1_000_000:
+        return fmt(ns, 1_000_000, "ms")
+    if ns >= 1_000:
+        return fmt(ns, 1_000, "µs")
+    return f"{ns}ns"
+
+
+def main_args(argv: Optional[list[str]] = None, description: str = "taskwire Python worker") -> argparse.Namespace:
+    """Command-line flags shared by worker programs (see examples/)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="NATS URL (taskwire dev writes it to DATA_DIR/nats-url)")
+    p.add_argument("--ack-wait", type=float, default=30.0, help="seconds; the same as the other workers of these kinds")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--backoff-base", type=float, default=1.0, help="seconds")
+    p.add_argument("--backoff-max", type=float, default=300.0, help="seconds")
+    p.add_argument("--default-timeout", type=float, default=3600.0, help="seconds per attempt")
+    p.add_argument("--shutdown-grace", type=float, default=20.0, help="seconds")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args
+
+
+def from_args(args: argparse.Namespace) -> Worker:
+    return Worker(
+        args.nats_url,
+        ack_wait=args.ack_wait,
+        concurrency=args.concurrency,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        default_timeout=args.default_timeout,
+        shutdown_grace=args.shutdown_grace,
+    )
