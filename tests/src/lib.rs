@@ -127,6 +127,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL); its store stays for [`NatsServer::restart`].
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -771,6 +776,13 @@ impl WatchServer {
         }
     }
 
+    /// Stops it gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
+        task.await.expect("watch task").expect("watch stops cleanly");
+    }
+
     /// Kills it: its task is aborted, its streams break mid-way.
     pub fn kill(self) {
         self.task.abort();
@@ -839,7 +851,7 @@ impl DevProcess {
     pub async fn spawn(data_dir: &Path) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let child = Command::new(workspace_bin("taskwire"))
-            .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+            .args(["dev", "--listen", &addr.to_string(), "--web-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--nats-server")
             .arg(venv_bin("nats-server"))

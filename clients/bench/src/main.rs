@@ -59,8 +59,9 @@ struct Args {
     /// W3: sequential round trips.
     #[arg(long, default_value_t = 500)]
     round_trips: usize,
-    /// W4: concurrent WatchTask streams, over --w4-tasks tasks emitting --w4-rate
-    /// events per second in all, for --w4-secs.
+    /// W4: concurrent WatchTask streams over --w4-tasks tasks, which emit progress so
+    /// that --w4-rate events per second are delivered to the streams in all, for
+    /// --w4-secs.
     #[arg(long, default_value_t = 10_000)]
     w4_streams: usize,
     #[arg(long, default_value_t = 100)]
@@ -151,7 +152,8 @@ fn free_addr() -> String {
 fn spawn(bin: &str, args: &[&str]) -> Child {
     Command::new(workspace_bin(bin))
         .args(args)
-        .env("RUST_LOG", "warn")
+        // Errors only: under load, sqlx's slow-acquire warnings would drown the table.
+        .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{bin}: {e}"))
@@ -263,6 +265,50 @@ async fn channels(addr: &str, n: usize) -> Vec<Channel> {
     v
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by each part of the deployment, the database server and
+/// this benchmark client: where the machine's two cores go during a workload.
+fn cpu_by_part(d: &mut Deployment) -> Vec<(&'static str, f64)> {
+    let mut parts: Vec<(&'static str, f64)> = Vec::new();
+    let mut add = |name: &'static str, secs: f64| match parts.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, s)) => *s += secs,
+        None => parts.push((name, secs)),
+    };
+    for (role, child) in d.children() {
+        add(role, cpu_secs(child.id()));
+    }
+    if let Some(pid) = d._nats.pid() {
+        add("nats-server", cpu_secs(pid));
+    }
+    add("bench client", cpu_secs(std::process::id()));
+    let mut db = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            db += cpu_secs(pid);
+        }
+    }
+    add("postgres (all)", db);
+    parts
+}
+
+/// Reports each part's share of the CPU between two snapshots.
+fn report_cpu(r: &mut Results, workload: &'static str, db: &'static str, before: &[(&'static str, f64)], after: &[(&'static str, f64)], wall: f64) {
+    for ((name, b), (_, a)) in before.iter().zip(after) {
+        r.add(workload, db, format!("CPU {name}"), (a - b) / wall * 100.0, "% of a core");
+    }
+}
+
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -312,10 +358,16 @@ async fn main() {
             }
         }
         if wants("w1") {
+            let (before, t) = (cpu_by_part(&mut d), Instant::now());
             w1_submit(&args, &d, name, &mut results).await;
+            let after = cpu_by_part(&mut d);
+            report_cpu(&mut results, "W1", name, &before, &after, t.elapsed().as_secs_f64());
         }
         if wants("w2") {
+            let (before, t) = (cpu_by_part(&mut d), Instant::now());
             w2_end_to_end(&args, &d, name, &mut results).await;
+            let after = cpu_by_part(&mut d);
+            report_cpu(&mut results, "W2", name, &before, &after, t.elapsed().as_secs_f64());
         }
         if wants("w3") {
             w3_round_trip(&args, &d, name, &mut results).await;
@@ -599,7 +651,8 @@ async fn w3_round_trip(args: &Args, d: &Deployment, db: &'static str, r: &mut Re
 /// W4: many WatchTask streams over a few tasks that emit progress at a set rate.
 async fn w4_fan_out(args: &Args, d: &mut Deployment, db: &'static str, r: &mut Results) {
     let mut tasks = TaskServiceClient::new(channels(&d.api_addr, 1).await.remove(0));
-    let delay_ms = (args.w4_tasks as u64 * 1000 / args.w4_rate.max(1)).max(1);
+    // Each stream should receive rate/streams events a second, so each task emits that.
+    let delay_ms = (args.w4_streams as u64 * 1000 / args.w4_rate.max(1)).max(1);
     let tokens = args.w4_secs * 1000 / delay_ms;
     let mut ids = Vec::new();
     for i in 0..args.w4_tasks {
@@ -686,7 +739,7 @@ async fn dev_startup(r: &mut Results) {
     let addr = free_addr();
     let t = Instant::now();
     let mut child = Command::new(workspace_bin("taskwire"))
-        .args(["dev", "--listen", &addr, "--data-dir"])
+        .args(["dev", "--listen", &addr, "--web-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .arg("--nats-server")
         .arg(taskwire_tests::venv_bin("nats-server"))
