@@ -122,6 +122,10 @@ async fn watchers_before_during_after_agree(db: Db) {
         );
     }
 
+    // Resuming at the terminal event's seq: nothing more, and the stream ends.
+    let at_end = watch_all(&mut watch.client().await, &id, history.last().unwrap().0).await;
+    assert!(at_end.is_empty(), "{at_end:?}");
+
     // Unknown and malformed ids.
     let unknown = uuid::Uuid::now_v7().to_string();
     let e = watch
@@ -398,3 +402,47 @@ async fn watch_tasks_follows_many_tasks(db: Db) {
 }
 
 both_databases!(watch_tasks_follows_many_tasks);
+
+/// A graceful stop ends open streams at once with a resumable UNAVAILABLE, instead of
+/// waiting for their clients to leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let mut client = stack.client().await;
+    let id = super::submit(
+        &mut client,
+        submit_req(
+            "demo.sleep",
+            serde_json::json!({"seconds": 60, "steps": 60}),
+        ),
+    )
+    .await;
+    let mut stream = watch
+        .client()
+        .await
+        .watch_task(WatchTaskRequest {
+            task_id: id,
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("the snapshot");
+    tokio::time::timeout(Duration::from_secs(10), watch.stop())
+        .await
+        .expect("the server stops although a stream is open");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = end.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("after_seq"), "{status:?}");
+}

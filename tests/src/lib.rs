@@ -780,7 +780,9 @@ impl WatchServer {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
-        task.await.expect("watch task").expect("watch stops cleanly");
+        task.await
+            .expect("watch task")
+            .expect("watch stops cleanly");
     }
 
     /// Kills it: its task is aborted, its streams break mid-way.
@@ -851,7 +853,14 @@ impl DevProcess {
     pub async fn spawn(data_dir: &Path) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let child = Command::new(workspace_bin("taskwire"))
-            .args(["dev", "--listen", &addr.to_string(), "--web-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "dev",
+                "--listen",
+                &addr.to_string(),
+                "--web-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .arg("--nats-server")
             .arg(venv_bin("nats-server"))

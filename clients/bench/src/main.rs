@@ -292,7 +292,13 @@ fn cpu_by_part(d: &mut Deployment) -> Vec<(&'static str, f64)> {
     add("bench client", cpu_secs(std::process::id()));
     let mut db = 0.0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() == "postgres" {
             db += cpu_secs(pid);
@@ -303,9 +309,22 @@ fn cpu_by_part(d: &mut Deployment) -> Vec<(&'static str, f64)> {
 }
 
 /// Reports each part's share of the CPU between two snapshots.
-fn report_cpu(r: &mut Results, workload: &'static str, db: &'static str, before: &[(&'static str, f64)], after: &[(&'static str, f64)], wall: f64) {
+fn report_cpu(
+    r: &mut Results,
+    workload: &'static str,
+    db: &'static str,
+    before: &[(&'static str, f64)],
+    after: &[(&'static str, f64)],
+    wall: f64,
+) {
     for ((name, b), (_, a)) in before.iter().zip(after) {
-        r.add(workload, db, format!("CPU {name}"), (a - b) / wall * 100.0, "% of a core");
+        r.add(
+            workload,
+            db,
+            format!("CPU {name}"),
+            (a - b) / wall * 100.0,
+            "% of a core",
+        );
     }
 }
 
@@ -361,13 +380,27 @@ async fn main() {
             let (before, t) = (cpu_by_part(&mut d), Instant::now());
             w1_submit(&args, &d, name, &mut results).await;
             let after = cpu_by_part(&mut d);
-            report_cpu(&mut results, "W1", name, &before, &after, t.elapsed().as_secs_f64());
+            report_cpu(
+                &mut results,
+                "W1",
+                name,
+                &before,
+                &after,
+                t.elapsed().as_secs_f64(),
+            );
         }
         if wants("w2") {
             let (before, t) = (cpu_by_part(&mut d), Instant::now());
             w2_end_to_end(&args, &d, name, &mut results).await;
             let after = cpu_by_part(&mut d);
-            report_cpu(&mut results, "W2", name, &before, &after, t.elapsed().as_secs_f64());
+            report_cpu(
+                &mut results,
+                "W2",
+                name,
+                &before,
+                &after,
+                t.elapsed().as_secs_f64(),
+            );
         }
         if wants("w3") {
             w3_round_trip(&args, &d, name, &mut results).await;
@@ -739,7 +772,14 @@ async fn dev_startup(r: &mut Results) {
     let addr = free_addr();
     let t = Instant::now();
     let mut child = Command::new(workspace_bin("taskwire"))
-        .args(["dev", "--listen", &addr, "--web-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--listen",
+            &addr,
+            "--web-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .arg("--nats-server")
         .arg(taskwire_tests::venv_bin("nats-server"))

@@ -108,6 +108,7 @@ async fn serve_web(
             }),
         )
         .fallback_service(tower_http::services::ServeDir::new(&dir));
+    let listen = listener.local_addr().unwrap_or(listen);
     println!("  dashboard: http://{listen}/ (from {})", dir.display());
     Ok(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -211,10 +212,17 @@ impl NatsChild {
         let conf = data_dir.join("nats.conf");
         // Task inputs up to 1 MiB need more than NATS's default max_payload.
         std::fs::write(&conf, "max_payload: 8MB\n").map_err(|e| err("nats.conf")(e.to_string()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
+        // The port of the previous run if it is free, so workers in other languages
+        // that joined through `nats-url` find NATS again after a restart.
+        let previous = std::fs::read_to_string(data_dir.join("nats-url"))
+            .ok()
+            .and_then(|u| u.trim().rsplit(':').next()?.parse::<u16>().ok());
+        let port = previous
+            .and_then(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .or_else(|| std::net::TcpListener::bind("127.0.0.1:0").ok())
+            .and_then(|l| l.local_addr().ok())
             .map(|a| a.port())
-            .map_err(|e| err("free port")(e.to_string()))?;
+            .ok_or_else(|| CliError::Dev("no free port for nats-server".into()))?;
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(&store)

@@ -85,9 +85,10 @@ impl Watch {
             .get_stream(nats::EVENTS_STREAM)
             .await
             .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
-        let hub = hub::Hub::start(&client, shutdown).await?;
+        let hub = hub::Hub::start(&client, shutdown.clone()).await?;
         let api = WatchApi {
             hub,
+            shutdown,
             store,
             events: Arc::new(events),
         };

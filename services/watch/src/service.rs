@@ -39,6 +39,9 @@ pub const HUB_BUFFER: usize = 64;
 #[derive(Debug, Clone)]
 pub struct WatchApi {
     pub(crate) hub: Hub,
+    /// Ends open streams (UNAVAILABLE, resumable) when the server shuts down, so the
+    /// drain does not wait for clients to leave.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     pub(crate) store: Store,
     pub(crate) events: Arc<Stream<Info>>,
 }
@@ -67,7 +70,13 @@ impl WatchService for WatchApi {
             .hub
             .subscribe_all(kind.map(|k| k.to_string()), FIREHOSE_BUFFER);
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
-        tokio::spawn(firehose(sub, labels, self.store.clone(), tx));
+        tokio::spawn(firehose(
+            sub,
+            labels,
+            self.store.clone(),
+            tx,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -125,9 +134,25 @@ impl Watcher {
                 self.send_snapshot(&record).await?;
             }
             self.refill().await?;
+            // Resumed at or past the end (after_seq >= the terminal event's seq): the
+            // stream has nothing more to send and ends now.
+            if let Ok(Some((seq, ev))) = nats::last_event(&self.api.events, self.id).await
+                && seq <= self.last_sent
+                && TaskState::try_from(ev.state).is_ok_and(TaskState::is_terminal)
+            {
+                return Err(End::Finished);
+            }
             loop {
                 let live = tokio::select! {
                     _ = self.out.closed() => return Err(End::Gone),
+                    _ = self.api.shutdown.cancelled() => {
+                        let resume = format!(
+                            "the server is shutting down; resume with after_seq = {}",
+                            self.last_sent
+                        );
+                        let _ = self.out.send(Err(Status::unavailable(resume))).await;
+                        return Err(End::Gone);
+                    }
                     l = sub.rx.recv() => l,
                 };
                 match live {
@@ -226,11 +251,16 @@ async fn firehose(
     labels: Labels,
     store: Store,
     tx: mpsc::Sender<Result<TaskEvent, Status>>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut matches: HashMap<TaskId, bool> = HashMap::new();
     loop {
         let next = tokio::select! {
             _ = tx.closed() => return,
+            _ = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
+                return;
+            }
             n = sub.rx.recv() => n,
         };
         let Some((id, live)) = next else {
