@@ -138,11 +138,7 @@ pub async fn status(addr: &str, a: IdArgs) -> Result<(), CliError> {
         .get_status(GetStatusRequest { task_id: a.id })
         .await?
         .into_inner();
-    if a.json {
-        println!("{}", output::task_json(&t));
-    } else {
-        println!("{}", output::task_line(&t));
-    }
+    print_task(&t, a.json);
     Ok(())
 }
 
@@ -152,11 +148,7 @@ pub async fn cancel(addr: &str, a: IdArgs) -> Result<(), CliError> {
         .cancel_task(CancelTaskRequest { task_id: a.id })
         .await?
         .into_inner();
-    if a.json {
-        println!("{}", output::task_json(&t));
-    } else {
-        println!("{}", output::task_line(&t));
-    }
+    print_task(&t, a.json);
     Ok(())
 }
 
@@ -173,16 +165,21 @@ pub async fn ls(addr: &str, a: LsArgs) -> Result<(), CliError> {
         .await?
         .into_inner();
     for t in &page.tasks {
-        if a.json {
-            println!("{}", output::task_json(t));
-        } else {
-            println!("{}", output::task_line(t));
-        }
+        print_task(t, a.json);
     }
     if !page.next_page_token.is_empty() && !a.json {
         eprintln!("more: --page-token {}", page.next_page_token);
     }
     Ok(())
+}
+
+/// A task as one JSON line (scripts) or one line for people.
+fn print_task(t: &taskwire::pb::v1::Task, json: bool) {
+    if json {
+        println!("{}", output::task_json(t));
+    } else {
+        println!("{}", output::task_line(t));
+    }
 }
 
 pub async fn watch(watch_addr: &str, a: WatchArgs) -> Result<(), CliError> {
