@@ -412,7 +412,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct ApiProcess {
     pub addr: SocketAddr,
-    child: Child,
+    proc: Proc,
 }
 
 impl ApiProcess {
@@ -420,7 +420,8 @@ impl ApiProcess {
     pub async fn spawn(nats_url: &str, db_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(workspace_bin("taskwire-api"))
+        let mut child = Command::new(workspace_bin("taskwire-api"));
+        child
             .args([
                 "--listen",
                 &addr.to_string(),
@@ -439,10 +440,11 @@ impl ApiProcess {
             ])
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("taskwire-api starts");
-        let p = Self { addr, child };
+            .stdout(Stdio::null());
+        let p = Self {
+            addr,
+            proc: Proc::spawn(&mut child, "taskwire-api"),
+        };
         eventually("the api process answers", || async move {
             let mut c = connect(addr).await.ok()?;
             c.list_tasks(taskwire::pb::v1::ListTasksRequest::default())
@@ -455,18 +457,60 @@ impl ApiProcess {
 
     /// Waits for it to exit by itself (e.g. an injected abort) and returns its status.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        eventually("the api process exits", || {
+        self.proc.wait_exit().await
+    }
+}
+
+/// A binary of this workspace running as a child process; killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    what: &'static str,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, what: &'static str) -> Self {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{what} starts: {e}"));
+        Self { child, what }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process dies at once, whatever it holds.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.what);
+    }
+
+    /// Waits for it to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let what = self.what;
+        eventually(&format!("{what} exits"), || {
             let status = self.child.try_wait().expect("try_wait");
             async move { status }
         })
         .await
     }
+
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
-impl Drop for ApiProcess {
+impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -676,57 +720,41 @@ pub async fn dlq_messages(js: &jetstream::Context) -> Vec<(String, String)> {
 /// kill it. Killed on drop.
 #[derive(Debug)]
 pub struct WorkerProcess {
-    child: Child,
+    proc: Proc,
 }
 
 impl WorkerProcess {
     pub fn spawn(nats_url: &str, args: &[&str]) -> Self {
-        let child = Command::new(workspace_bin("taskwire-worker"))
-            .args([
-                "--nats-url",
-                nats_url,
-                "--ack-wait",
-                "2s",
-                "--backoff-base",
-                "200ms",
-            ])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("taskwire-worker starts");
-        Self { child }
+        let mut cmd = Command::new(workspace_bin("taskwire-worker"));
+        cmd.args([
+            "--nats-url",
+            nats_url,
+            "--ack-wait",
+            "2s",
+            "--backoff-base",
+            "200ms",
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+        Self {
+            proc: Proc::spawn(&mut cmd, "taskwire-worker"),
+        }
     }
 
     /// SIGKILL: the process dies at once, whatever it holds.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
     }
 
     /// SIGTERM: a graceful shutdown.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        self.proc.signal("TERM");
     }
 
     /// Waits for it to exit by itself; returns its status.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        eventually("the worker process exits", || {
-            let status = self.child.try_wait().expect("try_wait");
-            async move { status }
-        })
-        .await
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.wait_exit().await
     }
 }
 
@@ -757,18 +785,7 @@ impl WatchServer {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(taskwire_watch::run(config, listener, shutdown.clone()));
-        eventually("the watch service answers health", || async move {
-            let channel = Channel::from_shared(format!("http://{addr}"))
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            tonic_health::pb::health_client::HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .ok()
-        })
-        .await;
+        wait_serving(addr).await;
         Self {
             addr,
             shutdown,
@@ -845,69 +862,44 @@ pub async fn watch_all(
 #[derive(Debug)]
 pub struct DevProcess {
     pub addr: SocketAddr,
-    child: Child,
+    proc: Proc,
     data_dir: PathBuf,
 }
 
 impl DevProcess {
     pub async fn spawn(data_dir: &Path) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let child = Command::new(workspace_bin("taskwire"))
-            .args([
-                "dev",
-                "--listen",
-                &addr.to_string(),
-                "--web-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .arg("--nats-server")
-            .arg(venv_bin("nats-server"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("taskwire dev starts");
-        eventually("taskwire dev reports SERVING", || async move {
-            let channel = Channel::from_shared(format!("http://{addr}"))
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            let status = tonic_health::pb::health_client::HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .ok()?
-                .into_inner()
-                .status;
-            (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
-                .then_some(())
-        })
-        .await;
+        let mut cmd = Command::new(workspace_bin("taskwire"));
+        cmd.args([
+            "dev",
+            "--listen",
+            &addr.to_string(),
+            "--web-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--nats-server")
+        .arg(venv_bin("nats-server"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+        let proc = Proc::spawn(&mut cmd, "taskwire dev");
+        wait_serving(addr).await;
         Self {
             addr,
-            child,
+            proc,
             data_dir: data_dir.to_path_buf(),
         }
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
     }
 
     /// SIGINT, as Ctrl-C; waits for the exit.
     pub async fn interrupt(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        eventually("taskwire dev exits", || {
-            let status = self.child.try_wait().expect("try_wait");
-            async move { status }
-        })
-        .await
+        self.proc.signal("INT");
+        self.proc.wait_exit().await
     }
 }
 
@@ -915,18 +907,14 @@ impl Drop for DevProcess {
     /// Stops it as Ctrl-C would; if it is already dead (a test killed it), its
     /// orphaned nats-server is stopped through the pid file, so no test leaves one.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.child.id().to_string()])
-                .status();
+        if !self.proc.exited() {
+            self.proc.signal("INT");
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
-            {
+            while !self.proc.exited() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
         if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("nats-server.pid")) {
             let pid = pid.trim();
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -935,6 +923,28 @@ impl Drop for DevProcess {
             }
         }
     }
+}
+
+/// Waits until the gRPC server at `addr` answers grpc.health.v1 with SERVING.
+pub async fn wait_serving(addr: SocketAddr) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    eventually(&format!("{addr} reports SERVING"), || async move {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .status;
+        (status == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
 }
 
 /// Runs the `taskwire` CLI with `args` (blocking; call from spawn_blocking).
