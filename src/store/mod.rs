@@ -76,12 +76,13 @@ impl From<sqlx::Error> for Error {
             E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
                 Error::Unavailable(e.to_string())
             }
-            // SQLite's "database is locked" after busy_timeout, and PostgreSQL shutting
-            // down or refusing connections: retryable, not the caller's fault.
+            // SQLite's "database is locked" after busy_timeout, PostgreSQL shutting down
+            // or refusing connections, and deadlocks or serialisation failures (40P01,
+            // 40001): retryable, not the caller's fault.
             E::Database(ref db)
                 if matches!(
                     db.code().as_deref(),
-                    Some("5" | "6" | "57P01" | "57P02" | "57P03" | "53300")
+                    Some("5" | "6" | "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
                 ) =>
             {
                 Error::Unavailable(e.to_string())

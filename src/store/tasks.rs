@@ -224,8 +224,21 @@ impl Store {
         self.deadline(async {
             let mut tx = self.pool.begin().await?;
             let mut inserted = std::collections::HashSet::new();
+            // Rows in (caller, key) order: concurrent batches then take the unique
+            // index's locks in one order and cannot deadlock each other.
+            let mut sorted: Vec<&(NewTask, OutboxEntry)> = tasks.iter().collect();
+            sorted.sort_by(|(a, _), (b, _)| {
+                (
+                    a.caller.as_str(),
+                    a.idempotency_key.as_ref().map(|k| k.as_str()),
+                )
+                    .cmp(&(
+                        b.caller.as_str(),
+                        b.idempotency_key.as_ref().map(|k| k.as_str()),
+                    ))
+            });
             // Multi-row statements, in chunks that stay under SQLite's parameter limit.
-            for chunk in tasks.chunks(INSERT_CHUNK) {
+            for chunk in sorted.chunks(INSERT_CHUNK) {
                 let mut sql = String::from(
                     "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
                      max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES ",
@@ -253,7 +266,7 @@ impl Store {
                 sql.push_str(" ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id");
                 // Safe: only fixed SQL and `$n` placeholders were appended.
                 let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-                for (t, _) in chunk {
+                for &(t, _) in chunk {
                     let labels = serde_json::to_string(&t.labels.clone().into_map())
                         .map_err(|e| Error::Corrupt(e.to_string()))?;
                     q = q
