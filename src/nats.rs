@@ -113,6 +113,26 @@ pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Client,
         .map_err(|e| Error::Unavailable(format!("connecting to {url}: {e}")))
 }
 
+/// What every process does first: connect (as `name`), and create or update the
+/// streams. Returns the client and a JetStream context with the same deadline.
+pub async fn join(
+    nats: &crate::config::NatsArgs,
+    streams: &crate::config::StreamArgs,
+    name: &str,
+) -> Result<(Client, Context), Error> {
+    let client = connect(&nats.nats_url, name, nats.nats_timeout).await?;
+    let js = jetstream(client.clone(), nats.nats_timeout);
+    setup_streams(&js, &streams.settings()).await?;
+    Ok((client, js))
+}
+
+/// Opens one of taskwire's streams (they exist once `setup_streams` ran).
+pub async fn open_stream(js: &Context, name: &str) -> Result<stream::Stream<stream::Info>, Error> {
+    js.get_stream(name)
+        .await
+        .map_err(|e| Error::Unavailable(format!("opening stream {name}: {e}")))
+}
+
 /// A JetStream context whose every request and publish ack has `timeout`.
 pub fn jetstream(client: Client, timeout: Duration) -> Context {
     jetstream::ContextBuilder::new()
@@ -202,12 +222,9 @@ pub async fn setup_kind_consumer(
     ack_wait: Duration,
     max_deliver: i64,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
-    let tasks = js
-        .get_stream_no_info(TASKS_STREAM)
-        .await
-        .map_err(|e| Error::Unavailable(format!("opening stream {TASKS_STREAM}: {e}")))?;
     let name = kind_consumer(kind);
-    tasks
+    open_stream(js, TASKS_STREAM)
+        .await?
         .create_consumer(pull::Config {
             durable_name: Some(name.clone()),
             filter_subject: task_subject(kind),

@@ -73,12 +73,7 @@ impl Api {
             &config.database.store_options(),
         )
         .await?;
-        let client = nats::connect(
-            &config.nats.nats_url,
-            "taskwire-api",
-            config.nats.nats_timeout,
-        )
-        .await?;
+        let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-api").await?;
         // A task message carries the whole input: NATS must take the largest one.
         let max_request = config.max_input_bytes as usize + 64 * 1024;
         let max_payload = client.server_info().max_payload;
@@ -89,12 +84,7 @@ impl Api {
                 config.max_input_bytes
             )));
         }
-        let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
-        nats::setup_streams(&js, &config.streams.settings()).await?;
-        let events = js
-            .get_stream(nats::EVENTS_STREAM)
-            .await
-            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+        let events = nats::open_stream(&js, nats::EVENTS_STREAM).await?;
         let api = TaskApi {
             shared: Arc::new(service::Shared {
                 store: store.clone(),

@@ -36,15 +36,7 @@ pub struct Advisories {
 
 impl Advisories {
     pub async fn start(js: jetstream::Context) -> Result<Self, nats::Error> {
-        let open = |name: &'static str| {
-            let js = js.clone();
-            async move {
-                js.get_stream(name)
-                    .await
-                    .map_err(|e| nats::Error::Unavailable(format!("opening {name}: {e}")))
-            }
-        };
-        let consumer = open(nats::ADVISORIES_STREAM)
+        let consumer = nats::open_stream(&js, nats::ADVISORIES_STREAM)
             .await?
             .create_consumer(pull::Config {
                 durable_name: Some(nats::ADVISORY_CONSUMER.to_string()),
@@ -55,8 +47,8 @@ impl Advisories {
             .await
             .map_err(|e| nats::Error::Unavailable(format!("advisory consumer: {e}")))?;
         Ok(Self {
-            tasks: open(nats::TASKS_STREAM).await?,
-            events: open(nats::EVENTS_STREAM).await?,
+            tasks: nats::open_stream(&js, nats::TASKS_STREAM).await?,
+            events: nats::open_stream(&js, nats::EVENTS_STREAM).await?,
             consumer,
             js,
         })

@@ -69,14 +69,7 @@ impl Recorder {
             &config.database.store_options(),
         )
         .await?;
-        let client = nats::connect(
-            &config.nats.nats_url,
-            "taskwire-recorder",
-            config.nats.nats_timeout,
-        )
-        .await?;
-        let js = nats::jetstream(client, config.nats.nats_timeout);
-        nats::setup_streams(&js, &config.streams.settings()).await?;
+        let (_, js) = nats::join(&config.nats, &config.streams, "taskwire-recorder").await?;
         Ok(Self {
             store,
             advisories: advisories::Advisories::start(js.clone()).await?,
@@ -135,11 +128,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 async fn consumer(
     js: &jetstream::Context,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, nats::Error> {
-    let events = js
-        .get_stream_no_info(nats::EVENTS_STREAM)
-        .await
-        .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
-    events
+    nats::open_stream(js, nats::EVENTS_STREAM)
+        .await?
         .create_consumer(pull::Config {
             durable_name: Some(nats::RECORDER_CONSUMER.to_string()),
             filter_subject: "taskwire.events.>".to_string(),

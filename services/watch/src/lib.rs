@@ -73,18 +73,8 @@ impl Watch {
             &config.database.store_options(),
         )
         .await?;
-        let client = nats::connect(
-            &config.nats.nats_url,
-            "taskwire-watch",
-            config.nats.nats_timeout,
-        )
-        .await?;
-        let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
-        nats::setup_streams(&js, &config.streams.settings()).await?;
-        let events = js
-            .get_stream(nats::EVENTS_STREAM)
-            .await
-            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+        let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-watch").await?;
+        let events = nats::open_stream(&js, nats::EVENTS_STREAM).await?;
         let hub = hub::Hub::start(&client, shutdown.clone()).await?;
         let api = WatchApi {
             hub,

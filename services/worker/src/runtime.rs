@@ -78,18 +78,8 @@ impl Worker {
         if registry.kinds().is_empty() {
             return Err(Error::Config("no task kinds registered".into()));
         }
-        let client = nats::connect(
-            &config.nats.nats_url,
-            "taskwire-worker",
-            config.nats.nats_timeout,
-        )
-        .await?;
-        let js = nats::jetstream(client.clone(), config.nats.nats_timeout);
-        nats::setup_streams(&js, &config.streams.settings()).await?;
-        let events = js
-            .get_stream(nats::EVENTS_STREAM)
-            .await
-            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+        let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-worker").await?;
+        let events = nats::open_stream(&js, nats::EVENTS_STREAM).await?;
         let router_stop = CancellationToken::new();
         let cancels = Cancels::start(&client, router_stop.clone()).await?;
         let mut consumers = Vec::new();
@@ -397,34 +387,20 @@ async fn claim(
     attempt: u32,
     body: &TaskMessage,
 ) -> Result<Option<EventWriter>, ()> {
-    // A first delivery usually finds an empty history: claim it with "expected seq 0"
-    // straight away, saving a read. If that loses (cancelled while queued), read.
-    if attempt == 1 && body.max_attempts >= 1 {
-        let writer = EventWriter::new(shared.js.clone(), id, &body.kind, attempt, 0);
-        match writer.write(Update::running()).await {
-            Ok(_) => return Ok(Some(writer)),
-            Err(nats::Error::Conflict) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot append RUNNING; retrying later");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return Err(());
-            }
-        }
-    }
+    // A first delivery usually finds an empty history, so its first try appends with
+    // "expected seq 0" without reading; if that loses (cancelled while queued), read.
     // A few tries: a dead worker's stale history may move under us once or twice.
+    let mut read = attempt > 1;
     for _ in 0..5 {
-        let last = match nats::last_event(&shared.events, id).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read task history; retrying later");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return Err(());
+        let last = if read {
+            match nats::last_event(&shared.events, id).await {
+                Ok(l) => l,
+                Err(e) => return retry_later(msg, "cannot read task history", &e).await,
             }
+        } else {
+            None
         };
+        read = true;
         let last_seq = last.as_ref().map_or(0, |(seq, _)| *seq);
         if let Some((_, ev)) = &last {
             let state = TaskState::try_from(ev.state).unwrap_or(TaskState::Unspecified);
@@ -462,16 +438,19 @@ async fn claim(
         match writer.write(Update::running()).await {
             Ok(_) => return Ok(Some(writer)),
             Err(nats::Error::Conflict) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot append RUNNING; retrying later");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return Err(());
-            }
+            Err(e) => return retry_later(msg, "cannot append RUNNING", &e).await,
         }
     }
     // Someone keeps writing: leave the message for redelivery.
+    Err(())
+}
+
+/// NATS failed while claiming: hand the task back to be tried again in a second.
+async fn retry_later<T>(msg: &jetstream::Message, what: &str, e: &nats::Error) -> Result<T, ()> {
+    tracing::warn!(error = %e, "{what}; retrying later");
+    let _ = msg
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+        .await;
     Err(())
 }
 
