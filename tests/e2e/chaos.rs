@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use taskwire::pb::v1::TaskState;
 use taskwire_tests::{
     Api, Db, NatsServer, Running, WorkerProcess, api_config, both_databases, eventually,
-    recorder_config, task_events, wait_terminal, worker_config,
+    recorder_config, task_events, wait_progress, wait_terminal, worker_config,
 };
 
 use super::submit_req;
@@ -25,18 +25,8 @@ async fn killed_worker_task_is_finished_by_another(db: Db) {
         submit_req("demo.sleep", serde_json::json!({"seconds": 3, "steps": 12})),
     )
     .await;
-    eventually("the first worker is a quarter through", || {
-        let js = js.clone();
-        let id = id.clone();
-        async move {
-            task_events(&js, &id)
-                .await
-                .iter()
-                .any(|(_, e)| e.progress.as_ref().is_some_and(|p| p.fraction >= 0.25))
-                .then_some(())
-        }
-    })
-    .await;
+    // The first worker is a quarter through.
+    wait_progress(&js, &id, 0.25).await;
     doomed.kill();
 
     // Another worker takes it over once ack_wait (2s) has passed.

@@ -8,7 +8,7 @@ use taskwire::{
 };
 use taskwire_tests::{
     Api, ApiProcess, Db, NatsServer, api_config, both_databases, connect, eventually,
-    tasks_in_stream,
+    tasks_in_stream, wait_outbox_cleared,
 };
 
 use super::submit_req;
@@ -60,11 +60,7 @@ async fn crash_after_commit_is_relayed(db: Db) {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].0, id.to_string());
     let store = Store::connect(&db.url, &Default::default()).await.unwrap();
-    eventually("the outbox row is deleted", || {
-        let store = store.clone();
-        async move { (!store.in_outbox(id).await.unwrap()).then_some(()) }
-    })
-    .await;
+    wait_outbox_cleared(&store, id).await;
     let task = api
         .client()
         .await
@@ -90,11 +86,8 @@ async fn crash_after_publish_is_not_duplicated(db: Db) {
 
     let _api = Api::start(api_config(&nats.url(), &db.url)).await;
     let store = Store::connect(&db.url, &Default::default()).await.unwrap();
-    eventually("the relay re-publishes and deletes the row", || {
-        let store = store.clone();
-        async move { (!store.in_outbox(id).await.unwrap()).then_some(()) }
-    })
-    .await;
+    // The relay re-publishes and deletes the row.
+    wait_outbox_cleared(&store, id).await;
     let msgs = tasks_in_stream(&js).await;
     assert_eq!(
         msgs.len(),

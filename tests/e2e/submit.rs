@@ -67,11 +67,7 @@ async fn submit_stores_and_enqueues(db: Db) {
         .await
         .unwrap();
     let id = taskwire::domain::TaskId::parse(&resp.task_id).unwrap();
-    taskwire_tests::eventually("the outbox row is deleted", || {
-        let store = store.clone();
-        async move { (!store.in_outbox(id).await.unwrap()).then_some(()) }
-    })
-    .await;
+    taskwire_tests::wait_outbox_cleared(&store, id).await;
     api.stop().await.expect("clean stop");
 }
 

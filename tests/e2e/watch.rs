@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use taskwire::pb::v1::{TaskEvent, TaskState, WatchTaskRequest};
 use taskwire_tests::{
-    Db, Stack, WatchServer, both_databases, eventually, task_events, wait_terminal, watch_all,
+    Db, Stack, WatchServer, both_databases, task_events, wait_progress, wait_terminal, watch_all,
     watch_client,
 };
 use tonic::Code;
@@ -71,18 +71,7 @@ async fn watchers_before_during_after_agree(db: Db) {
         let id = id.clone();
         async move { watch_all(&mut c, &id, 0).await }
     });
-    eventually("the task is a quarter through", || {
-        let js = js.clone();
-        let id = id.clone();
-        async move {
-            task_events(&js, &id)
-                .await
-                .iter()
-                .any(|(_, e)| e.progress.as_ref().is_some_and(|p| p.fraction >= 0.25))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_progress(&js, &id, 0.25).await;
     let during = tokio::spawn({
         let mut c = watch.client().await;
         let id = id.clone();

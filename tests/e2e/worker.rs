@@ -10,7 +10,7 @@ use taskwire::{
 };
 use taskwire_tests::{
     Db, Stack, both_databases, dlq_messages, eventually, task_events, tasks_in_stream,
-    wait_terminal,
+    wait_progress, wait_terminal,
 };
 
 use super::submit_req;
@@ -268,18 +268,7 @@ async fn cancel_stops_a_running_task(db: Db) {
         ),
     )
     .await;
-    eventually("the task reports progress", || {
-        let js = js.clone();
-        let id = id.clone();
-        async move {
-            task_events(&js, &id)
-                .await
-                .iter()
-                .any(|(_, e)| e.progress.is_some())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_progress(&js, &id, 0.0).await;
 
     let task = client
         .cancel_task(CancelTaskRequest {

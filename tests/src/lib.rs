@@ -695,6 +695,31 @@ pub async fn task_events(
     }
 }
 
+/// Waits until the task's stored history has a progress event at `fraction` or more
+/// (0.0: any progress at all).
+pub async fn wait_progress(js: &jetstream::Context, id: &str, fraction: f64) {
+    eventually(
+        &format!("task {id} reaches progress {fraction}"),
+        || async move {
+            task_events(js, id)
+                .await
+                .iter()
+                .any(|(_, e)| e.progress.as_ref().is_some_and(|p| p.fraction >= fraction))
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until the task's outbox row is gone (published and cleaned up).
+pub async fn wait_outbox_cleared(store: &taskwire::store::Store, id: taskwire::domain::TaskId) {
+    eventually(
+        &format!("the outbox row of {id} is deleted"),
+        || async move { (!store.in_outbox(id).await.expect("outbox query")).then_some(()) },
+    )
+    .await
+}
+
 /// Every message in TASKWIRE_DLQ, as (Nats-Msg-Id, subject).
 pub async fn dlq_messages(js: &jetstream::Context) -> Vec<(String, String)> {
     let mut stream = js.get_stream(nats::DLQ_STREAM).await.expect("dlq stream");
