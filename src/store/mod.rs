@@ -10,6 +10,7 @@
 //! [`Error::Unavailable`] instead of hanging the caller.
 
 mod outbox;
+mod projection;
 mod tasks;
 
 use std::{future::Future, sync::Once, time::Duration};
@@ -21,7 +22,8 @@ use sqlx::{
 };
 
 pub use outbox::{OutboxEntry, OutboxRow};
-pub use tasks::{EventUpdate, Inserted, ListQuery, NewTask, PageToken, TaskRecord};
+pub use projection::EventUpdate;
+pub use tasks::{Inserted, ListQuery, NewTask, PageToken, TaskRecord};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -209,6 +211,23 @@ impl Store {
             .await
             .map_err(|_| Error::Unavailable(format!("no answer within {:?}", self.timeout)))?
     }
+}
+
+/// The placeholders of a multi-row VALUES list: `($1, $2), ($3, $4)` for 2 rows of 2.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut s = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        s.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * columns + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
 }
 
 /// The file a `sqlite://PATH?...` URL names, if it names one.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::{Row, any::AnyRow};
 
-use super::{Error, OutboxEntry, Store};
+use super::{Error, OutboxEntry, Store, placeholders};
 use crate::{
     domain::{Caller, IdempotencyKey, InvalidInput, Labels, TaskId, TaskKind},
     json,
@@ -183,19 +183,6 @@ impl PageToken {
     }
 }
 
-/// The change one event makes to a task's record (the projection of an event).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventUpdate {
-    pub seq: u64,
-    pub time_us: i64,
-    pub state: TaskState,
-    pub attempt: u32,
-    pub progress: Option<Progress>,
-    /// JSON text.
-    pub output: Option<String>,
-    pub error: Option<TaskError>,
-}
-
 impl Store {
     /// Inserts a task, its labels and its outbox row in one transaction; or, when the
     /// caller's idempotency key is taken, writes nothing and names the existing task.
@@ -239,32 +226,13 @@ impl Store {
             });
             // Multi-row statements, in chunks that stay under SQLite's parameter limit.
             for chunk in sorted.chunks(INSERT_CHUNK) {
-                let mut sql = String::from(
+                let sql = format!(
                     "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-                     max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES ",
+                     max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES {} \
+                     ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
+                    placeholders(chunk.len(), 11)
                 );
-                for n in 0..chunk.len() {
-                    let b = n * 10;
-                    if n > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql += &format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9,
-                        b + 10,
-                        b + 10
-                    );
-                }
-                sql.push_str(" ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id");
-                // Safe: only fixed SQL and `$n` placeholders were appended.
+                // Safe: only fixed SQL and `$n` placeholders.
                 let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
                 for &(t, _) in chunk {
                     let labels = serde_json::to_string(&t.labels.clone().into_map())
@@ -279,6 +247,7 @@ impl Store {
                         .bind(labels)
                         .bind(i64::from(t.max_attempts))
                         .bind(t.timeout.map(|d| d.as_millis() as i64))
+                        .bind(t.created_at_us)
                         .bind(t.created_at_us);
                 }
                 inserted.extend(q.fetch_all(&mut *tx).await?);
@@ -289,16 +258,10 @@ impl Store {
                 .filter(|(t, _)| inserted.contains(&t.id.to_string()))
                 .collect();
             for chunk in new.chunks(INSERT_CHUNK) {
-                let mut sql = String::from(
-                    "INSERT INTO outbox (task_id, subject, payload, lease_until_us) VALUES ",
+                let sql = format!(
+                    "INSERT INTO outbox (task_id, subject, payload, lease_until_us) VALUES {}",
+                    placeholders(chunk.len(), 4)
                 );
-                for n in 0..chunk.len() {
-                    let b = n * 4;
-                    if n > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql += &format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4);
-                }
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (t, o) in chunk {
                     q = q
@@ -314,14 +277,10 @@ impl Store {
                 .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
                 .collect();
             for chunk in labels.chunks(INSERT_CHUNK) {
-                let mut sql = String::from("INSERT INTO task_labels (task_id, key, value) VALUES ");
-                for n in 0..chunk.len() {
-                    let b = n * 3;
-                    if n > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql += &format!("(${}, ${}, ${})", b + 1, b + 2, b + 3);
-                }
+                let sql = format!(
+                    "INSERT INTO task_labels (task_id, key, value) VALUES {}",
+                    placeholders(chunk.len(), 3)
+                );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (id, k, v) in chunk {
                     q = q.bind(id.clone()).bind((*k).clone()).bind((*v).clone());
@@ -443,95 +402,9 @@ impl Store {
         })
         .await
     }
-
-    /// Applies one event to a task's record, if it is newer than the last applied
-    /// (seq > last_seq): replaying an event changes nothing. Returns whether it applied.
-    #[tracing::instrument(skip_all, fields(task_id = %id, seq = ev.seq), err)]
-    pub async fn apply_event(&self, id: TaskId, ev: &EventUpdate) -> Result<bool, Error> {
-        self.deadline(async {
-            let applied = apply_query(id, ev)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            Ok(applied == 1)
-        })
-        .await
-    }
-
-    /// Applies a batch of events, in order, in one transaction (one commit for many
-    /// events: the recorder's group commit). Returns how many applied.
-    #[tracing::instrument(skip_all, fields(events = events.len()), err)]
-    pub async fn apply_events(&self, events: &[(TaskId, EventUpdate)]) -> Result<usize, Error> {
-        self.deadline(async {
-            let mut tx = self.pool.begin().await?;
-            let mut applied = 0;
-            for (id, ev) in events {
-                applied += apply_query(*id, ev)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected() as usize;
-            }
-            tx.commit().await?;
-            Ok(applied)
-        })
-        .await
-    }
 }
 
-/// The projection of one event: an UPDATE guarded by `last_seq < seq`.
-fn apply_query(
-    id: TaskId,
-    ev: &EventUpdate,
-) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-    let terminal = ev.state.is_terminal();
-    let running = ev.state == TaskState::Running;
-    // No Option<f64> bind: sqlx's Any driver declares a NULL double as float4 on
-    // PostgreSQL, which poisons the cached statement. A flag picks instead.
-    let (has_progress, fraction, message) = match &ev.progress {
-        Some(p) => (1_i64, p.fraction, Some(p.message.clone())),
-        None => (0, 0.0, None),
-    };
-    let (code, emsg, retryable) = match &ev.error {
-        Some(e) => (
-            Some(e.code.clone()),
-            Some(e.message.clone()),
-            Some(i64::from(e.retryable)),
-        ),
-        None => (None, None, None),
-    };
-    sqlx::query(
-        "UPDATE tasks SET state = $2, attempt = $3, \
-         progress_fraction = CASE WHEN $14 = 1 THEN $4 ELSE progress_fraction END, \
-         progress_message = COALESCE($5, progress_message), \
-         output = COALESCE($6, output), \
-         error_code = CASE WHEN $15 = 1 THEN NULL ELSE COALESCE($7, error_code) END, \
-         error_message = CASE WHEN $15 = 1 THEN NULL ELSE COALESCE($8, error_message) END, \
-         error_retryable = CASE WHEN $15 = 1 THEN NULL ELSE COALESCE($9, error_retryable) END, \
-         started_at_us = COALESCE(started_at_us, $10), \
-         finished_at_us = COALESCE(finished_at_us, $11), \
-         updated_at_us = $12, last_seq = $13 \
-         WHERE id = $1 AND last_seq < $13",
-    )
-    .bind(id.to_string())
-    .bind(ev.state as i64)
-    .bind(i64::from(ev.attempt))
-    .bind(fraction)
-    .bind(message)
-    .bind(ev.output.clone())
-    .bind(code)
-    .bind(emsg)
-    .bind(retryable)
-    .bind(running.then_some(ev.time_us))
-    .bind(terminal.then_some(ev.time_us))
-    .bind(ev.time_us)
-    .bind(ev.seq as i64)
-    .bind(has_progress)
-    // A success clears the error of an earlier failed attempt: `error` describes the
-    // last attempt or the task's failure.
-    .bind(i64::from(ev.state == TaskState::Succeeded))
-}
-
-/// Rows per multi-row INSERT: 10 parameters a row stays far below SQLite's limit.
+/// Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's limit.
 const INSERT_CHUNK: usize = 500;
 
 /// A bind parameter of a query built at run time.
@@ -544,31 +417,6 @@ enum Arg {
 fn param(args: &mut Vec<Arg>, a: Arg) -> String {
     args.push(a);
     format!("${}", args.len())
-}
-
-impl EventUpdate {
-    /// The projection of an event stored at `seq` in TASKWIRE_EVENTS.
-    pub fn from_event(
-        seq: u64,
-        ev: &crate::pb::internal::v1::Event,
-    ) -> Result<Self, json::NotJson> {
-        let output = match &ev.output {
-            Some(v) => Some(json::value_to_json(Some(v))?.to_string()),
-            None => None,
-        };
-        Ok(Self {
-            seq,
-            time_us: ev
-                .time
-                .as_ref()
-                .map_or_else(json::now_micros, json::timestamp_to_micros),
-            state: TaskState::try_from(ev.state).unwrap_or(TaskState::Unspecified),
-            attempt: ev.attempt,
-            progress: ev.progress.clone(),
-            output,
-            error: ev.error.clone(),
-        })
-    }
 }
 
 #[cfg(test)]

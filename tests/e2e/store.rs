@@ -228,9 +228,140 @@ async fn unreachable_database_is_unavailable(_db: Db) {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// The recorder's batches (events folded per task, one UPDATE per batch) leave every
+/// row exactly as applying each batch's events one at a time in seq order does: random
+/// histories, delivered in random batches with redeliveries of old events mixed in.
+async fn batched_events_match_one_by_one(db: Db) {
+    use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    for seed in 0..8_u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Pairs of identical tasks: `batched` gets apply_events, `single` apply_event.
+        let mut pairs = Vec::new();
+        for _ in 0..12 {
+            let (a, b) = (new_task(None, &[]), new_task(None, &[]));
+            store.insert_task(&a, &outbox(0)).await.unwrap();
+            store.insert_task(&b, &outbox(0)).await.unwrap();
+            pairs.push((a.id, b.id));
+        }
+        // Each task's history, interleaved in one stream: global seqs with gaps.
+        let mut stream: Vec<(usize, EventUpdate)> = Vec::new();
+        let mut seq = 0_u64;
+        let mut attempt = vec![1_u32; pairs.len()];
+        let mut finished = vec![false; pairs.len()];
+        for _ in 0..200 {
+            let t = rng.random_range(0..pairs.len());
+            if finished[t] {
+                continue;
+            }
+            seq += rng.random_range(1..4);
+            let error = |rng: &mut StdRng| TaskError {
+                code: format!("E{}", rng.random_range(0..100)),
+                message: "boom".into(),
+                retryable: rng.random(),
+            };
+            let mut ev = EventUpdate {
+                seq,
+                time_us: seq as i64 * 1000,
+                state: TaskState::Running,
+                attempt: attempt[t],
+                progress: None,
+                output: None,
+                error: None,
+            };
+            match rng.random_range(0..10) {
+                0..=4 => {
+                    ev.progress = rng.random_bool(0.7).then(|| Progress {
+                        fraction: rng.random(),
+                        message: format!("step {seq}"),
+                    })
+                }
+                5 | 6 => {
+                    ev.state = TaskState::Retrying;
+                    ev.error = Some(error(&mut rng));
+                    attempt[t] += 1;
+                }
+                7 => {
+                    ev.state = TaskState::Failed;
+                    ev.error = Some(error(&mut rng));
+                    finished[t] = true;
+                }
+                _ => {
+                    ev.state = TaskState::Succeeded;
+                    ev.output = Some(format!("{{\"n\":{seq}}}"));
+                    ev.progress = Some(Progress {
+                        fraction: 1.0,
+                        message: "done".into(),
+                    });
+                    finished[t] = true;
+                }
+            }
+            stream.push((t, ev));
+        }
+        // Deliveries: the stream in order, with redeliveries of earlier events.
+        let mut deliveries = Vec::new();
+        for (i, e) in stream.iter().enumerate() {
+            deliveries.push(e.clone());
+            if i > 0 && rng.random_bool(0.15) {
+                deliveries.push(stream[rng.random_range(0..i)].clone());
+            }
+        }
+        let mut rest = &deliveries[..];
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=rest.len().min(9));
+            let (batch, tail) = rest.split_at(n);
+            rest = tail;
+            let mut shuffled = batch.to_vec();
+            shuffled.shuffle(&mut rng);
+            let events: Vec<_> = shuffled
+                .iter()
+                .map(|(t, ev)| (pairs[*t].0, ev.clone()))
+                .collect();
+            let applied = store.apply_events(&events).await.unwrap();
+
+            let mut one_by_one = batch.to_vec();
+            one_by_one.sort_by_key(|(t, ev)| (*t, ev.seq));
+            one_by_one.dedup_by_key(|(t, ev)| (*t, ev.seq));
+            let mut expected = 0;
+            for (t, ev) in &one_by_one {
+                expected += usize::from(store.apply_event(pairs[*t].1, ev).await.unwrap());
+            }
+            assert_eq!(applied, expected, "seed {seed}: events applied");
+        }
+        for (a, b) in &pairs {
+            let a = store.get_task(*a).await.unwrap().unwrap();
+            let b = store.get_task(*b).await.unwrap().unwrap();
+            assert_eq!(
+                (a.state, a.attempt, a.progress_fraction, &a.progress_message),
+                (b.state, b.attempt, b.progress_fraction, &b.progress_message),
+                "seed {seed}"
+            );
+            assert_eq!((&a.output, &a.error), (&b.output, &b.error), "seed {seed}");
+            assert_eq!(
+                (
+                    a.started_at_us,
+                    a.finished_at_us,
+                    a.updated_at_us,
+                    a.last_seq
+                ),
+                (
+                    b.started_at_us,
+                    b.finished_at_us,
+                    b.updated_at_us,
+                    b.last_seq
+                ),
+                "seed {seed}"
+            );
+        }
+    }
+}
+
 both_databases!(
     tasks_round_trip,
     events_apply_once_and_in_order,
+    batched_events_match_one_by_one,
     outbox_leases,
     unreachable_database_is_unavailable
 );
