@@ -6,6 +6,7 @@
 //! `services/` (api, worker, recorder, watch) and `clients/`.
 //!
 //! # Layout
+//! - [`codec`]: the protobuf codec of the generated stubs (small per-call buffers).
 //! - [`pb`]: the generated protobuf types and gRPC stubs, and the descriptor set that
 //!   server reflection serves. The one door to generated code.
 //! - [`domain`]: `TaskId`, `TaskKind`, labels, states and limits; everything a request
@@ -18,6 +19,7 @@
 //! - [`telemetry`], [`shutdown`]: logging and the stop protocol.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod json;

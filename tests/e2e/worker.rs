@@ -1,6 +1,7 @@
 //! Tasks run: the built-in kinds succeed with the right output and ordered progress;
 //! retries back off and end in the dead-letter stream; a live long task is not
-//! redelivered; a cancelled running task stops at once and never runs again.
+//! redelivered; a cancelled running task stops at once and never runs again; one
+//! kind with a backlog gets the slots the idle kinds leave.
 
 use std::time::{Duration, Instant};
 
@@ -304,7 +305,61 @@ async fn cancel_stops_a_running_task(db: Db) {
     assert!(events.iter().all(|(_, e)| e.attempt <= 1), "never rerun");
 }
 
+/// A worker serving five kinds (the built-ins) with 12 slots: a backlog of one kind
+/// runs 8 at once, since each idle kind holds one slot for its next task. (Slots shared
+/// out per kind, as before, let it run 4 while the idle kinds held the rest.)
+async fn a_busy_kind_gets_the_slots_idle_kinds_leave(db: Db) {
+    let stack = Stack::start_with(db, |url| {
+        let mut c = taskwire_tests::worker_config(url);
+        c.concurrency = 12;
+        c
+    })
+    .await;
+    let mut client = stack.client().await;
+    let js = stack.nats.jetstream().await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(
+            super::submit(
+                &mut client,
+                submit_req("demo.sleep", serde_json::json!({"seconds": 6, "steps": 1})),
+            )
+            .await,
+        );
+    }
+    eventually("all 8 tasks running", || {
+        let (js, ids) = (&js, &ids);
+        async move {
+            for id in ids {
+                let events = task_events(js, id).await;
+                if !events
+                    .iter()
+                    .any(|(_, e)| state_of(e) == TaskState::Running)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    for id in &ids {
+        let events = task_events(&js, id).await;
+        assert!(
+            events.iter().all(|(_, e)| !state_of(e).is_terminal()),
+            "all 8 started before any finished: {id} {events:?}"
+        );
+    }
+    for id in &ids {
+        assert_eq!(
+            wait_terminal(&client, id).await.state,
+            TaskState::Succeeded as i32
+        );
+    }
+}
+
 both_databases!(
+    a_busy_kind_gets_the_slots_idle_kinds_leave,
     demo_kinds_succeed,
     flaky_retries_with_growing_backoff,
     spent_attempts_go_to_the_dead_letter_stream,

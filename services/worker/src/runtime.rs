@@ -117,12 +117,10 @@ impl Worker {
         tracing::info!(kinds = ?shared.registry.kinds(), concurrency = shared.config.concurrency, "worker running");
         let attempts = TaskTracker::new();
         let loops = TaskTracker::new();
-        let fair_share = (shared.config.concurrency as usize / consumers.len()).max(1);
         for consumer in consumers {
             loops.spawn(pull_loop(
                 shared.clone(),
                 consumer,
-                fair_share,
                 attempts.clone(),
                 shutdown.clone(),
             ));
@@ -161,20 +159,29 @@ pub async fn run(
 /// Pulls one kind's tasks while permits allow, until `shutdown`. It fetches only as
 /// many messages as it holds permits for, so no fetched task waits for a slot (its
 /// ack_wait would run) and none is NAKed for lack of one (a NAK spends an attempt).
+///
+/// An idle kind waits for its next task holding one slot; a busy kind (its last pull
+/// was filled) takes every free slot. A fixed share per kind left a worker serving five
+/// kinds able to run only a fifth of its slots for one kind with a backlog, while the
+/// idle kinds' pulls held the rest (docs/benchmarks.md, W4). Kinds that are busy at
+/// once share the slots as they free up: the semaphore serves waiters in order.
 async fn pull_loop(
     shared: Arc<Shared>,
     consumer: jetstream::consumer::Consumer<pull::Config>,
-    fair_share: usize,
     attempts: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let mut busy = false;
     loop {
         let mut permit = tokio::select! {
             _ = shutdown.cancelled() => return,
             p = shared.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
         };
-        // Take more slots if free, up to a fair share so other kinds are not starved.
-        let extra = shared.permits.available_permits().min(fair_share - 1);
+        let extra = if busy {
+            shared.permits.available_permits()
+        } else {
+            0
+        };
         if extra > 0
             && let Ok(more) = shared.permits.clone().try_acquire_many_owned(extra as u32)
         {
@@ -201,6 +208,7 @@ async fn pull_loop(
         // waiting for it at once; a message the server still sends to the abandoned
         // request is redelivered to another worker after ack_wait.
         let mut permit = Some(permit);
+        let mut received = 0;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -208,6 +216,7 @@ async fn pull_loop(
             };
             match msg {
                 Ok(msg) => {
+                    received += 1;
                     let split = permit
                         .as_mut()
                         .filter(|p| p.num_permits() > 1)
@@ -222,6 +231,7 @@ async fn pull_loop(
                 Err(e) => tracing::warn!(error = %e, "bad delivery"),
             }
         }
+        busy = received >= wanted;
     }
 }
 

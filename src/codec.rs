@@ -1,0 +1,47 @@
+//! The protobuf codec every generated client and server uses: prost, with small
+//! per-call buffers.
+//!
+//! tonic's default codec reserves 8 KiB to encode each call's messages and holds it for
+//! the call's life. taskwire's messages are a few hundred bytes and a watch process holds
+//! thousands of server streams, so that reservation was the largest part of a stream's
+//! memory (heaptrack on W4, docs/benchmarks.md). A buffer still grows for a larger
+//! message.
+
+use std::marker::PhantomData;
+
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::ProstCodec;
+
+/// Bytes reserved per call for encoding and decoding.
+const BUFFER: usize = 1024;
+/// tonic's default: how much encoded data a stream buffers before yielding.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// [`ProstCodec`] with [`BUFFER`]-byte buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for SmallBufferCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for SmallBufferCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
+    type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+    }
+}
