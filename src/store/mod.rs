@@ -215,6 +215,11 @@ impl Store {
 
 /// The placeholders of a multi-row VALUES list: `($1, $2), ($3, $4)` for 2 rows of 2.
 fn placeholders(rows: usize, columns: usize) -> String {
+    placeholders_from(0, rows, columns)
+}
+
+/// [`placeholders`] numbered after the first `before` parameters.
+fn placeholders_from(before: usize, rows: usize, columns: usize) -> String {
     let mut s = String::with_capacity(rows * columns * 6);
     for r in 0..rows {
         s.push_str(if r == 0 { "(" } else { ", (" });
@@ -223,7 +228,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
                 s.push_str(", ");
             }
             s.push('$');
-            s.push_str(&(r * columns + c + 1).to_string());
+            s.push_str(&(before + r * columns + c + 1).to_string());
         }
         s.push(')');
     }

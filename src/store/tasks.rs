@@ -1,10 +1,10 @@
 //! Queries on tasks and their labels.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use sqlx::{Row, any::AnyRow};
 
-use super::{Error, OutboxEntry, Store, placeholders};
+use super::{Backend, Error, OutboxEntry, Store, placeholders, placeholders_from};
 use crate::{
     domain::{Caller, IdempotencyKey, InvalidInput, Labels, TaskId, TaskKind},
     json,
@@ -195,11 +195,11 @@ impl Store {
         Ok(out.pop().expect("one result per task"))
     }
 
-    /// Inserts many tasks with their labels and outbox rows in one transaction (one
-    /// commit: the api's group commit of concurrent submits), answering for each
-    /// whether it is new or which task already holds its idempotency key. The unique
-    /// (caller, idempotency_key) constraint decides, so concurrent repeats, also within
-    /// one batch, yield one task.
+    /// Inserts many tasks with their labels and outbox rows, answering for each whether
+    /// it is new or which task already holds its idempotency key. Concurrent submits
+    /// share the writes (the api's group commit). The unique (caller, idempotency_key)
+    /// constraint decides, so concurrent repeats, also within one batch, yield one task.
+    /// A task, its labels and its outbox row are written atomically.
     #[tracing::instrument(skip_all, fields(tasks = tasks.len()), err)]
     pub async fn insert_tasks(
         &self,
@@ -208,86 +208,30 @@ impl Store {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        // Rows in (caller, key) order: concurrent batches then take the unique index's
+        // locks in one order and cannot deadlock each other.
+        let mut sorted: Vec<&(NewTask, OutboxEntry)> = tasks.iter().collect();
+        sorted.sort_by(|(a, _), (b, _)| {
+            (
+                a.caller.as_str(),
+                a.idempotency_key.as_ref().map(|k| k.as_str()),
+            )
+                .cmp(&(
+                    b.caller.as_str(),
+                    b.idempotency_key.as_ref().map(|k| k.as_str()),
+                ))
+        });
         self.deadline(async {
-            let mut tx = self.pool.begin().await?;
-            let mut inserted = std::collections::HashSet::new();
-            // Rows in (caller, key) order: concurrent batches then take the unique
-            // index's locks in one order and cannot deadlock each other.
-            let mut sorted: Vec<&(NewTask, OutboxEntry)> = tasks.iter().collect();
-            sorted.sort_by(|(a, _), (b, _)| {
-                (
-                    a.caller.as_str(),
-                    a.idempotency_key.as_ref().map(|k| k.as_str()),
-                )
-                    .cmp(&(
-                        b.caller.as_str(),
-                        b.idempotency_key.as_ref().map(|k| k.as_str()),
-                    ))
-            });
-            // Multi-row statements, in chunks that stay under SQLite's parameter limit.
-            for chunk in sorted.chunks(INSERT_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-                     max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES {} \
-                     ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
-                    placeholders(chunk.len(), 11)
-                );
-                // Safe: only fixed SQL and `$n` placeholders.
-                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-                for &(t, _) in chunk {
-                    let labels = serde_json::to_string(&t.labels.clone().into_map())
-                        .map_err(|e| Error::Corrupt(e.to_string()))?;
-                    q = q
-                        .bind(t.id.to_string())
-                        .bind(t.kind.as_str().to_string())
-                        .bind(TaskState::Queued as i64)
-                        .bind(t.caller.as_str().to_string())
-                        .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
-                        .bind(t.input.clone())
-                        .bind(labels)
-                        .bind(i64::from(t.max_attempts))
-                        .bind(t.timeout.map(|d| d.as_millis() as i64))
-                        .bind(t.created_at_us)
-                        .bind(t.created_at_us);
+            let inserted = match self.backend {
+                Backend::Postgres => {
+                    let mut ids = HashSet::new();
+                    for chunk in sorted.chunks(PG_INSERT_CHUNK) {
+                        ids.extend(insert_pg(&self.pool, chunk).await?);
+                    }
+                    ids
                 }
-                inserted.extend(q.fetch_all(&mut *tx).await?);
-            }
-
-            let new: Vec<&(NewTask, OutboxEntry)> = tasks
-                .iter()
-                .filter(|(t, _)| inserted.contains(&t.id.to_string()))
-                .collect();
-            for chunk in new.chunks(INSERT_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO outbox (task_id, subject, payload, lease_until_us) VALUES {}",
-                    placeholders(chunk.len(), 4)
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (t, o) in chunk {
-                    q = q
-                        .bind(t.id.to_string())
-                        .bind(o.subject.clone())
-                        .bind(o.payload.clone())
-                        .bind(o.lease_until_us);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            let labels: Vec<(String, &String, &String)> = new
-                .iter()
-                .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
-                .collect();
-            for chunk in labels.chunks(INSERT_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO task_labels (task_id, key, value) VALUES {}",
-                    placeholders(chunk.len(), 3)
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, k, v) in chunk {
-                    q = q.bind(id.clone()).bind((*k).clone()).bind((*v).clone());
-                }
-                q.execute(&mut *tx).await?;
-            }
-
+                Backend::Sqlite => insert_sqlite(&self.pool, &sorted).await?,
+            };
             // The rest lost to an existing key: name the task that holds it.
             let mut out = Vec::with_capacity(tasks.len());
             for (t, _) in tasks {
@@ -300,13 +244,12 @@ impl Store {
                 )
                 .bind(t.caller.as_str().to_string())
                 .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.pool)
                 .await?;
                 out.push(Inserted::Duplicate(
                     TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?,
                 ));
             }
-            tx.commit().await?;
             Ok(out)
         })
         .await
@@ -404,8 +347,149 @@ impl Store {
     }
 }
 
+/// The `INSERT INTO tasks` of a batch; `$1..` are its rows' 11 values each.
+fn insert_tasks_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
+         max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES {} \
+         ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
+        placeholders(rows, 11)
+    )
+}
+
+/// Binds the values [`insert_tasks_sql`] expects.
+fn bind_tasks<'q, O>(
+    mut q: sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments>,
+    rows: &[&(NewTask, OutboxEntry)],
+) -> Result<sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments>, Error> {
+    for &(t, _) in rows {
+        let labels = serde_json::to_string(&t.labels.clone().into_map())
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        q = q
+            .bind(t.id.to_string())
+            .bind(t.kind.as_str().to_string())
+            .bind(TaskState::Queued as i64)
+            .bind(t.caller.as_str().to_string())
+            .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
+            .bind(t.input.clone())
+            .bind(labels)
+            .bind(i64::from(t.max_attempts))
+            .bind(t.timeout.map(|d| d.as_millis() as i64))
+            .bind(t.created_at_us)
+            .bind(t.created_at_us);
+    }
+    Ok(q)
+}
+
+/// PostgreSQL: a chunk's tasks, outbox rows and labels in one statement, its
+/// data-modifying CTEs writing outbox rows and labels only for the tasks inserted.
+/// One statement is atomic without a transaction: one round trip instead of five
+/// (BEGIN, three INSERTs, COMMIT), which made up most of a submit's time in the api.
+/// Returns the ids inserted.
+async fn insert_pg(
+    pool: &sqlx::AnyPool,
+    rows: &[&(NewTask, OutboxEntry)],
+) -> Result<HashSet<String>, Error> {
+    let labels: Vec<(String, &String, &String)> = rows
+        .iter()
+        .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
+        .collect();
+    let n = rows.len();
+    let mut sql = format!(
+        "WITH t AS ({}), \
+         o AS (INSERT INTO outbox (task_id, subject, payload, lease_until_us) \
+           SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {}) AS v \
+           JOIN t ON t.id = v.column1)",
+        insert_tasks_sql(n),
+        placeholders_from(n * 11, n, 4)
+    );
+    if !labels.is_empty() {
+        sql += &format!(
+            ", l AS (INSERT INTO task_labels (task_id, key, value) \
+               SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+               JOIN t ON t.id = v.column1)",
+            placeholders_from(n * 15, labels.len(), 3)
+        );
+    }
+    sql.push_str(" SELECT id FROM t");
+    // Safe: only fixed SQL and `$n` placeholders.
+    let mut q = bind_tasks(
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)),
+        rows,
+    )?;
+    for (t, o) in rows {
+        q = q
+            .bind(t.id.to_string())
+            .bind(o.subject.clone())
+            .bind(o.payload.clone())
+            .bind(o.lease_until_us);
+    }
+    for (id, k, v) in labels {
+        q = q.bind(id).bind(k.clone()).bind(v.clone());
+    }
+    Ok(q.fetch_all(pool).await?.into_iter().collect())
+}
+
+/// SQLite (whose CTEs cannot write): one transaction of multi-row INSERTs. Returns the
+/// ids inserted.
+async fn insert_sqlite(
+    pool: &sqlx::AnyPool,
+    rows: &[&(NewTask, OutboxEntry)],
+) -> Result<HashSet<String>, Error> {
+    let mut tx = pool.begin().await?;
+    let mut inserted = HashSet::new();
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let sql = insert_tasks_sql(chunk.len());
+        // Safe: only fixed SQL and `$n` placeholders.
+        let q = bind_tasks(
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)),
+            chunk,
+        )?;
+        inserted.extend(q.fetch_all(&mut *tx).await?);
+    }
+    let new: Vec<&&(NewTask, OutboxEntry)> = rows
+        .iter()
+        .filter(|(t, _)| inserted.contains(&t.id.to_string()))
+        .collect();
+    for chunk in new.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO outbox (task_id, subject, payload, lease_until_us) VALUES {}",
+            placeholders(chunk.len(), 4)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (t, o) in chunk.iter().map(|r| **r) {
+            q = q
+                .bind(t.id.to_string())
+                .bind(o.subject.clone())
+                .bind(o.payload.clone())
+                .bind(o.lease_until_us);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let labels: Vec<(String, &String, &String)> = new
+        .iter()
+        .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
+        .collect();
+    for chunk in labels.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO task_labels (task_id, key, value) VALUES {}",
+            placeholders(chunk.len(), 3)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, k, v) in chunk {
+            q = q.bind(id.clone()).bind((*k).clone()).bind((*v).clone());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
 /// Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's limit.
 const INSERT_CHUNK: usize = 500;
+/// Tasks per PostgreSQL statement: with 15 values a task and up to 32 labels of 3, a
+/// chunk stays under the protocol's 65,535 parameters.
+const PG_INSERT_CHUNK: usize = 250;
 
 /// A bind parameter of a query built at run time.
 enum Arg {

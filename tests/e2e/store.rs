@@ -76,6 +76,52 @@ async fn tasks_round_trip(db: Db) {
         store.insert_task(&other, &outbox(0)).await.unwrap(),
         Inserted::New
     );
+
+    // One batch: a repeat of k1 (with labels), two tasks sharing a new key, and one
+    // without a key. Only the new tasks get outbox rows and labels.
+    let repeat = new_task(Some("k1"), &[("team", "dup")]);
+    let (twin_a, twin_b) = (
+        new_task(Some("k2"), &[("x", "1")]),
+        new_task(Some("k2"), &[("x", "2")]),
+    );
+    let plain = new_task(None, &[("y", "1"), ("z", "2")]);
+    let batch: Vec<_> = [&repeat, &twin_a, &twin_b, &plain]
+        .into_iter()
+        .map(|t| (t.clone(), outbox(0)))
+        .collect();
+    let results = store.insert_tasks(&batch).await.unwrap();
+    assert_eq!(results[0], Inserted::Duplicate(t.id));
+    assert_eq!(results[3], Inserted::New);
+    let (winner, loser) = match (&results[1], &results[2]) {
+        (Inserted::New, Inserted::Duplicate(w)) => (twin_a.id, (twin_b.id, *w)),
+        (Inserted::Duplicate(w), Inserted::New) => (twin_b.id, (twin_a.id, *w)),
+        other => panic!("one twin wins: {other:?}"),
+    };
+    assert_eq!(loser.1, winner, "the loser names the winner");
+    for (id, queued) in [
+        (repeat.id, false),
+        (loser.0, false),
+        (winner, true),
+        (plain.id, true),
+    ] {
+        assert_eq!(
+            store.in_outbox(id).await.unwrap(),
+            queued,
+            "outbox row of {id}"
+        );
+        assert_eq!(store.get_task(id).await.unwrap().is_some(), queued);
+    }
+    let by_label = |k: &str, v: &str| ListQuery {
+        page_size: 10,
+        after: None,
+        state: None,
+        kind: None,
+        labels: Labels::parse(&HashMap::from([(k.to_string(), v.to_string())])).unwrap(),
+    };
+    let page = store.list_tasks(&by_label("z", "2")).await.unwrap();
+    assert_eq!(page.0.iter().map(|r| r.id).collect::<Vec<_>>(), [plain.id]);
+    let page = store.list_tasks(&by_label("team", "dup")).await.unwrap();
+    assert!(page.0.is_empty(), "a repeat's labels are not written");
 }
 
 async fn events_apply_once_and_in_order(db: Db) {

@@ -51,7 +51,7 @@ struct Args {
     /// W1 open loop: offered submits per second, for --open-loop-secs.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     open_loop_secs: u64,
     /// W2: worker processes.
     #[arg(long, default_value_t = 2)]
@@ -654,7 +654,7 @@ async fn w2_end_to_end(args: &Args, d: &Deployment, db: &'static str, r: &mut Re
 async fn w3_round_trip(args: &Args, d: &Deployment, db: &'static str, r: &mut Results) {
     let mut tasks = TaskServiceClient::new(channels(&d.api_addr, 1).await.remove(0));
     let mut watch = WatchServiceClient::new(channels(&d.watch_addr, 1).await.remove(0));
-    let mut lat = Vec::new();
+    let (mut lat, mut submitted) = (Vec::new(), Vec::new());
     for i in 0..args.round_trips {
         let t = Instant::now();
         let id = tasks
@@ -663,6 +663,7 @@ async fn w3_round_trip(args: &Args, d: &Deployment, db: &'static str, r: &mut Re
             .expect("submit")
             .into_inner()
             .task_id;
+        submitted.push(t.elapsed());
         let mut s = watch
             .watch_task(WatchTaskRequest {
                 task_id: id,
@@ -679,6 +680,7 @@ async fn w3_round_trip(args: &Args, d: &Deployment, db: &'static str, r: &mut Re
         lat.push(t.elapsed());
     }
     r.latencies("W3", db, "submit -> terminal event", lat);
+    r.latencies("W3", db, "of which SubmitTask answered", submitted);
 }
 
 /// W4: many WatchTask streams over a few tasks that emit progress at a set rate.
