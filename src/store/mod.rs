@@ -23,7 +23,7 @@ use sqlx::{
 
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use projection::EventUpdate;
-pub use tasks::{Inserted, ListQuery, NewTask, PageToken, TaskRecord};
+pub use tasks::{Inserted, ListQuery, NewTask, PageToken, TaskRecord, Writer};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AnyConnection, Connection, Row, any::AnyRow, pool::PoolConnection};
 
 use super::{Backend, Error, OutboxEntry, Store, placeholders, placeholders_from};
 use crate::{
@@ -197,12 +197,29 @@ impl Store {
 
     /// Inserts many tasks with their labels and outbox rows, answering for each whether
     /// it is new or which task already holds its idempotency key. Concurrent submits
-    /// share the writes (the api's group commit). The unique (caller, idempotency_key)
-    /// constraint decides, so concurrent repeats, also within one batch, yield one task.
-    /// A task, its labels and its outbox row are written atomically.
-    #[tracing::instrument(skip_all, fields(tasks = tasks.len()), err)]
+    /// share the writes (the api's group commit, through a [`Writer`]). The unique
+    /// (caller, idempotency_key) constraint decides, so concurrent repeats, also within
+    /// one batch, yield one task. A task, its labels and its outbox row are written
+    /// atomically.
     pub async fn insert_tasks(
         &self,
+        tasks: &[(NewTask, OutboxEntry)],
+    ) -> Result<Vec<Inserted>, Error> {
+        self.writer().insert_tasks(tasks).await
+    }
+
+    /// A [`Writer`] on this store.
+    pub fn writer(&self) -> Writer {
+        Writer {
+            store: self.clone(),
+            conn: None,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(tasks = tasks.len()), err)]
+    async fn insert_tasks_on(
+        &self,
+        conn: &mut AnyConnection,
         tasks: &[(NewTask, OutboxEntry)],
     ) -> Result<Vec<Inserted>, Error> {
         if tasks.is_empty() {
@@ -226,11 +243,11 @@ impl Store {
                 Backend::Postgres => {
                     let mut ids = HashSet::new();
                     for chunk in sorted.chunks(PG_INSERT_CHUNK) {
-                        ids.extend(insert_pg(&self.pool, chunk).await?);
+                        ids.extend(insert_pg(&mut *conn, chunk).await?);
                     }
                     ids
                 }
-                Backend::Sqlite => insert_sqlite(&self.pool, &sorted).await?,
+                Backend::Sqlite => insert_sqlite(&mut *conn, &sorted).await?,
             };
             // The rest lost to an existing key: name the task that holds it.
             let mut out = Vec::with_capacity(tasks.len());
@@ -244,7 +261,7 @@ impl Store {
                 )
                 .bind(t.caller.as_str().to_string())
                 .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
                 out.push(Inserted::Duplicate(
                     TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?,
@@ -347,6 +364,47 @@ impl Store {
     }
 }
 
+/// One long-lived writer of tasks (the api's inserter) on a pooled connection it
+/// keeps while batches keep coming: each batch size is a different statement, prepared once per connection, and
+/// a writer taking any connection from the pool prepared them over and over (most of a
+/// batch's time under load, docs/benchmarks.md).
+#[derive(Debug)]
+pub struct Writer {
+    store: Store,
+    conn: Option<PoolConnection<sqlx::Any>>,
+}
+
+impl Writer {
+    /// See [`Store::insert_tasks`].
+    pub async fn insert_tasks(
+        &mut self,
+        tasks: &[(NewTask, OutboxEntry)],
+    ) -> Result<Vec<Inserted>, Error> {
+        let store = self.store.clone();
+        let result = store
+            .deadline(async {
+                let conn = match &mut self.conn {
+                    Some(c) => c,
+                    None => self.conn.insert(store.pool.acquire().await?),
+                };
+                store.insert_tasks_on(conn, tasks).await
+            })
+            .await;
+        if result.is_err() {
+            // The connection may be broken (or mid-statement after a deadline): the
+            // next batch takes a fresh one.
+            self.release();
+        }
+        result
+    }
+
+    /// Gives the connection back to the pool (a writer with nothing to do must not
+    /// hold one: closing the pool waits for every connection).
+    pub fn release(&mut self) {
+        self.conn = None;
+    }
+}
+
 /// The `INSERT INTO tasks` of a batch; `$1..` are its rows' 11 values each.
 fn insert_tasks_sql(rows: usize) -> String {
     format!(
@@ -387,7 +445,7 @@ fn bind_tasks<'q, O>(
 /// (BEGIN, three INSERTs, COMMIT), which made up most of a submit's time in the api.
 /// Returns the ids inserted.
 async fn insert_pg(
-    pool: &sqlx::AnyPool,
+    conn: &mut AnyConnection,
     rows: &[&(NewTask, OutboxEntry)],
 ) -> Result<HashSet<String>, Error> {
     let labels: Vec<(String, &String, &String)> = rows
@@ -427,16 +485,16 @@ async fn insert_pg(
     for (id, k, v) in labels {
         q = q.bind(id).bind(k.clone()).bind(v.clone());
     }
-    Ok(q.fetch_all(pool).await?.into_iter().collect())
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
 }
 
 /// SQLite (whose CTEs cannot write): one transaction of multi-row INSERTs. Returns the
 /// ids inserted.
 async fn insert_sqlite(
-    pool: &sqlx::AnyPool,
+    conn: &mut AnyConnection,
     rows: &[&(NewTask, OutboxEntry)],
 ) -> Result<HashSet<String>, Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let mut inserted = HashSet::new();
     for chunk in rows.chunks(INSERT_CHUNK) {
         let sql = insert_tasks_sql(chunk.len());

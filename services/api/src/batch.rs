@@ -7,14 +7,18 @@
 //! timer, no added latency. Outbox rows of published tasks are deleted the same way,
 //! off the answer's path (the relay covers a delete that never happens).
 
+use std::time::Duration;
 use taskwire::{
     domain::TaskId,
     store::{self, Inserted, NewTask, OutboxEntry, Store},
 };
+
 use tokio::sync::{mpsc, oneshot};
 
 /// Most submits in one transaction.
 const MAX_BATCH: usize = 512;
+/// How long the inserter keeps its database connection with nothing to write.
+const HOLD_IDLE_CONNECTION: Duration = Duration::from_millis(100);
 
 struct Job {
     task: NewTask,
@@ -39,7 +43,18 @@ impl Inserter {
     pub fn spawn(store: Store) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let mut writer = store.writer();
+            loop {
+                // The writer keeps its connection while submits keep coming, and gives
+                // it back once idle (closing the pool waits for it).
+                let first = match tokio::time::timeout(HOLD_IDLE_CONNECTION, rx.recv()).await {
+                    Ok(first) => first,
+                    Err(_) => {
+                        writer.release();
+                        rx.recv().await
+                    }
+                };
+                let Some(first) = first else { break };
                 let mut jobs = vec![first];
                 while jobs.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -51,7 +66,7 @@ impl Inserter {
                     .iter()
                     .map(|j| (j.task.clone(), j.outbox.clone()))
                     .collect();
-                match store.insert_tasks(&rows).await {
+                match writer.insert_tasks(&rows).await {
                     Ok(results) => {
                         for (job, r) in jobs.into_iter().zip(results) {
                             let _ = job.reply.send(Ok(r));
