@@ -4,7 +4,9 @@
 //! (production), both through sqlx's `Any` driver. The schema is written so that one
 //! set of queries serves both (BIGINT integers, microsecond times, JSON as text, `$n`
 //! parameters); the migrations under `migrations/{sqlite,postgres}` are parallel and
-//! applied at start-up. Every query is tested against both in tests/e2e/store.rs.
+//! applied at start-up. Every query is tested against both in tests/e2e/store.rs. The
+//! one backend-specific statement is PostgreSQL's single-statement insert of a batch
+//! of submits (`tasks.rs`), where SQLite uses a transaction.
 //!
 //! Every call runs under a deadline, so a database that hangs is reported as
 //! [`Error::Unavailable`] instead of hanging the caller.
