@@ -146,8 +146,11 @@ impl Watcher {
             }
             self.refill().await?;
             // Resumed at or past the end (after_seq >= the terminal event's seq): the
-            // stream has nothing more to send and ends now.
-            if let Ok(Some((seq, ev))) = nats::last_event(&self.api.events, self.id).await
+            // stream has nothing more to send and ends now. (With after_seq = 0 it has
+            // already ended: a terminal record or a refilled terminal event ends it, so
+            // a fresh watch skips this read.)
+            if after_seq > 0
+                && let Ok(Some((seq, ev))) = nats::last_event(&self.api.events, self.id).await
                 && seq <= self.last_sent
                 && TaskState::try_from(ev.state).is_ok_and(TaskState::is_terminal)
             {
