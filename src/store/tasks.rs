@@ -238,38 +238,35 @@ impl Store {
                     b.idempotency_key.as_ref().map(|k| k.as_str()),
                 ))
         });
-        self.deadline(async {
-            let inserted = match self.backend {
-                Backend::Postgres => {
-                    let mut ids = HashSet::new();
-                    for chunk in sorted.chunks(PG_INSERT_CHUNK) {
-                        ids.extend(insert_pg(&mut *conn, chunk).await?);
-                    }
-                    ids
+        let inserted = match self.backend {
+            Backend::Postgres => {
+                let mut ids = HashSet::new();
+                for chunk in sorted.chunks(PG_INSERT_CHUNK) {
+                    ids.extend(insert_pg(&mut *conn, chunk).await?);
                 }
-                Backend::Sqlite => insert_sqlite(&mut *conn, &sorted).await?,
-            };
-            // The rest lost to an existing key: name the task that holds it.
-            let mut out = Vec::with_capacity(tasks.len());
-            for (t, _) in tasks {
-                if inserted.contains(&t.id.to_string()) {
-                    out.push(Inserted::New);
-                    continue;
-                }
-                let id: String = sqlx::query_scalar(
-                    "SELECT id FROM tasks WHERE caller = $1 AND idempotency_key = $2",
-                )
-                .bind(t.caller.as_str().to_string())
-                .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
-                .fetch_one(&mut *conn)
-                .await?;
-                out.push(Inserted::Duplicate(
-                    TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?,
-                ));
+                ids
             }
-            Ok(out)
-        })
-        .await
+            Backend::Sqlite => insert_sqlite(&mut *conn, &sorted).await?,
+        };
+        // The rest lost to an existing key: name the task that holds it.
+        let mut out = Vec::with_capacity(tasks.len());
+        for (t, _) in tasks {
+            if inserted.contains(&t.id.to_string()) {
+                out.push(Inserted::New);
+                continue;
+            }
+            let id: String = sqlx::query_scalar(
+                "SELECT id FROM tasks WHERE caller = $1 AND idempotency_key = $2",
+            )
+            .bind(t.caller.as_str().to_string())
+            .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
+            .fetch_one(&mut *conn)
+            .await?;
+            out.push(Inserted::Duplicate(
+                TaskId::parse(&id).map_err(|_| Error::Corrupt("task id".into()))?,
+            ));
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id), err)]
@@ -364,10 +361,11 @@ impl Store {
     }
 }
 
-/// One long-lived writer of tasks (the api's inserter) on a pooled connection it
-/// keeps while batches keep coming: each batch size is a different statement, prepared once per connection, and
-/// a writer taking any connection from the pool prepared them over and over (most of a
-/// batch's time under load, docs/benchmarks.md).
+/// One long-lived writer of tasks (the api's inserter) on a pooled connection it keeps
+/// while batches keep coming: each batch size is a different statement, prepared once
+/// per connection, and a writer taking any connection from the pool prepared them over
+/// and over (most of a batch's time under load, docs/benchmarks.md). Every call runs
+/// under the store's deadline.
 #[derive(Debug)]
 pub struct Writer {
     store: Store,
@@ -439,6 +437,15 @@ fn bind_tasks<'q, O>(
     Ok(q)
 }
 
+/// The `task_labels` rows (task id, key, value) of `tasks`.
+fn label_rows<'a>(
+    tasks: impl Iterator<Item = &'a NewTask>,
+) -> Vec<(String, &'a String, &'a String)> {
+    tasks
+        .flat_map(|t| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
+        .collect()
+}
+
 /// PostgreSQL: a chunk's tasks, outbox rows and labels in one statement, its
 /// data-modifying CTEs writing outbox rows and labels only for the tasks inserted.
 /// One statement is atomic without a transaction: one round trip instead of five
@@ -448,10 +455,7 @@ async fn insert_pg(
     conn: &mut AnyConnection,
     rows: &[&(NewTask, OutboxEntry)],
 ) -> Result<HashSet<String>, Error> {
-    let labels: Vec<(String, &String, &String)> = rows
-        .iter()
-        .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
-        .collect();
+    let labels = label_rows(rows.iter().map(|(t, _)| t));
     let n = rows.len();
     let mut sql = format!(
         "WITH t AS ({}), \
@@ -524,10 +528,7 @@ async fn insert_sqlite(
         }
         q.execute(&mut *tx).await?;
     }
-    let labels: Vec<(String, &String, &String)> = new
-        .iter()
-        .flat_map(|(t, _)| t.labels.iter().map(|(k, v)| (t.id.to_string(), k, v)))
-        .collect();
+    let labels = label_rows(new.iter().map(|(t, _)| t));
     for chunk in labels.chunks(INSERT_CHUNK) {
         let sql = format!(
             "INSERT INTO task_labels (task_id, key, value) VALUES {}",

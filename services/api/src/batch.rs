@@ -8,11 +8,11 @@
 //! off the answer's path (the relay covers a delete that never happens).
 
 use std::time::Duration;
+
 use taskwire::{
     domain::TaskId,
     store::{self, Inserted, NewTask, OutboxEntry, Store},
 };
-
 use tokio::sync::{mpsc, oneshot};
 
 /// Most submits in one transaction.
