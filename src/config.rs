@@ -6,6 +6,27 @@ use std::{fmt, time::Duration};
 
 use clap::Args;
 
+/// A setting, or a combination of settings, that cannot work: found before anything
+/// binds or connects, and reported with the flag it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    /// The flag at fault, e.g. `--outbox-lease`.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// `setting` is wrong because `reason`.
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Where NATS is.
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
@@ -13,13 +34,30 @@ pub struct NatsArgs {
     #[arg(
         long = "nats-url",
         env = "TASKWIRE_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = DEFAULT_NATS_URL
     )]
     pub nats_url: String,
 
     /// Deadline for every NATS request and publish acknowledgement, e.g. 5s, 500ms.
     #[arg(long = "nats-timeout", env = "TASKWIRE_NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub nats_timeout: Duration,
+}
+
+/// NATS's default address, where `--nats-url` points unless told otherwise.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl NatsArgs {
+    /// Joins the `taskwire dev` whose data dir is `data_dir` (it writes its NATS URL to
+    /// `<data_dir>/nats-url`) when no other NATS URL was given: for examples and
+    /// workers started beside `scripts/dev`. Production processes do not call this.
+    pub fn or_dev(mut self, data_dir: &std::path::Path) -> Self {
+        if self.nats_url == DEFAULT_NATS_URL
+            && let Ok(url) = std::fs::read_to_string(data_dir.join("nats-url"))
+        {
+            self.nats_url = url.trim().to_string();
+        }
+        self
+    }
 }
 
 /// Stream settings; every process takes the same flags so they agree.
@@ -40,6 +78,7 @@ pub struct StreamArgs {
 }
 
 impl StreamArgs {
+    /// The stream settings these flags give.
     pub fn settings(&self) -> crate::nats::StreamSettings {
         crate::nats::StreamSettings {
             duplicate_window: self.duplicate_window,
@@ -76,6 +115,7 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// The store options these flags give.
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             timeout: self.database_timeout,

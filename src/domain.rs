@@ -13,12 +13,20 @@ use crate::pb::v1::TaskState;
 pub enum InvalidInput {
     /// A field is malformed; the message names the field and the rule.
     #[error("{field}: {reason}")]
-    Malformed { field: &'static str, reason: String },
+    Malformed {
+        /// The field at fault.
+        field: &'static str,
+        /// The rule it breaks.
+        reason: String,
+    },
     /// A field is larger than its limit.
     #[error("{field} is {size} bytes, over the limit of {limit} bytes")]
     TooLarge {
+        /// The field at fault.
         field: &'static str,
+        /// Its size, in bytes.
         size: usize,
+        /// The largest size allowed.
         limit: usize,
     },
 }
@@ -74,8 +82,10 @@ impl fmt::Display for TaskId {
 pub struct TaskKind(String);
 
 impl TaskKind {
+    /// The longest kind, in bytes.
     pub const MAX_LEN: usize = 128;
 
+    /// Parses a kind: `[a-z0-9][a-z0-9._-]{0,127}`.
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
         const RULE: &str = "must match [a-z0-9][a-z0-9._-]{0,127}";
         let bytes = s.as_bytes();
@@ -106,6 +116,7 @@ impl TaskKind {
         Ok(Self(s.to_string()))
     }
 
+    /// The kind as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -123,10 +134,14 @@ impl fmt::Display for TaskKind {
 pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {
+    /// The most labels a task may carry.
     pub const MAX_PAIRS: usize = 32;
+    /// The longest label key, in bytes.
     pub const MAX_KEY_LEN: usize = 63;
+    /// The longest label value, in bytes.
     pub const MAX_VALUE_LEN: usize = 256;
 
+    /// Parses labels: keys `[a-z0-9][a-z0-9._/-]{0,62}`, values up to 256 bytes without control characters, at most 32.
     pub fn parse<'a>(
         pairs: impl IntoIterator<Item = (&'a String, &'a String)>,
     ) -> Result<Self, InvalidInput> {
@@ -167,14 +182,17 @@ impl Labels {
         Ok(Self(map))
     }
 
+    /// The labels, by key.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The labels as a map.
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.0
     }
@@ -186,8 +204,10 @@ impl Labels {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// The longest key, in bytes.
     pub const MAX_LEN: usize = 256;
 
+    /// Parses a key: empty means none; else up to 256 printable ASCII characters.
     pub fn parse(s: &str) -> Result<Option<Self>, InvalidInput> {
         if s.is_empty() {
             return Ok(None);
@@ -201,6 +221,7 @@ impl IdempotencyKey {
         Ok(Some(Self(s.to_string())))
     }
 
+    /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -215,6 +236,7 @@ impl Caller {
     /// The gRPC metadata key that names the caller.
     pub const METADATA_KEY: &'static str = "taskwire-caller";
 
+    /// Parses a caller name from the request header.
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
         if s.len() > IdempotencyKey::MAX_LEN
             || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
@@ -230,6 +252,7 @@ impl Caller {
         Ok(Self(s.to_string()))
     }
 
+    /// The caller's name (empty: the anonymous caller).
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -79,6 +79,7 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// A protobuf `Timestamp` of microseconds since the Unix epoch.
 pub fn micros_to_timestamp(us: i64) -> Timestamp {
     Timestamp {
         seconds: us.div_euclid(1_000_000),
@@ -86,6 +87,7 @@ pub fn micros_to_timestamp(us: i64) -> Timestamp {
     }
 }
 
+/// Microseconds since the Unix epoch of a protobuf `Timestamp`.
 pub fn timestamp_to_micros(ts: &Timestamp) -> i64 {
     ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000
 }

@@ -6,6 +6,7 @@
 //! `services/` (api, worker, recorder, watch) and `clients/`.
 //!
 //! # Layout
+//! - [`backoff`]: the one retry schedule (exponential, jittered).
 //! - [`codec`]: the protobuf codec of the generated stubs (small per-call buffers).
 //! - [`pb`]: the generated protobuf types and gRPC stubs, and the descriptor set that
 //!   server reflection serves. The one door to generated code.
@@ -14,11 +15,15 @@
 //! - [`json`]: `google.protobuf.Value` <-> JSON, and time conversions.
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx interface):
 //!   tasks, labels and the transactional outbox.
-//! - [`nats`]: subjects, stream and consumer definitions, headers, connect and setup.
+//! - [`nats`]: the wire protocol: subjects, headers, streams, consumers, and the one
+//!   conditional append to a task's history.
 //! - [`config`]: the command-line and `TASKWIRE_*` settings the processes share.
-//! - [`telemetry`], [`shutdown`]: logging and the stop protocol.
+//! - [`serve`]: serving gRPC and grpc-web the same way in every process.
+//! - [`telemetry`], [`shutdown`]: logging (errors with their causes) and the stop
+//!   protocol.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod domain;

@@ -17,9 +17,12 @@ use crate::pb;
 /// (`*`, for `taskwire dev`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Cors {
+    /// No browser origin may call (the default for servers).
     #[default]
     None,
+    /// These origins may call.
     Origins(Vec<String>),
+    /// Any origin may call (`taskwire dev`).
     Any,
 }
 
@@ -73,6 +76,24 @@ impl Cors {
             ])
             .max_age(Duration::from_secs(24 * 3600))
     }
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: std::net::SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds a TCP listener, saying which address failed.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
 }
 
 /// Adds reflection (v1 and v1alpha) and the given health service to `routes`.

@@ -6,14 +6,21 @@
 //! parameters); the migrations under `migrations/{sqlite,postgres}` are parallel and
 //! applied at start-up. Every query is tested against both in tests/e2e/store.rs. The
 //! one backend-specific statement is PostgreSQL's single-statement insert of a batch
-//! of submits (`tasks.rs`), where SQLite uses a transaction.
+//! of submits (`insert.rs`), where SQLite uses a transaction.
+//!
+//! # Layout
+//! - `insert`: writing a batch of submits ([`Store::insert_tasks`], [`Writer`]).
+//! - `read`: a task's record, pages of tasks ([`TaskRecord`], [`ListQuery`]).
+//! - `outbox`: the transactional outbox's rows and leases.
+//! - `projection`: applying task events to records ([`EventUpdate`]).
 //!
 //! Every call runs under a deadline, so a database that hangs is reported as
 //! [`Error::Unavailable`] instead of hanging the caller.
 
+mod insert;
 mod outbox;
 mod projection;
-mod tasks;
+mod read;
 
 use std::{future::Future, sync::Once, time::Duration};
 
@@ -23,9 +30,10 @@ use sqlx::{
     migrate::Migrator,
 };
 
+pub use insert::{Inserted, NewTask, Writer};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use projection::EventUpdate;
-pub use tasks::{Inserted, ListQuery, NewTask, PageToken, TaskRecord, Writer};
+pub use read::{ListQuery, PageToken, TaskRecord};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -33,11 +41,14 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A SQLite file (`sqlite:`).
     Sqlite,
+    /// A PostgreSQL server (`postgres:` or `postgresql:`).
     Postgres,
 }
 
 impl Backend {
+    /// The backend a database URL names.
     pub fn of_url(url: &str) -> Result<Self, Error> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
@@ -52,25 +63,52 @@ impl Backend {
     }
 }
 
-/// What can go wrong in the store. Callers map these to gRPC codes.
+/// What can go wrong in the store. Callers map these to gRPC codes; each keeps its
+/// cause.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database could not be reached in time; safe to retry.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// The database could not be reached or refused for now; safe to retry.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database did not answer within the store's deadline; safe to retry.
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
     /// A query failed for a reason that is not the caller's: a bug or a broken schema.
-    #[error("database error: {0}")]
+    #[error("database error")]
     Query(#[source] sqlx::Error),
     /// A row holds something the code cannot read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// A statement shared by a batch failed (the details are logged once).
-    #[error("batched query failed: {0}")]
-    Batch(String),
-    #[error("migration failed: {0}")]
+    /// A write shared with other callers (a group commit) failed; its cause is shared.
+    #[error("the batch this write was part of failed")]
+    Batch(#[source] std::sync::Arc<Error>),
+    /// Applying the migrations failed.
+    #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The lock that serialises SQLite migrations across processes.
+    #[error("cannot lock {}", .path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A database URL or setting that cannot work.
     #[error("{0}")]
     Config(String),
+}
+
+impl Error {
+    /// Whether trying again later may succeed: the database is down, slow or busy. The
+    /// one place that decides it, so every caller maps the same error the same way.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) | Error::TimedOut(_) | Error::Lock { .. } => true,
+            Error::Batch(shared) => shared.is_retryable(),
+            Error::Query(_) | Error::Corrupt(_) | Error::Migrate(_) | Error::Config(_) => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {
@@ -78,7 +116,7 @@ impl From<sqlx::Error> for Error {
         use sqlx::Error as E;
         match e {
             E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-                Error::Unavailable(e.to_string())
+                Error::Unavailable(e)
             }
             // SQLite's "database is locked" after busy_timeout, PostgreSQL shutting down
             // or refusing connections, and deadlocks or serialisation failures (40P01,
@@ -89,7 +127,7 @@ impl From<sqlx::Error> for Error {
                     Some("5" | "6" | "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
                 ) =>
             {
-                Error::Unavailable(e.to_string())
+                Error::Unavailable(e)
             }
             other => Error::Query(other),
         }
@@ -163,7 +201,7 @@ impl Store {
             .connect_with(connect_opts);
         let pool = tokio::time::timeout(opts.timeout, pool)
             .await
-            .map_err(|_| Error::Unavailable("timed out connecting to the database".into()))??;
+            .map_err(|_| Error::TimedOut(opts.timeout))??;
         let store = Self {
             pool,
             backend,
@@ -190,6 +228,7 @@ impl Store {
         Ok(())
     }
 
+    /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -203,6 +242,7 @@ impl Store {
         .await
     }
 
+    /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -211,7 +251,7 @@ impl Store {
     async fn deadline<T>(&self, op: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         tokio::time::timeout(self.timeout, op)
             .await
-            .map_err(|_| Error::Unavailable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| Error::TimedOut(self.timeout))?
     }
 }
 
@@ -248,7 +288,8 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 
 /// Takes an exclusive lock on `path` (created if missing); released when dropped.
 async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File, Error> {
-    tokio::task::spawn_blocking(move || {
+    let lock_path = path.clone();
+    let locked = tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -258,8 +299,12 @@ async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File, Error> {
         Ok::<_, std::io::Error>(file)
     })
     .await
-    .map_err(|e| Error::Unavailable(format!("migration lock: {e}")))?
-    .map_err(|e| Error::Unavailable(format!("migration lock: {e}")))
+    .map_err(std::io::Error::other)
+    .and_then(|locked| locked);
+    locked.map_err(|source| Error::Lock {
+        path: lock_path,
+        source,
+    })
 }
 
 /// A URL with its password replaced, for logs and error messages.

@@ -15,7 +15,9 @@ use crate::domain::TaskId;
 /// The message to publish for a task, written with it.
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
+    /// Where to publish: the task's `taskwire.tasks.<kind>`.
     pub subject: String,
+    /// The encoded task message.
     pub payload: Vec<u8>,
     /// Until then the row belongs to the submitting call; after it, to the relay.
     pub lease_until_us: i64,
@@ -24,8 +26,11 @@ pub struct OutboxEntry {
 /// A claimed row, for the relay to publish.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
+    /// The task it publishes.
     pub task_id: TaskId,
+    /// Where to publish.
     pub subject: String,
+    /// The encoded task message.
     pub payload: Vec<u8>,
 }
 

@@ -24,13 +24,19 @@ use crate::{
 /// The change one event makes to a task's record (the projection of an event).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventUpdate {
+    /// The event's seq: applied only if above the record's last_seq.
     pub seq: u64,
+    /// When the event happened.
     pub time_us: i64,
+    /// The task's state after it.
     pub state: TaskState,
+    /// The attempt it belongs to.
     pub attempt: u32,
+    /// New progress, if it reports some.
     pub progress: Option<Progress>,
     /// JSON text.
     pub output: Option<String>,
+    /// The error, if the attempt or the task failed.
     pub error: Option<TaskError>,
 }
 
@@ -126,6 +132,37 @@ impl Change {
         if ev.state.is_terminal() {
             self.finished_at_us.get_or_insert(ev.time_us);
         }
+    }
+}
+
+impl super::TaskRecord {
+    /// Applies one event to this record in memory exactly as [`Store::apply_event`]
+    /// does to the row (nothing if `ev.seq <= last_seq`); returns whether it applied.
+    /// Reads use it to show a record as of its task's newest event when the row trails
+    /// the event stream.
+    pub fn fold(&mut self, ev: &EventUpdate) -> bool {
+        if ev.seq <= self.last_seq {
+            return false;
+        }
+        let c = Change::of(ev);
+        self.state = c.state;
+        self.attempt = c.attempt;
+        if let Some(p) = c.progress {
+            self.progress_fraction = p.fraction;
+            self.progress_message = p.message;
+        }
+        if c.output.is_some() {
+            self.output = c.output;
+        }
+        // A success clears an earlier attempt's error (`c.error` is then None).
+        if c.clear_error || c.error.is_some() {
+            self.error = c.error;
+        }
+        self.started_at_us = self.started_at_us.or(c.started_at_us);
+        self.finished_at_us = self.finished_at_us.or(c.finished_at_us);
+        self.updated_at_us = c.time_us;
+        self.last_seq = c.seq;
+        true
     }
 }
 

@@ -1,9 +1,7 @@
 //! CancelTask: a queued task becomes CANCELLED and can never start; a running one is
 //! signalled and its worker's next event is rejected; terminal rules as in the contract.
 
-use bytes::Bytes;
 use futures::StreamExt;
-use prost::Message;
 use taskwire::{
     domain::TaskId,
     json, nats,
@@ -35,14 +33,11 @@ async fn worker_event(
     ev: &Event,
     expected_last: u64,
 ) -> Result<u64, nats::Error> {
-    nats::publish(
-        js,
-        nats::event_subject(id),
-        Bytes::from(ev.encode_to_vec()),
-        None,
-        Some(expected_last),
-    )
-    .await
+    assert_eq!(ev.task_id, id.to_string());
+    nats::History::open(js)
+        .await?
+        .append(ev, expected_last)
+        .await
 }
 
 async fn cancel_queued_task(db: Db) {

@@ -30,7 +30,7 @@ async fn drained(stack: &Stack) {
         async move {
             let stream = js.get_stream(taskwire::nats::EVENTS_STREAM).await.ok()?;
             let mut c: async_nats::jetstream::consumer::PullConsumer = stream
-                .get_consumer(taskwire::nats::RECORDER_CONSUMER)
+                .get_consumer(taskwire::nats::streams::RECORDER_CONSUMER)
                 .await
                 .ok()?;
             let info = c.info().await.ok()?;
@@ -84,7 +84,7 @@ async fn restart_and_replay_change_nothing(db: Db) {
     js.get_stream(taskwire::nats::EVENTS_STREAM)
         .await
         .unwrap()
-        .delete_consumer(taskwire::nats::RECORDER_CONSUMER)
+        .delete_consumer(taskwire::nats::streams::RECORDER_CONSUMER)
         .await
         .unwrap();
     stack.recorder = Some(Running::recorder(recorder_config(

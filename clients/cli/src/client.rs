@@ -4,6 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use taskwire::backoff::Backoff;
 use taskwire::pb::v1::{
     CancelTaskRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest, TaskEvent, TaskState,
     WatchTaskRequest, task_service_client::TaskServiceClient,
@@ -115,6 +116,10 @@ pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), C
         })
         .await?
         .into_inner();
+    // A kind no worker serves waits forever: say so where a person looks.
+    if !resp.warning.is_empty() {
+        eprintln!("warning: {}", resp.warning);
+    }
     if a.watch {
         if !a.json {
             eprintln!("task {}", resp.task_id);
@@ -122,10 +127,11 @@ pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), C
         return follow(watch_addr, &resp.task_id, 0, a.json).await;
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"task_id": resp.task_id, "state": output::state_name(resp.state), "deduplicated": resp.deduplicated})
-        );
+        let mut line = serde_json::json!({"task_id": resp.task_id, "state": output::state_name(resp.state), "deduplicated": resp.deduplicated});
+        if !resp.warning.is_empty() {
+            line["warning"] = resp.warning.into();
+        }
+        println!("{line}");
     } else {
         println!("{}", resp.task_id);
     }
@@ -188,6 +194,8 @@ pub async fn watch(watch_addr: &str, a: WatchArgs) -> Result<(), CliError> {
 
 /// How long a dropped watch keeps trying to resume without hearing anything.
 const RESUME_PATIENCE: Duration = Duration::from_secs(60);
+/// Waits between tries to resume: 100 ms doubling up to 2 s.
+const RESUME_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// Follows a task to its end, resuming after a dropped connection from the last seq,
 /// and turns its final state into the result (and so the exit code).
@@ -205,7 +213,7 @@ async fn follow(addr: &str, id: &str, after_seq: u64, json: bool) -> Result<(), 
     let mut last_seq = after_seq;
     let mut last: Option<TaskEvent> = None;
     let mut quiet_since = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(100);
+    let mut retries = RESUME_BACKOFF.retries();
     loop {
         match stream_once(addr, id, &mut last_seq, &mut last, &bar, json).await {
             Ok(()) => break,
@@ -216,12 +224,12 @@ async fn follow(addr: &str, id: &str, after_seq: u64, json: bool) -> Result<(), 
                     return Err(e);
                 }
                 bar.set_message(format!("reconnecting ({e})"));
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+                retries.wait().await;
             }
         }
         if last.as_ref().is_some_and(|e| e.seq == last_seq) {
             quiet_since = tokio::time::Instant::now();
+            retries.reset();
         }
     }
     bar.finish_and_clear();

@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let watch_addr = cli.watch_addr.clone().unwrap_or_else(|| cli.addr.clone());
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => dev::run(args).await.map_err(CliError::from),
         Command::Submit(args) => client::submit(&cli.addr, &watch_addr, args).await,
         Command::Status(args) => client::status(&cli.addr, args).await,
         Command::Watch(args) => client::watch(&watch_addr, args).await,
@@ -67,10 +67,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("taskwire: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => taskwire::telemetry::exit_with("taskwire", &e, e.exit_code()),
     }
 }
 
@@ -87,8 +84,8 @@ pub enum CliError {
     TaskFailed(String, String),
     #[error("task {0} was cancelled")]
     TaskCancelled(String),
-    #[error("{0}")]
-    Dev(String),
+    #[error("taskwire dev")]
+    Dev(#[from] dev::DevError),
 }
 
 impl CliError {
@@ -99,6 +96,7 @@ impl CliError {
             CliError::TaskCancelled(_) => 3,
             CliError::Rejected(_) => 4,
             CliError::Unreachable(_) => 5,
+            CliError::Dev(dev::DevError::Interrupted) => 130,
             CliError::Dev(_) => 1,
         }
     }

@@ -7,13 +7,15 @@
 //! timer, no added latency. Outbox rows of published tasks are deleted the same way,
 //! off the answer's path (the relay covers a delete that never happens).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use taskwire::{
     domain::TaskId,
     store::{self, Inserted, NewTask, OutboxEntry, Store},
 };
 use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
 
 /// Most submits in one transaction.
 const MAX_BATCH: usize = 512;
@@ -73,8 +75,9 @@ impl Inserter {
                         }
                     }
                     Err(e) => {
+                        let e = Arc::new(e);
                         for job in jobs {
-                            let _ = job.reply.send(Err(shared(&e)));
+                            let _ = job.reply.send(Err(store::Error::Batch(e.clone())));
                         }
                     }
                 }
@@ -84,13 +87,8 @@ impl Inserter {
     }
 
     /// Inserts one task (with others waiting at the same time) and answers for it.
-    pub async fn insert(
-        &self,
-        task: NewTask,
-        outbox: OutboxEntry,
-    ) -> Result<Inserted, store::Error> {
+    pub async fn insert(&self, task: NewTask, outbox: OutboxEntry) -> Result<Inserted, ApiError> {
         let (reply, answer) = oneshot::channel();
-        let gone = || store::Error::Unavailable("the api is shutting down".into());
         self.tx
             .send(Job {
                 task,
@@ -98,16 +96,8 @@ impl Inserter {
                 reply,
             })
             .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
-    }
-}
-
-/// One batch's error, as each of its submits hears it.
-fn shared(e: &store::Error) -> store::Error {
-    match e {
-        store::Error::Unavailable(s) => store::Error::Unavailable(s.clone()),
-        other => store::Error::Batch(other.to_string()),
+            .map_err(|_| ApiError::ShuttingDown)?;
+        Ok(answer.await.map_err(|_| ApiError::ShuttingDown)??)
     }
 }
 
@@ -132,7 +122,7 @@ impl OutboxCleaner {
                 // A failure leaves rows for the relay, which re-publishes them and
                 // JetStream drops the duplicates: a warning, not an error.
                 if let Err(e) = store.delete_outbox_rows(&ids).await {
-                    tracing::warn!(error = %e, rows = ids.len(), "outbox rows left for the relay");
+                    tracing::warn!(error = %taskwire::telemetry::chain(&e), rows = ids.len(), "outbox rows left for the relay");
                 }
             }
         });

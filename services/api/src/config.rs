@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use taskwire::{
-    config::{DatabaseArgs, NatsArgs, ServeArgs, StreamArgs, parse_duration},
+    config::{ConfigError, DatabaseArgs, NatsArgs, ServeArgs, StreamArgs, parse_duration},
     domain::MAX_ATTEMPTS_LIMIT,
 };
 
@@ -62,18 +62,24 @@ pub enum Fault {
 
 impl Config {
     /// Checks the relations between settings that clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.outbox_lease <= self.nats.nats_timeout {
-            return Err(format!(
-                "--outbox-lease ({:?}) must be longer than --nats-timeout ({:?}), or the relay \
-                 could publish a task its submitter is still publishing",
-                self.outbox_lease, self.nats.nats_timeout
+            return Err(ConfigError::new(
+                "--outbox-lease",
+                format!(
+                    "{:?} must be longer than --nats-timeout ({:?}), or the relay could \
+                     publish a task its submitter is still publishing",
+                    self.outbox_lease, self.nats.nats_timeout
+                ),
             ));
         }
         if self.streams.duplicate_window <= self.outbox_lease {
-            return Err(format!(
-                "--duplicate-window ({:?}) must be longer than --outbox-lease ({:?})",
-                self.streams.duplicate_window, self.outbox_lease
+            return Err(ConfigError::new(
+                "--duplicate-window",
+                format!(
+                    "{:?} must be longer than --outbox-lease ({:?})",
+                    self.streams.duplicate_window, self.outbox_lease
+                ),
             ));
         }
         Ok(())

@@ -1,62 +1,73 @@
-//! The api's errors and their one mapping to gRPC status codes (ARCHITECTURE.md,
+//! The api's errors and their one mapping to gRPC status codes (docs/architecture.md,
 //! "Error codes"). The match is exhaustive with no `_` arm, so a new error variant
 //! cannot reach a client without someone choosing its code. Messages never carry
-//! internals; those are logged.
+//! internals; those are logged with their causes.
 
 use taskwire::{
     domain::{InvalidInput, TaskId},
     nats, store,
+    telemetry::chain,
 };
 use tonic::Status;
 
+/// Why a TaskService call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The request is malformed or too large.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    /// No task has this id.
     #[error("task {0} not found")]
     NotFound(TaskId),
     /// Cancelling a task that already SUCCEEDED or FAILED.
     #[error("task {id} already {state}; only queued or running tasks can be cancelled")]
-    AlreadyFinished { id: TaskId, state: &'static str },
+    AlreadyFinished {
+        /// The task.
+        id: TaskId,
+        /// How it ended.
+        state: &'static str,
+    },
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// NATS failed.
     #[error(transparent)]
     Nats(#[from] nats::Error),
+    /// The api is stopping: its inserter no longer takes submits.
+    #[error("the api is shutting down")]
+    ShuttingDown,
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        let unavailable = |detail: &dyn std::fmt::Display, what: &str| {
-            tracing::warn!(error = %detail, "{what} unavailable");
+        let unavailable = |what: &str| {
+            tracing::warn!(error = %chain(&e), "{what} unavailable");
             Status::unavailable(format!(
                 "{what} is unavailable; retry (with the same idempotency key for SubmitTask)"
             ))
         };
-        let internal = |detail: &dyn std::fmt::Display| {
-            tracing::error!(error = %detail, "internal error");
+        let internal = || {
+            tracing::error!(error = %chain(&e), "internal error");
             Status::internal("internal error; it has been logged")
         };
-        match e {
-            ApiError::Invalid(ref i) => match i {
+        match &e {
+            ApiError::Invalid(i) => match i {
                 InvalidInput::Malformed { .. } => Status::invalid_argument(e.to_string()),
                 InvalidInput::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
             },
             ApiError::NotFound(_) => Status::not_found(e.to_string()),
             ApiError::AlreadyFinished { .. } => Status::failed_precondition(e.to_string()),
-            ApiError::Store(ref s) => match s {
-                store::Error::Unavailable(_) => unavailable(&e, "the database"),
-                store::Error::Query(_)
-                | store::Error::Batch(_)
-                | store::Error::Corrupt(_)
-                | store::Error::Migrate(_)
-                | store::Error::Config(_) => internal(&e),
-            },
-            ApiError::Nats(ref n) => match n {
-                nats::Error::Unavailable(_) | nats::Error::Other(_) => unavailable(&e, "NATS"),
+            ApiError::Store(s) if s.is_retryable() => unavailable("the database"),
+            ApiError::Store(_) => internal(),
+            ApiError::Nats(n) => match n {
+                nats::Error::Unavailable { .. } | nats::Error::Refused { .. } => {
+                    unavailable("NATS")
+                }
                 // A cancel kept losing the race against a busy task's events.
-                nats::Error::Conflict => unavailable(&e, "the task (busy)"),
-                nats::Error::BadMessage(_) => internal(&e),
+                nats::Error::Conflict => unavailable("the task (busy)"),
+                nats::Error::BadMessage { .. } => internal(),
             },
+            ApiError::ShuttingDown => unavailable("this api replica (shutting down)"),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`config`]: flags and `TASKWIRE_*` variables.
 //! - `service`: the RPC handlers; request parsing.
 //! - `submit`, `cancel`: the two operations with a protocol of their own.
+//! - `reads`: GetStatus and ListTasks, never older than what watchers have seen.
+//! - `kinds`: whether a worker serves a submitted kind (SubmitTask's warning).
 //! - `batch`: group commit of concurrent submits, batched outbox cleanup.
 //! - `relay`: publishes outbox rows whose submitter died.
 //! - `error`: the one mapping from errors to gRPC codes.
@@ -18,6 +20,8 @@ mod batch;
 mod cancel;
 pub mod config;
 mod error;
+mod kinds;
+mod reads;
 mod relay;
 mod service;
 mod submit;
@@ -25,6 +29,7 @@ mod submit;
 use std::{sync::Arc, time::Duration};
 
 use taskwire::{
+    config::ConfigError,
     nats,
     pb::v1::task_service_server::TaskServiceServer,
     serve,
@@ -41,13 +46,17 @@ pub use service::TaskApi;
 /// Why the api could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A setting that cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// NATS could not be reached or set up.
     #[error(transparent)]
     Nats(#[from] nats::Error),
-    #[error("gRPC server: {0}")]
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
 }
 
@@ -67,7 +76,7 @@ pub struct Api {
 impl Api {
     /// Connects to the database (applying migrations) and NATS (creating streams).
     pub async fn build(config: &Config) -> Result<Self, Error> {
-        config.validate().map_err(Error::Config)?;
+        config.validate()?;
         let store = Store::connect(
             &config.database.database_url,
             &config.database.store_options(),
@@ -78,19 +87,25 @@ impl Api {
         let max_request = config.max_input_bytes as usize + 64 * 1024;
         let max_payload = client.server_info().max_payload;
         if max_payload < max_request {
-            return Err(Error::Config(format!(
-                "NATS max_payload is {max_payload} bytes, below the {max_request} a task of \
-                 --max-input-bytes {} needs: set max_payload (e.g. 8MB) in nats-server's config",
-                config.max_input_bytes
-            )));
+            return Err(ConfigError::new(
+                "--max-input-bytes",
+                format!(
+                    "{} needs NATS to take messages of {max_request} bytes, but its \
+                     max_payload is {max_payload}: set max_payload (e.g. 8MB) in \
+                     nats-server's config",
+                    config.max_input_bytes
+                ),
+            )
+            .into());
         }
-        let events = nats::open_stream(&js, nats::EVENTS_STREAM).await?;
+        let history = nats::History::open(&js).await?;
         let api = TaskApi {
             shared: Arc::new(service::Shared {
                 store: store.clone(),
                 nats: client.clone(),
                 js: js.clone(),
-                events,
+                history,
+                kinds: kinds::KnownKinds::new(js.clone()),
                 max_input_bytes: config.max_input_bytes as usize,
                 default_max_attempts: config.default_max_attempts,
                 outbox_lease: config.outbox_lease,
@@ -117,8 +132,9 @@ impl Api {
         })
     }
 
-    /// Runs the outbox relay until `shutdown`.
-    pub async fn run_relay(self, shutdown: CancellationToken) {
+    /// Runs what the api does besides answering calls (the outbox relay) until
+    /// `shutdown`, then closes the database pool.
+    pub async fn run(self, shutdown: CancellationToken) {
         self.relay.run(shutdown).await;
         self.store.close().await;
     }
@@ -140,7 +156,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let routes = serve::with_introspection(Routes::new(api.service.clone()), health_service);
-    let relay = tokio::spawn(api.run_relay(shutdown.clone()));
+    let relay = tokio::spawn(api.run(shutdown.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "api listening");
     }

@@ -1,26 +1,26 @@
-//! `taskwire-api`: parse the config, bind, run until SIGINT/SIGTERM.
+//! `taskwire-api`: parse the config, bind, serve until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use taskwire::telemetry::{self, exit_with};
 use taskwire_api::Config;
 
+const NAME: &str = "taskwire-api";
+
 #[tokio::main]
-async fn main() {
-    taskwire::telemetry::init();
+async fn main() -> ExitCode {
+    telemetry::init();
     let config = Config::parse();
     if let Err(e) = config.validate() {
-        eprintln!("taskwire-api: {e}");
-        std::process::exit(2);
+        return exit_with(NAME, &e, 2);
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match taskwire::serve::bind(config.listen).await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("taskwire-api: cannot listen on {}: {e}", config.listen);
-            std::process::exit(1);
-        }
+        Err(e) => return exit_with(NAME, &e, 1),
     };
-    let shutdown = taskwire::shutdown::on_signal();
-    if let Err(e) = taskwire_api::run(config, listener, shutdown).await {
-        eprintln!("taskwire-api: {e}");
-        std::process::exit(1);
+    match taskwire_api::run(config, listener, taskwire::shutdown::on_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit_with(NAME, &e, 1),
     }
 }

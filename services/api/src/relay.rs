@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use taskwire::{json, nats, store::Store};
+use taskwire::{
+    json, nats,
+    store::{self, Store},
+    telemetry::chain,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Rows claimed per round.
@@ -29,44 +33,48 @@ impl Relay {
                 _ = tokio::time::sleep(self.poll) => {}
             }
             // A full batch suggests more are waiting: go again at once.
-            while let Ok(n) = self.round().await {
-                if n < BATCH as usize || shutdown.is_cancelled() {
-                    break;
+            loop {
+                match self.round().await {
+                    Ok(n) if n == BATCH as usize && !shutdown.is_cancelled() => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %chain(&e), "outbox claim failed");
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// One round: claim expired rows, publish each, delete the published.
-    async fn round(&self) -> Result<usize, ()> {
+    /// One round: claim expired rows, publish each, delete the published. Returns how
+    /// many rows it claimed; 0 when NATS is down (nothing is claimed then).
+    async fn round(&self) -> Result<usize, store::Error> {
         if !nats::is_connected(&self.nats) {
-            return Err(());
+            return Ok(0);
         }
         let now = json::now_micros();
         let rows = self
             .store
             .claim_outbox(now, now + self.lease.as_micros() as i64, BATCH)
-            .await
-            .map_err(|e| tracing::warn!(error = %e, "outbox claim failed"))?;
+            .await?;
         for row in &rows {
             let id = row.task_id.to_string();
-            match nats::publish(
+            match nats::publish_task(
                 &self.js,
                 row.subject.clone(),
+                &id,
                 Bytes::from(row.payload.clone()),
-                Some(&id),
-                None,
             )
             .await
             {
                 Ok(seq) => {
                     tracing::info!(task_id = %id, seq, "relay published task");
                     if let Err(e) = self.store.delete_outbox(row.task_id).await {
-                        tracing::warn!(task_id = %id, error = %e, "relay could not delete outbox row");
+                        tracing::warn!(task_id = %id, error = %chain(&e), "relay could not delete outbox row");
                     }
                 }
                 // The lease runs out again and a later round retries.
-                Err(e) => tracing::warn!(task_id = %id, error = %e, "relay publish failed"),
+                Err(e) => tracing::warn!(task_id = %id, error = %chain(&e), "relay publish failed"),
             }
         }
         Ok(rows.len())

@@ -10,6 +10,7 @@ use taskwire::{
         parse_state_filter, parse_timeout,
     },
     json,
+    nats::History,
     pb::v1::{
         CancelTaskRequest, GetStatusRequest, ListTasksRequest, ListTasksResponse,
         SubmitTaskRequest, SubmitTaskResponse, Task, task_service_server::TaskService,
@@ -30,7 +31,10 @@ pub struct Shared {
     pub store: Store,
     pub nats: Client,
     pub js: jetstream::Context,
-    pub events: jetstream::stream::Stream<jetstream::stream::Info>,
+    /// Tasks' event histories: cancel appends to them, reads fold their newest event.
+    pub history: History,
+    /// Which kinds some worker serves, for SubmitTask's warning.
+    pub kinds: crate::kinds::KnownKinds,
     pub max_input_bytes: usize,
     pub default_max_attempts: u32,
     pub outbox_lease: Duration,
@@ -61,14 +65,7 @@ impl TaskService for TaskApi {
     #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn get_status(&self, req: Request<GetStatusRequest>) -> Result<Response<Task>, Status> {
         let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
-        let rec = self
-            .shared
-            .store
-            .get_task(id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::NotFound(id))?;
-        Ok(Response::new(rec.to_proto()))
+        Ok(Response::new(self.status(id).await?))
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
@@ -83,16 +80,7 @@ impl TaskService for TaskApi {
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let q = parse_list(req.into_inner()).map_err(ApiError::from)?;
-        let (tasks, next) = self
-            .shared
-            .store
-            .list_tasks(&q)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(ListTasksResponse {
-            tasks: tasks.iter().map(|t| t.to_proto()).collect(),
-            next_page_token: next.map(|t| t.encode()).unwrap_or_default(),
-        }))
+        Ok(Response::new(self.list(&q).await?))
     }
 }
 

@@ -1,6 +1,6 @@
 //! SubmitTask: store the task with its outbox row, publish it, answer.
 //!
-//! The guarantee (ARCHITECTURE.md, guarantee 1): an OK answer means the task is in the
+//! The guarantee (docs/architecture.md, guarantee 1): an OK answer means the task is in the
 //! database and in TASKWIRE_TASKS. The outbox closes the crash window between commit
 //! and publish (see `taskwire::store` outbox docs); an UNAVAILABLE answer means the task
 //! was withdrawn, so a caller retrying without an idempotency key does not get a twin.
@@ -17,6 +17,7 @@ use taskwire::{
         v1::{SubmitTaskResponse, TaskState},
     },
     store::{Inserted, NewTask, OutboxEntry},
+    telemetry::chain,
 };
 
 use crate::{config::Fault, error::ApiError, service::TaskApi};
@@ -46,7 +47,10 @@ impl TaskApi {
                 return Ok(resp);
             }
         }
-        Err(nats::Error::Unavailable("an identical submit kept failing".into()).into())
+        Err(
+            nats::Error::unavailable("submitting", "an identical submit kept being withdrawn")
+                .into(),
+        )
     }
 
     /// One try; `None` when the key named a task that has since been withdrawn.
@@ -54,7 +58,7 @@ impl TaskApi {
         let s = &self.shared;
         // Fail fast, before writing anything, when NATS is known to be down.
         if !nats::is_connected(&s.nats) {
-            return Err(nats::Error::Unavailable("not connected".into()).into());
+            return Err(nats::Error::unavailable("submitting", "not connected").into());
         }
         let now = json::now_micros();
         let task = NewTask {
@@ -74,7 +78,13 @@ impl TaskApi {
             lease_until_us: now + s.outbox_lease.as_micros() as i64,
         };
 
-        match s.inserter.insert(task.clone(), outbox.clone()).await? {
+        // Whether a worker serves the kind is asked while the task is written.
+        let (inserted, warning) = tokio::join!(
+            s.inserter.insert(task.clone(), outbox.clone()),
+            s.kinds.warning(&task.kind)
+        );
+        let warning = warning.unwrap_or_default();
+        match inserted? {
             Inserted::New => {}
             Inserted::Duplicate(id) => {
                 return Ok(self
@@ -84,6 +94,7 @@ impl TaskApi {
                         task_id: id.to_string(),
                         state: TaskState::Queued as i32,
                         deduplicated: true,
+                        warning,
                     }));
             }
         }
@@ -92,12 +103,11 @@ impl TaskApi {
         }
 
         let id = task.id;
-        match nats::publish(
+        match nats::publish_task(
             &s.js,
             outbox.subject,
+            &id.to_string(),
             Bytes::from(outbox.payload),
-            Some(&id.to_string()),
-            None,
         )
         .await
         {
@@ -120,7 +130,7 @@ impl TaskApi {
                     // Neither publish nor withdraw worked: the relay will enqueue the task
                     // when NATS is back. The caller hears UNAVAILABLE and is told to
                     // retry with the same key, which then finds this task.
-                    tracing::error!(task_id = %id, error = %e, "withdraw failed after publish failed");
+                    tracing::error!(task_id = %id, error = %chain(&e), "withdraw failed after publish failed");
                     return Err(publish_err.into());
                 }
             },
@@ -130,6 +140,7 @@ impl TaskApi {
             task_id: id.to_string(),
             state: TaskState::Queued as i32,
             deduplicated: false,
+            warning,
         }))
     }
 

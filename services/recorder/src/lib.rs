@@ -8,52 +8,40 @@
 #![forbid(unsafe_code)]
 
 mod advisories;
+pub mod config;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, pull},
-};
-use clap::Parser;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use taskwire::{
-    config::{DatabaseArgs, NatsArgs, StreamArgs},
+    config::ConfigError,
     domain::TaskId,
-    nats,
+    nats::{self, Stored},
     pb::internal::v1::Event,
     store::{self, EventUpdate, Store},
+    telemetry::chain,
 };
 use tokio_util::sync::CancellationToken;
 
-/// taskwire recorder: projects task events from NATS into the database.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "taskwire-recorder", version)]
-pub struct Config {
-    #[command(flatten)]
-    pub nats: NatsArgs,
+pub use config::Config;
 
-    #[command(flatten)]
-    pub streams: StreamArgs,
-
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// Most events applied in one transaction.
-    #[arg(long, env = "TASKWIRE_RECORDER_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub batch: u32,
-}
-
+/// Why the recorder could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A setting that cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// NATS could not be reached or set up.
     #[error(transparent)]
     Nats(#[from] nats::Error),
 }
 
-/// A recorder connected to the database and NATS, its consumer set up.
+/// A recorder connected to the database and NATS, its consumers set up.
 #[derive(Debug)]
 pub struct Recorder {
     store: Store,
@@ -63,7 +51,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub async fn start(config: &Config) -> Result<Self, Error> {
+    /// Connects to the database (applying migrations) and NATS (creating streams and
+    /// the recorder's consumers).
+    pub async fn build(config: &Config) -> Result<Self, Error> {
+        config.validate()?;
         let store = Store::connect(
             &config.database.database_url,
             &config.database.store_options(),
@@ -72,8 +63,8 @@ impl Recorder {
         let (_, js) = nats::join(&config.nats, &config.streams, "taskwire-recorder").await?;
         Ok(Self {
             store,
-            advisories: advisories::Advisories::start(js.clone()).await?,
-            consumer: consumer(&js).await?,
+            advisories: advisories::Advisories::build(js.clone()).await?,
+            consumer: nats::setup_recorder_consumer(&js).await?,
             batch: config.batch as usize,
         })
     }
@@ -87,7 +78,7 @@ impl Recorder {
         let mut messages = match self.consumer.messages().await {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(error = %e, "cannot consume events");
+                tracing::error!(error = %chain(&e), "cannot consume events");
                 return;
             }
         };
@@ -99,7 +90,7 @@ impl Recorder {
             let mut batch = match first {
                 Some(Ok(m)) => vec![m],
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "bad delivery");
+                    tracing::warn!(error = %chain(&e), "bad delivery");
                     continue;
                 }
                 None => break,
@@ -107,7 +98,7 @@ impl Recorder {
             while batch.len() < self.batch {
                 match messages.next().now_or_never() {
                     Some(Some(Ok(m))) => batch.push(m),
-                    Some(Some(Err(e))) => tracing::warn!(error = %e, "bad delivery"),
+                    Some(Some(Err(e))) => tracing::warn!(error = %chain(&e), "bad delivery"),
                     _ => break,
                 }
             }
@@ -118,29 +109,10 @@ impl Recorder {
     }
 }
 
-/// Starts a recorder and runs it until `shutdown`.
+/// Builds a recorder and runs it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Recorder::start(&config).await?.run(shutdown).await;
+    Recorder::build(&config).await?.run(shutdown).await;
     Ok(())
-}
-
-/// The recorder's durable consumer, created or updated (idempotent).
-async fn consumer(
-    js: &jetstream::Context,
-) -> Result<jetstream::consumer::Consumer<pull::Config>, nats::Error> {
-    nats::open_stream(js, nats::EVENTS_STREAM)
-        .await?
-        .create_consumer(pull::Config {
-            durable_name: Some(nats::RECORDER_CONSUMER.to_string()),
-            filter_subject: "taskwire.events.>".to_string(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 50_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats::Error::Unavailable(format!("recorder consumer: {e}")))
 }
 
 /// Applies one batch in one transaction, then acks it; on a database error, NAKs it
@@ -151,7 +123,9 @@ async fn record(store: &Store, messages: &[jetstream::Message]) {
         match decode(m) {
             Ok(u) => updates.push(u),
             // A body no version of taskwire wrote: skip it rather than block the rest.
-            Err(why) => tracing::error!(subject = %m.subject, why, "undecodable event skipped"),
+            Err(e) => {
+                tracing::error!(subject = %m.subject, error = %chain(&e), "undecodable event skipped")
+            }
         }
     }
     match store.apply_events(&updates).await {
@@ -160,12 +134,12 @@ async fn record(store: &Store, messages: &[jetstream::Message]) {
             for m in messages {
                 if let Err(e) = m.ack().await {
                     // Redelivered later and applied again: a no-op by seq.
-                    tracing::warn!(error = %e, "ack failed");
+                    tracing::warn!(error = %chain(&*e), "ack failed");
                 }
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "batch not recorded; will be redelivered");
+            tracing::warn!(error = %chain(&e), "batch not recorded; will be redelivered");
             for m in messages {
                 let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
@@ -173,10 +147,14 @@ async fn record(store: &Store, messages: &[jetstream::Message]) {
     }
 }
 
-fn decode(m: &jetstream::Message) -> Result<(TaskId, EventUpdate), String> {
-    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
-    let ev = Event::decode(m.payload.clone()).map_err(|e| e.to_string())?;
-    let id = TaskId::parse(&ev.task_id).map_err(|e| e.to_string())?;
-    let update = EventUpdate::from_event(seq, &ev).map_err(|e| e.to_string())?;
-    Ok((id, update))
+fn decode(m: &jetstream::Message) -> Result<(TaskId, EventUpdate), nats::Error> {
+    let seq = m
+        .info()
+        .map_err(|e| nats::Error::bad_message(format!("delivery on {}", m.subject), e))?
+        .stream_sequence;
+    let event = Event::decode(m.payload.clone())
+        .map_err(|e| nats::Error::bad_message(format!("event {seq}"), e))?;
+    let id = TaskId::parse(&event.task_id)
+        .map_err(|e| nats::Error::bad_message(format!("event {seq}"), e))?;
+    Ok((id, Stored { seq, event }.to_update()?))
 }

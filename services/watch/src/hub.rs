@@ -15,8 +15,12 @@ use std::{
 };
 
 use futures::StreamExt;
-use prost::Message;
-use taskwire::{domain::TaskId, nats, pb::internal::v1::Event};
+use taskwire::{
+    domain::TaskId,
+    nats::{self, LiveEvent},
+    pb::internal::v1::Event,
+    telemetry::chain,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -89,9 +93,9 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Result<Self, nats::Error> {
         let mut sub = client
-            .subscribe("taskwire.live.>")
+            .subscribe(nats::subjects::LIVE_ALL)
             .await
-            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+            .map_err(|e| nats::Error::unavailable("subscribing to live events", e))?;
         let hub = Hub::default();
         let routing = hub.clone();
         tokio::spawn(async move {
@@ -100,8 +104,21 @@ impl Hub {
                     _ = shutdown.cancelled() => return,
                     m = sub.next() => match m { Some(m) => m, None => return },
                 };
-                if let Some((task, live)) = parse(&msg) {
-                    routing.route(task, live);
+                match LiveEvent::parse(&msg) {
+                    Ok(LiveEvent {
+                        task,
+                        seq,
+                        prev_seq,
+                        event,
+                    }) => routing.route(
+                        task,
+                        Live {
+                            seq,
+                            prev_seq,
+                            event: Arc::new(event),
+                        },
+                    ),
+                    Err(e) => tracing::warn!(error = %chain(&e), "live event skipped"),
                 }
             }
         });
@@ -165,25 +182,4 @@ impl Hub {
             w.remove(&task);
         }
     }
-}
-
-fn parse(msg: &async_nats::Message) -> Option<(TaskId, Live)> {
-    let task = TaskId::parse(msg.subject.strip_prefix("taskwire.live.")?).ok()?;
-    let headers = msg.headers.as_ref()?;
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.as_str().parse::<u64>().ok())
-    };
-    let seq = header("Nats-Sequence")?;
-    let prev_seq = header("Nats-Last-Sequence").unwrap_or(0);
-    let event = Event::decode(msg.payload.clone()).ok()?;
-    Some((
-        task,
-        Live {
-            seq,
-            prev_seq,
-            event: Arc::new(event),
-        },
-    ))
 }

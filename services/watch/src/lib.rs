@@ -2,19 +2,21 @@
 //! gRPC streams and (tonic-web) grpc-web streams for browsers.
 //!
 //! # Layout
+//! - [`config`]: flags and `TASKWIRE_*` variables.
 //! - `hub`: one NATS subscription per process, fanned out in memory.
-//! - `service`: WatchTask's stream semantics: snapshot, refill, live, end.
+//! - `service`: WatchTask's stream semantics (snapshot, refill, live, end) and
+//!   WatchTasks' live feed.
+//! - `error`: the one mapping from errors to gRPC codes.
 #![forbid(unsafe_code)]
 
+pub mod config;
+mod error;
 mod hub;
 mod service;
 
-use std::{net::SocketAddr, sync::Arc};
-
-use clap::Parser;
 use taskwire::{
-    config::{DatabaseArgs, NatsArgs, ServeArgs, StreamArgs},
-    nats,
+    config::ConfigError,
+    nats::{self, History},
     pb::v1::watch_service_server::WatchServiceServer,
     serve,
     store::{self, Store},
@@ -23,64 +25,51 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+pub use config::Config;
 pub use service::{CLIENT_BUFFER, HUB_BUFFER, WatchApi};
 
-/// taskwire watch: streams task progress (taskwire.v1.WatchService) over gRPC and
-/// grpc-web.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "taskwire-watch", version)]
-pub struct Config {
-    /// Address to serve gRPC and grpc-web on.
-    #[arg(long, env = "TASKWIRE_WATCH_LISTEN", default_value = "127.0.0.1:50052")]
-    pub listen: SocketAddr,
-
-    #[command(flatten)]
-    pub nats: NatsArgs,
-
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
-    pub streams: StreamArgs,
-
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
+/// Why the watch service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A setting that cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// NATS could not be reached or set up.
     #[error(transparent)]
     Nats(#[from] nats::Error),
-    #[error("gRPC server: {0}")]
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
 }
 
 /// The watch service, connected, its hub subscribed.
 #[derive(Debug)]
 pub struct Watch {
+    /// The gRPC service, to add to a server's routes.
     pub service: WatchServiceServer<WatchApi>,
     api: WatchApi,
 }
 
 impl Watch {
-    /// Connects to the database and NATS and subscribes the hub; the hub runs until
-    /// `shutdown`.
-    pub async fn build(config: &Config, shutdown: CancellationToken) -> Result<Self, Error> {
+    /// Connects to the database and NATS and subscribes the hub.
+    pub async fn build(config: &Config) -> Result<Self, Error> {
+        config.validate()?;
         let store = Store::connect(
             &config.database.database_url,
             &config.database.store_options(),
         )
         .await?;
         let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-watch").await?;
-        let events = nats::open_stream(&js, nats::EVENTS_STREAM).await?;
-        let hub = hub::Hub::start(&client, shutdown.clone()).await?;
+        let stop = CancellationToken::new();
+        let hub = hub::Hub::start(&client, stop.clone()).await?;
         let api = WatchApi {
             hub,
-            shutdown,
+            stop,
             store,
-            events: Arc::new(events),
+            history: History::open(&js).await?,
         };
         Ok(Self {
             service: WatchServiceServer::new(api.clone()),
@@ -88,9 +77,18 @@ impl Watch {
         })
     }
 
-    /// How many streams are attached now.
+    /// How many WatchTask streams are attached now.
     pub fn watchers(&self) -> usize {
         self.api.hub.watchers()
+    }
+
+    /// Keeps the hub routing until `shutdown`; then ends every open stream with a
+    /// status the client can resume from, so a server's drain does not wait for
+    /// clients to leave, and unsubscribes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+        self.api.stop.cancel();
+        self.api.store.close().await;
     }
 }
 
@@ -100,13 +98,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let watch = Watch::build(&config, shutdown.clone()).await?;
+    let watch = Watch::build(&config).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
-    let routes = serve::with_introspection(Routes::new(watch.service), health_service);
+    let routes = serve::with_introspection(Routes::new(watch.service.clone()), health_service);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "watch listening");
     }
-    serve::serve(routes, listener, &config.serve.cors, shutdown).await?;
+    let running = tokio::spawn(watch.run(shutdown.clone()));
+    let served = serve::serve(routes, listener, &config.serve.cors, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = running.await;
+    served?;
     Ok(())
 }

@@ -1,21 +1,26 @@
 //! `taskwire-watch`: parse the config, bind, serve until SIGINT/SIGTERM.
 
+use std::process::ExitCode;
+
 use clap::Parser;
+use taskwire::telemetry::{self, exit_with};
 use taskwire_watch::Config;
 
+const NAME: &str = "taskwire-watch";
+
 #[tokio::main]
-async fn main() {
-    taskwire::telemetry::init();
+async fn main() -> ExitCode {
+    telemetry::init();
     let config = Config::parse();
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    if let Err(e) = config.validate() {
+        return exit_with(NAME, &e, 2);
+    }
+    let listener = match taskwire::serve::bind(config.listen).await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("taskwire-watch: cannot listen on {}: {e}", config.listen);
-            std::process::exit(1);
-        }
+        Err(e) => return exit_with(NAME, &e, 1),
     };
-    if let Err(e) = taskwire_watch::run(config, listener, taskwire::shutdown::on_signal()).await {
-        eprintln!("taskwire-watch: {e}");
-        std::process::exit(1);
+    match taskwire_watch::run(config, listener, taskwire::shutdown::on_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit_with(NAME, &e, 1),
     }
 }

@@ -9,13 +9,12 @@
 //! from TASKWIRE_EVENTS. The same refill repairs a missed core message (detected by
 //! Nats-Last-Sequence) and a watcher the hub dropped for being slow.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::{collections::HashMap, pin::Pin};
 
-use async_nats::jetstream::stream::{DirectGetErrorKind, Info, Stream};
-use prost::Message;
 use taskwire::{
     domain::{Labels, TaskId, TaskKind},
-    json, nats,
+    json,
+    nats::History,
     pb::{
         internal::v1::Event,
         v1::{
@@ -29,21 +28,25 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use crate::hub::{Hub, Live};
+use crate::{
+    error::WatchError,
+    hub::{Hub, Live},
+};
 
 /// Events buffered per stream towards the client, and per watcher in the hub. Together
 /// they bound a stream's memory; a client slower than this is caught up from the stream.
 pub const CLIENT_BUFFER: usize = 16;
 pub const HUB_BUFFER: usize = 64;
 
+/// The WatchService implementation; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WatchApi {
     pub(crate) hub: Hub,
     /// Ends open streams (UNAVAILABLE, resumable) when the server shuts down, so the
     /// drain does not wait for clients to leave.
-    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) stop: tokio_util::sync::CancellationToken,
     pub(crate) store: Store,
-    pub(crate) events: Arc<Stream<Info>>,
+    pub(crate) history: History,
 }
 
 /// What a stream's task queues for tonic. Boxed because tokio allocates a channel's
@@ -74,9 +77,9 @@ impl WatchService for WatchApi {
         let kind = if kind.is_empty() {
             None
         } else {
-            Some(TaskKind::parse(&kind).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            Some(TaskKind::parse(&kind).map_err(WatchError::from)?)
         };
-        let labels = Labels::parse(&labels).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let labels = Labels::parse(&labels).map_err(WatchError::from)?;
         let sub = self
             .hub
             .subscribe_all(kind.map(|k| k.to_string()), FIREHOSE_BUFFER);
@@ -86,7 +89,7 @@ impl WatchService for WatchApi {
             labels,
             self.store.clone(),
             tx,
-            self.shutdown.clone(),
+            self.stop.clone(),
         ));
         Ok(Response::new(event_stream(rx)))
     }
@@ -97,18 +100,15 @@ impl WatchService for WatchApi {
         req: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let WatchTaskRequest { task_id, after_seq } = req.into_inner();
-        let id = TaskId::parse(&task_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = TaskId::parse(&task_id).map_err(WatchError::from)?;
         // Join the hub first: whatever is stored after this is also queued for us.
         let sub = self.hub.subscribe(id, HUB_BUFFER);
         let record = self
             .store
             .get_task(id)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "database unavailable");
-                Status::unavailable("the database is unavailable; retry")
-            })?
-            .ok_or_else(|| Status::not_found(format!("task {id} not found")))?;
+            .map_err(WatchError::from)?
+            .ok_or(WatchError::NotFound(id))?;
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         let watcher = Watcher {
             id,
@@ -130,12 +130,14 @@ struct Watcher {
     api: WatchApi,
 }
 
-/// Why a stream ended early.
+/// Why a stream ended.
 enum End {
     /// The terminal event was sent: the stream ends OK.
     Finished,
     /// The client left.
     Gone,
+    /// It ends early with this error, which says where to resume.
+    Failed(WatchError),
 }
 
 impl Watcher {
@@ -150,22 +152,19 @@ impl Watcher {
             // already ended: a terminal record or a refilled terminal event ends it, so
             // a fresh watch skips this read.)
             if after_seq > 0
-                && let Ok(Some((seq, ev))) = nats::last_event(&self.api.events, self.id).await
-                && seq <= self.last_sent
-                && TaskState::try_from(ev.state).is_ok_and(TaskState::is_terminal)
+                && let Ok(Some(last)) = self.api.history.last(self.id).await
+                && last.seq <= self.last_sent
+                && last.is_terminal()
             {
                 return Err(End::Finished);
             }
             loop {
                 let live = tokio::select! {
                     _ = self.out.closed() => return Err(End::Gone),
-                    _ = self.api.shutdown.cancelled() => {
-                        let resume = format!(
-                            "the server is shutting down; resume with after_seq = {}",
-                            self.last_sent
-                        );
-                        let _ = self.out.send(Err(Status::unavailable(resume))).await;
-                        return Err(End::Gone);
+                    _ = self.api.stop.cancelled() => {
+                        return Err(End::Failed(WatchError::ShuttingDown {
+                            resume_after: Some(self.last_sent),
+                        }));
                     }
                     l = sub.rx.recv() => l,
                 };
@@ -182,6 +181,9 @@ impl Watcher {
         .await;
         match result {
             Ok(()) | Err(End::Finished) | Err(End::Gone) => {}
+            Err(End::Failed(e)) => {
+                let _ = self.out.send(Err(e.into())).await;
+            }
         }
     }
 
@@ -218,35 +220,22 @@ impl Watcher {
 
     /// Sends every stored event after `last_sent`, from TASKWIRE_EVENTS.
     async fn refill(&mut self) -> Result<(), End> {
-        let subject = nats::event_subject(self.id);
         loop {
             let next = self
                 .api
-                .events
-                .direct_get_next_for_subject(subject.as_str(), Some(self.last_sent + 1))
-                .await;
-            let msg = match next {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the event stream");
-                    let _ = self
-                        .out
-                        .send(Err(Status::unavailable(format!(
-                            "the event stream is unavailable; resume with after_seq = {}",
-                            self.last_sent
-                        ))))
-                        .await;
-                    return Err(End::Gone);
-                }
-            };
-            let Ok(ev) = Event::decode(msg.payload) else {
-                tracing::error!(seq = msg.sequence, "undecodable event skipped");
-                self.last_sent = msg.sequence;
-                continue;
-            };
-            self.last_sent = msg.sequence;
-            self.emit(to_public(self.id, msg.sequence, &ev)).await?;
+                .history
+                .next_after(self.id, self.last_sent)
+                .await
+                .map_err(|source| {
+                    End::Failed(WatchError::Events {
+                        source,
+                        resume_after: self.last_sent,
+                    })
+                })?;
+            let Some(stored) = next else { return Ok(()) };
+            self.last_sent = stored.seq;
+            self.emit(to_public(self.id, stored.seq, &stored.event))
+                .await?;
         }
     }
 
@@ -268,44 +257,45 @@ async fn firehose(
     labels: Labels,
     store: Store,
     tx: mpsc::Sender<Outgoing>,
-    shutdown: tokio_util::sync::CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let mut matches: HashMap<TaskId, bool> = HashMap::new();
     loop {
         let next = tokio::select! {
             _ = tx.closed() => return,
-            _ = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
+            _ = stop.cancelled() => {
+                let e = WatchError::ShuttingDown { resume_after: None };
+                let _ = tx.send(Err(e.into())).await;
                 return;
             }
             n = sub.rx.recv() => n,
         };
         let Some((id, live)) = next else {
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "fell too far behind the live feed; list again and reconnect",
-                )))
-                .await;
+            let _ = tx.send(Err(WatchError::FellBehind.into())).await;
             return;
         };
         if !labels.is_empty() {
             let wanted = match matches.get(&id) {
                 Some(m) => *m,
-                None => {
-                    let m = match store.get_task(id).await {
-                        Ok(Some(r)) => {
+                None => match store.get_task(id).await {
+                    Ok(record) => {
+                        let m = record.is_some_and(|r| {
                             let have: HashMap<String, String> =
                                 serde_json::from_str(&r.labels).unwrap_or_default();
                             labels.iter().all(|(k, v)| have.get(k) == Some(v))
+                        });
+                        if matches.len() > 100_000 {
+                            matches.clear();
                         }
-                        _ => false,
-                    };
-                    if matches.len() > 100_000 {
-                        matches.clear();
+                        matches.insert(id, m);
+                        m
                     }
-                    matches.insert(id, m);
-                    m
-                }
+                    // Not remembered: the task's next event asks again.
+                    Err(e) => {
+                        tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "labels unknown; event skipped");
+                        false
+                    }
+                },
             };
             if !wanted {
                 continue;

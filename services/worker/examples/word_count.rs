@@ -1,10 +1,11 @@
 //! A new task kind in a dozen lines: `text.word_count` counts the words of
 //! `{"text": "..."}`, reporting progress as it goes.
 //!
-//! Run it beside a taskwire deployment (scripts/dev), then submit one:
-//!   cargo run -p taskwire-worker --example word_count -- --nats-url nats://127.0.0.1:4333
-//!   .venv/bin/grpcurl -plaintext -d '{"kind":"text.word_count","input":{"text":"a b c"}}' \
-//!     127.0.0.1:50051 taskwire.v1.TaskService/SubmitTask
+//! With `scripts/dev` running in this directory, it joins that system by itself (the
+//! NATS URL `taskwire dev` wrote to .taskwire/nats-url); elsewhere pass --nats-url or
+//! TASKWIRE_NATS_URL:
+//!   cargo run -p taskwire-worker --example word_count
+//!   taskwire submit text.word_count --input '{"text":"a b c"}' --watch
 
 use clap::Parser;
 use taskwire_worker::{Config, Registry, TaskContext, TaskFailure};
@@ -29,5 +30,7 @@ async fn main() -> Result<(), taskwire_worker::Error> {
         }
         Ok(serde_json::json!({ "words": words }))
     });
-    taskwire_worker::run(Config::parse(), kinds, taskwire::shutdown::on_signal()).await
+    let mut config = Config::parse();
+    config.nats = config.nats.or_dev(".taskwire".as_ref());
+    taskwire_worker::run(config, kinds, taskwire::shutdown::on_signal()).await
 }

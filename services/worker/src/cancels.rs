@@ -19,14 +19,14 @@ pub(crate) struct Cancels {
 
 impl Cancels {
     /// Subscribes and routes signals until `shutdown`.
-    pub async fn start(
+    pub(crate) async fn start(
         client: &async_nats::Client,
         shutdown: CancellationToken,
     ) -> Result<Self, nats::Error> {
         let mut sub = client
-            .subscribe("taskwire.cancel.>")
+            .subscribe(nats::subjects::CANCEL_ALL)
             .await
-            .map_err(|e| nats::Error::Unavailable(e.to_string()))?;
+            .map_err(|e| nats::Error::unavailable("subscribing to cancel signals", e))?;
         let cancels = Self::default();
         let running = cancels.running.clone();
         tokio::spawn(async move {
@@ -35,10 +35,7 @@ impl Cancels {
                     _ = shutdown.cancelled() => return,
                     m = sub.next() => match m { Some(m) => m, None => return },
                 };
-                let id = msg
-                    .subject
-                    .strip_prefix("taskwire.cancel.")
-                    .and_then(|s| TaskId::parse(s).ok());
+                let id = nats::subjects::task_of_cancel(&msg.subject);
                 if let Some(token) =
                     id.and_then(|id| running.lock().expect("lock").get(&id).cloned())
                 {
@@ -51,7 +48,7 @@ impl Cancels {
     }
 
     /// Routes signals for `id` to `token` until the guard is dropped.
-    pub fn register(&self, id: TaskId, token: CancellationToken) -> Registration {
+    pub(crate) fn register(&self, id: TaskId, token: CancellationToken) -> Registration {
         self.running.lock().expect("lock").insert(id, token);
         Registration {
             id,

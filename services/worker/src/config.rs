@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use clap::Parser;
-use taskwire::config::{NatsArgs, StreamArgs, parse_duration};
+use taskwire::{
+    backoff::Backoff,
+    config::{ConfigError, NatsArgs, StreamArgs, parse_duration},
+};
 
 /// taskwire worker: runs tasks of the kinds it has handlers for, reporting progress
 /// through NATS. Ships the built-in demo kinds.
@@ -40,7 +43,7 @@ pub struct Config {
     /// Deliveries JetStream makes of one task before it gives up (the consumer's
     /// max_deliver; above any task's max_attempts). Past it the recorder fails the task
     /// from the MAX_DELIVERIES advisory. Lowered only by tests.
-    #[arg(long, env = "TASKWIRE_MAX_DELIVER", default_value_t = 101, hide = true)]
+    #[arg(long, env = "TASKWIRE_MAX_DELIVER", default_value_t = 101, hide = true, value_parser = clap::value_parser!(i64).range(2..=10_000))]
     pub max_deliver: i64,
 
     /// On SIGTERM, how long running handlers may take to finish before they are
@@ -56,12 +59,21 @@ impl Config {
         self.ack_wait / 3
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// The delays between a failing task's attempts.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_base, self.backoff_max)
+    }
+
+    /// Checks the relations between settings that clap cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ack_wait < Duration::from_millis(300) {
-            return Err("--ack-wait must be at least 300ms".into());
+            return Err(ConfigError::new("--ack-wait", "must be at least 300ms"));
         }
         if self.backoff_max < self.backoff_base {
-            return Err("--backoff-max must be at least --backoff-base".into());
+            return Err(ConfigError::new(
+                "--backoff-max",
+                "must be at least --backoff-base",
+            ));
         }
         Ok(())
     }

@@ -1,20 +1,15 @@
-//! Appending one attempt's events to its task's history in TASKWIRE_EVENTS.
+//! Appending one attempt's events to its task's history, through the one conditional
+//! append ([`History::append`]).
 //!
-//! Every event is published with Nats-Expected-Last-Subject-Sequence = the seq of the
-//! previous event this worker knows of, so the history stays linear: if anyone else
-//! wrote in between (the api cancelling, another worker that took the task over), the
-//! publish is rejected and this attempt knows it lost the task. Seqs are JetStream
-//! stream sequences, so they strictly increase across attempts and redeliveries.
+//! Every event is published expecting the seq of the previous event this attempt
+//! knows of, so if anyone else wrote in between (the api cancelling, another worker
+//! that took the task over), the publish is rejected and this attempt knows it lost
+//! the task.
 
-use bytes::Bytes;
-use prost::Message;
 use taskwire::{
     domain::TaskId,
-    json, nats,
-    pb::{
-        internal::v1::Event,
-        v1::{Progress, TaskError, TaskState},
-    },
+    nats::{self, History},
+    pb::v1::{Progress, TaskError, TaskState},
 };
 use tokio::sync::Mutex;
 
@@ -29,7 +24,7 @@ pub(crate) struct Update {
 }
 
 impl Update {
-    pub fn running() -> Self {
+    pub(crate) fn running() -> Self {
         Self {
             state: TaskState::Running,
             ..Default::default()
@@ -37,9 +32,10 @@ impl Update {
     }
 }
 
+/// One attempt's writer of its task's history.
 #[derive(Debug)]
 pub(crate) struct EventWriter {
-    js: async_nats::jetstream::Context,
+    history: History,
     task_id: TaskId,
     kind: String,
     attempt: u32,
@@ -49,15 +45,16 @@ pub(crate) struct EventWriter {
 }
 
 impl EventWriter {
-    pub fn new(
-        js: async_nats::jetstream::Context,
+    /// A writer for `attempt` of a task whose newest event is `last_seq`.
+    pub(crate) fn new(
+        history: History,
         task_id: TaskId,
         kind: &str,
         attempt: u32,
         last_seq: u64,
     ) -> Self {
         Self {
-            js,
+            history,
             task_id,
             kind: kind.to_string(),
             attempt,
@@ -65,32 +62,15 @@ impl EventWriter {
         }
     }
 
-    pub fn task_id(&self) -> TaskId {
-        self.task_id
-    }
-
     /// Appends an event; returns its seq. `Conflict` means someone else wrote first.
-    pub async fn write(&self, u: Update) -> Result<u64, nats::Error> {
-        let event = Event {
-            task_id: self.task_id.to_string(),
-            time: Some(json::micros_to_timestamp(json::now_micros())),
-            state: u.state as i32,
-            progress: u.progress,
-            attempt: self.attempt,
-            output: u.output,
-            error: u.error,
-            message: u.message,
-            kind: self.kind.clone(),
-        };
+    pub(crate) async fn write(&self, u: Update) -> Result<u64, nats::Error> {
+        let mut event = nats::new_event(self.task_id, &self.kind, u.state, self.attempt);
+        event.progress = u.progress;
+        event.output = u.output;
+        event.error = u.error;
+        event.message = u.message;
         let mut last = self.last_seq.lock().await;
-        let seq = nats::publish(
-            &self.js,
-            nats::event_subject(self.task_id),
-            Bytes::from(event.encode_to_vec()),
-            None,
-            Some(*last),
-        )
-        .await?;
+        let seq = self.history.append(&event, *last).await?;
         *last = seq;
         Ok(seq)
     }

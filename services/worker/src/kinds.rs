@@ -1,4 +1,4 @@
-//! The built-in demo kinds (ARCHITECTURE.md), for demos, tests and benchmarks.
+//! The built-in demo kinds (docs/architecture.md), for demos, tests and benchmarks.
 
 use std::time::Duration;
 

@@ -22,19 +22,24 @@
 //!
 //! # Layout
 //! - [`sdk`]: `Registry`, `TaskContext`, `TaskFailure`: the handler author's API.
-//! - `runtime`: pulling, the attempt protocol, retries, dead letters, shutdown.
-//! - `events`: conditional appends to a task's history.
+//! - [`config`]: flags and `TASKWIRE_*` variables.
+//! - `runtime`: the [`Worker`]: consumers, slots, the drain on shutdown.
+//! - `pull`: pulling one kind's tasks as slots allow.
+//! - `attempt`: one delivery: claim, run, and the outcome (retries, dead letters).
+//! - `events`: one attempt's appends to its task's history.
 //! - `cancels`: routing `taskwire.cancel.<id>` signals to running attempts.
 //! - [`kinds`]: the built-in demo kinds.
 #![forbid(unsafe_code)]
 
+mod attempt;
 mod cancels;
 pub mod config;
 mod events;
 pub mod kinds;
+mod pull;
 mod runtime;
 pub mod sdk;
 
 pub use config::Config;
-pub use runtime::{Error, Worker, backoff, run};
+pub use runtime::{Error, Worker, run};
 pub use sdk::{HandlerResult, Registry, Stopped, TaskContext, TaskFailure};

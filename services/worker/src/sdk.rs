@@ -34,7 +34,7 @@ use crate::events::{EventWriter, Update};
 /// What a handler returns: the task's output (any JSON) or why the attempt failed.
 pub type HandlerResult = Result<serde_json::Value, TaskFailure>;
 
-type BoxedHandler =
+pub(crate) type BoxedHandler =
     Arc<dyn Fn(TaskContext) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync>;
 
 /// Handlers by task kind.
@@ -230,7 +230,7 @@ impl TaskContext {
         self.inner.events.write(update).await.map(|_| ()).map_err(|e| {
             // A rejected or undeliverable event: this attempt can no longer report, so
             // it stops; the task is cancelled, taken over, or redelivered later.
-            tracing::warn!(task_id = %self.inner.task_id, error = %e, "event not stored; stopping attempt");
+            tracing::warn!(task_id = %self.inner.task_id, error = %taskwire::telemetry::chain(&e), "event not stored; stopping attempt");
             self.inner.stop.cancel();
             Stopped
         })

@@ -1,0 +1,105 @@
+//! GetStatus and ListTasks, consistent with what watchers have seen.
+//!
+//! The database trails the event stream by the recorder's lag (milliseconds), so a
+//! client that watched a task to its end and then read it could be told it is still
+//! running. Reads therefore never show less than the stream holds:
+//! - A non-terminal record is shown with its task's newest event folded in (one direct
+//!   read of the stream per such task; a terminal record is final and read as is).
+//! - A list filtered by a terminal state cannot see, in the database, a task whose
+//!   end is not recorded yet; such a list first waits (at most [`CATCH_UP`]) until the
+//!   recorder has recorded every event the stream held when the call came in.
+//! - A list filtered by another state drops tasks whose newest event moved them out
+//!   of it.
+//!
+//! If NATS cannot be read, the record is answered as it is: reads stay available.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use taskwire::{
+    domain::TaskId,
+    nats,
+    pb::v1::{ListTasksResponse, Task},
+    store::{ListQuery, TaskRecord},
+    telemetry::chain,
+};
+
+use crate::{error::ApiError, service::TaskApi};
+
+/// The longest a terminal-state list waits for the recorder to catch up.
+const CATCH_UP: Duration = Duration::from_secs(1);
+/// Stream reads in flight at once while freshening a page.
+const PARALLEL_READS: usize = 64;
+
+impl TaskApi {
+    pub(crate) async fn status(&self, id: TaskId) -> Result<Task, ApiError> {
+        let record = self
+            .shared
+            .store
+            .get_task(id)
+            .await?
+            .ok_or(ApiError::NotFound(id))?;
+        Ok(self.fresh(record).await.to_proto())
+    }
+
+    pub(crate) async fn list(&self, q: &ListQuery) -> Result<ListTasksResponse, ApiError> {
+        if q.state.is_some_and(|s| s.is_terminal()) {
+            self.await_recorder().await;
+        }
+        let (records, next) = self.shared.store.list_tasks(q).await?;
+        let tasks: Vec<Task> = futures::stream::iter(records)
+            .map(|r| self.fresh(r))
+            .buffered(PARALLEL_READS)
+            .filter(|r| std::future::ready(q.state.is_none_or(|s| r.state == s)))
+            .map(|r| r.to_proto())
+            .collect()
+            .await;
+        Ok(ListTasksResponse {
+            tasks,
+            next_page_token: next.map(|t| t.encode()).unwrap_or_default(),
+        })
+    }
+
+    /// The record as of its task's newest event.
+    async fn fresh(&self, mut record: TaskRecord) -> TaskRecord {
+        if record.state.is_terminal() {
+            return record;
+        }
+        let newest = match self.shared.history.last(record.id).await {
+            Ok(Some(newest)) if newest.seq > record.last_seq => newest,
+            Ok(_) => return record,
+            Err(e) => {
+                tracing::debug!(task_id = %record.id, error = %chain(&e), "answering from the record alone");
+                return record;
+            }
+        };
+        match newest.to_update() {
+            Ok(update) => {
+                record.fold(&update);
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %record.id, error = %chain(&e), "newest event unreadable")
+            }
+        }
+        record
+    }
+
+    /// Waits until the recorder has recorded what the event stream holds now.
+    async fn await_recorder(&self) {
+        let js = &self.shared.js;
+        let wait = async {
+            let target = nats::streams::recorder_position(js).await?.stream_last;
+            while nats::streams::recorder_position(js).await?.recorded_through < target {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<_, nats::Error>(())
+        };
+        match tokio::time::timeout(CATCH_UP, wait).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %chain(&e), "recorder position unknown"),
+            Err(_) => tracing::info!(
+                "the recorder is more than {CATCH_UP:?} behind; listing what it has recorded"
+            ),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The watch service's settings: flags and `TASKWIRE_*` variables.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use taskwire::config::{ConfigError, DatabaseArgs, NatsArgs, ServeArgs, StreamArgs};
+
+/// taskwire watch: streams task progress (taskwire.v1.WatchService) over gRPC and
+/// grpc-web.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskwire-watch", version)]
+pub struct Config {
+    /// Address to serve gRPC and grpc-web on.
+    #[arg(long, env = "TASKWIRE_WATCH_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub streams: StreamArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl Config {
+    /// Checks the relations between settings that clap cannot express (none yet: each
+    /// flag is checked as it is parsed).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,372 @@
+//! One delivery of one task, from reading its history to the ack. Delivery rules,
+//! each protecting a guarantee:
+//! - The outcome event is stored in TASKWIRE_EVENTS before the message is acked, so a
+//!   crash in between redelivers the task rather than losing its outcome (guarantee 1).
+//! - While a handler runs, the message gets an in-progress ack every ack_wait/3: a live
+//!   long task is never redelivered; a dead worker's task is, after ack_wait.
+//! - Before running, the task's history is read: a terminal task is acked and skipped,
+//!   and the RUNNING event is appended conditionally, so a cancelled task never starts
+//!   and a redelivered one never gets a second terminal state (guarantee 2).
+//! - Retryable failure: a RETRYING event, then NAK with an exponential, jittered
+//!   delay. Spent attempts or a fatal failure: a FAILED event, the task copied to
+//!   `taskwire.dlq.<kind>`, then ack (so it leaves the work stream).
+//! - Whatever cannot be stored (NATS unreachable) leaves the message unacked: it is
+//!   redelivered after ack_wait, and the history read then decides.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind};
+use prost::Message as _;
+use taskwire::{
+    backoff::Backoff,
+    domain::TaskId,
+    json,
+    nats::{self, Appended, Start, Stored},
+    pb::{
+        internal::v1::TaskMessage,
+        v1::{Progress, TaskError, TaskState},
+    },
+    telemetry::chain,
+};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    events::{EventWriter, Update},
+    runtime::Shared,
+    sdk::{Attempt, TaskContext, TaskFailure},
+};
+
+/// How an outcome event is retried while NATS hiccups: 3 tries, 200 ms apart and up.
+const OUTCOME_TRIES: u32 = 3;
+const OUTCOME_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+/// How soon a task whose claim failed (NATS trouble, a busy history) is tried again.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// One delivery: the message, its task and attempt number.
+struct Delivery {
+    msg: jetstream::Message,
+    id: TaskId,
+    attempt: u32,
+    body: TaskMessage,
+}
+
+/// Handles one delivery of one task, holding one slot until it is settled.
+pub(crate) async fn process(
+    shared: Arc<Shared>,
+    msg: jetstream::Message,
+    _slot: OwnedSemaphorePermit,
+) {
+    let d = match Delivery::parse(&msg) {
+        Ok((id, attempt, body)) => Delivery {
+            msg,
+            id,
+            attempt,
+            body,
+        },
+        Err(why) => {
+            // Not a task message: nothing can run it, and redelivery would not help.
+            tracing::error!(subject = %msg.subject, error = %chain(&why), "bad task message; terminating it");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let span =
+        tracing::info_span!("attempt", task_id = %d.id, kind = %d.body.kind, attempt = d.attempt);
+    tracing::Instrument::instrument(run(&shared, d), span).await;
+}
+
+impl Delivery {
+    /// The task id, attempt number (the delivery count) and body of a delivery.
+    fn parse(msg: &jetstream::Message) -> Result<(TaskId, u32, TaskMessage), nats::Error> {
+        let info = msg
+            .info()
+            .map_err(|e| nats::Error::bad_message("a task delivery", e))?;
+        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+        let body = TaskMessage::decode(msg.payload.clone())
+            .map_err(|e| nats::Error::bad_message("a task message", e))?;
+        let id = TaskId::parse(&body.task_id)
+            .map_err(|e| nats::Error::bad_message("a task message", e))?;
+        Ok((id, attempt, body))
+    }
+}
+
+/// How one attempt's handler ended.
+enum Outcome {
+    Finished(Result<serde_json::Value, TaskFailure>),
+    TimedOut(Duration),
+    /// Cancelled, or the task was taken over: someone else wrote its history.
+    Stopped,
+    /// Shutdown's grace period ran out.
+    HandBack,
+}
+
+async fn run(shared: &Arc<Shared>, d: Delivery) {
+    let stop = CancellationToken::new();
+    let _registration = shared.cancels.register(d.id, stop.clone());
+    let Some(writer) = claim(shared, &d).await else {
+        return;
+    };
+    let outcome = match shared.registry.get(&d.body.kind) {
+        Some(handler) => execute(shared, &d, writer.clone(), handler, stop).await,
+        None => Outcome::Finished(Err(TaskFailure::fatal(format!(
+            "no handler for kind {}",
+            d.body.kind
+        ))
+        .with_code("NO_HANDLER"))),
+    };
+    settle(shared, &d, &writer, outcome).await;
+}
+
+/// Checks the task's history and appends RUNNING for this attempt (or FAILED, if the
+/// attempts are spent). `None`: nothing to run, and the delivery is settled.
+async fn claim(shared: &Arc<Shared>, d: &Delivery) -> Option<Arc<EventWriter>> {
+    // The previous attempt was the last and its worker died mid-way: the task fails,
+    // recorded under the last real attempt's number.
+    let exhausted = d.attempt > d.body.max_attempts;
+    let failure = TaskFailure::retryable(format!(
+        "attempt {} of {} was lost with its worker",
+        d.attempt.saturating_sub(1),
+        d.body.max_attempts
+    ))
+    .with_code("ATTEMPTS_EXHAUSTED");
+    // A first delivery usually finds an empty history: append without reading first.
+    let start = if d.attempt > 1 {
+        Start::Read
+    } else {
+        Start::LikelyEmpty
+    };
+    let appended = shared
+        .history
+        .append_unless_finished(d.id, start, |_| {
+            if exhausted {
+                let mut ev =
+                    nats::new_event(d.id, &d.body.kind, TaskState::Failed, d.body.max_attempts);
+                ev.error = Some(task_error(&failure));
+                ev
+            } else {
+                nats::new_event(d.id, &d.body.kind, TaskState::Running, d.attempt)
+            }
+        })
+        .await;
+    match appended {
+        Ok(Appended::Appended(stored)) if exhausted => {
+            tracing::warn!(error = %failure, "task failed");
+            dead_letter_and_ack(shared, d, stored.event.error.as_ref()).await;
+            None
+        }
+        Ok(Appended::Appended(Stored { seq, .. })) => Some(Arc::new(EventWriter::new(
+            shared.history.clone(),
+            d.id,
+            &d.body.kind,
+            d.attempt,
+            seq,
+        ))),
+        Ok(Appended::Finished(last)) => {
+            // Finished already (cancelled while queued, or a redelivery after the
+            // outcome was stored). A FAILED task must be in the DLQ: make sure.
+            tracing::info!(state = ?last.state(), "task already finished; acking");
+            if last.state() == TaskState::Failed {
+                dead_letter_and_ack(shared, d, last.event.error.as_ref()).await;
+            } else {
+                ack(&d.msg).await;
+            }
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "cannot claim the task; retrying later");
+            let _ = d.msg.ack_with(AckKind::Nak(Some(CLAIM_RETRY))).await;
+            None
+        }
+    }
+}
+
+/// Runs the handler with heartbeats until it ends, times out, is stopped, or the
+/// shutdown's grace period runs out.
+async fn execute(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    writer: Arc<EventWriter>,
+    handler: crate::sdk::BoxedHandler,
+    stop: CancellationToken,
+) -> Outcome {
+    let timeout = d
+        .body
+        .timeout
+        .as_ref()
+        .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
+        .unwrap_or(shared.config.default_timeout);
+    let ctx = TaskContext {
+        inner: Arc::new(Attempt {
+            task_id: d.id,
+            kind: d.body.kind.clone(),
+            input: json::value_to_json(d.body.input.as_ref()).unwrap_or(serde_json::Value::Null),
+            labels: d.body.labels.clone().into_iter().collect(),
+            attempt: d.attempt,
+            max_attempts: d.body.max_attempts,
+            deadline: tokio::time::Instant::now() + timeout,
+            stop: stop.clone(),
+            events: writer,
+        }),
+    };
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(shared.config.heartbeat()).await;
+            if let Err(e) = d.msg.ack_with(AckKind::Progress).await {
+                tracing::warn!(error = %chain(&*e), "heartbeat failed");
+            }
+        }
+    };
+    let mut running = tokio::spawn(handler(ctx));
+    let outcome = tokio::select! {
+        r = &mut running => match r {
+            Ok(_) if stop.is_cancelled() => Outcome::Stopped,
+            Ok(result) => Outcome::Finished(result),
+            Err(e) => Outcome::Finished(Err(TaskFailure::retryable(format!("handler panicked: {e}")).with_code("PANIC"))),
+        },
+        _ = heartbeat => unreachable!("heartbeats never end"),
+        _ = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
+        _ = stop.cancelled() => Outcome::Stopped,
+        _ = shared.hand_back.cancelled() => Outcome::HandBack,
+    };
+    // Whatever ended the attempt, the handler stops now: it must not report further.
+    stop.cancel();
+    running.abort();
+    outcome
+}
+
+/// Turns an attempt's outcome into its event and the delivery's ack or NAK.
+async fn settle(shared: &Arc<Shared>, d: &Delivery, writer: &EventWriter, outcome: Outcome) {
+    match outcome {
+        Outcome::Finished(Ok(output)) => {
+            let done = Update {
+                state: TaskState::Succeeded,
+                progress: Some(Progress {
+                    fraction: 1.0,
+                    message: "done".into(),
+                }),
+                output: Some(json::json_to_value(&output)),
+                ..Update::default()
+            };
+            if store_outcome(shared, d, writer, done).await {
+                ack(&d.msg).await;
+            }
+        }
+        Outcome::Finished(Err(f)) => retry_or_fail(shared, d, writer, f).await,
+        Outcome::TimedOut(timeout) => {
+            let f = TaskFailure::retryable(format!(
+                "attempt {} ran past its {timeout:?} timeout",
+                d.attempt
+            ))
+            .with_code("DEADLINE_EXCEEDED");
+            retry_or_fail(shared, d, writer, f).await
+        }
+        // Cancelled (the api wrote CANCELLED) or taken over by another worker.
+        Outcome::Stopped => ack_if_finished(shared, d).await,
+        Outcome::HandBack => {
+            let f = TaskFailure::retryable("the worker shut down").with_code("WORKER_SHUTDOWN");
+            if store_outcome(shared, d, writer, retrying(&f)).await {
+                let _ = d.msg.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+}
+
+async fn retry_or_fail(shared: &Arc<Shared>, d: &Delivery, writer: &EventWriter, f: TaskFailure) {
+    if !f.retryable || d.attempt >= d.body.max_attempts {
+        let failed = Update {
+            state: TaskState::Failed,
+            error: Some(task_error(&f)),
+            ..Update::default()
+        };
+        if store_outcome(shared, d, writer, failed).await {
+            tracing::warn!(error = %f, "task failed");
+            dead_letter_and_ack(shared, d, Some(&task_error(&f))).await;
+        }
+        return;
+    }
+    if store_outcome(shared, d, writer, retrying(&f)).await {
+        let delay = shared.config.backoff().delay(d.attempt);
+        tracing::info!(?delay, error = %f, "attempt failed; retrying after backoff");
+        let _ = d.msg.ack_with(AckKind::Nak(Some(delay))).await;
+    }
+}
+
+/// Stores an attempt's outcome event, trying a few times through a short outage.
+/// True: stored, the caller settles the delivery. False: not this attempt's to settle
+/// (the history moved on, and that is handled here) or NATS did not take it (the
+/// message is left for redelivery).
+async fn store_outcome(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    writer: &EventWriter,
+    u: Update,
+) -> bool {
+    let mut retries = OUTCOME_RETRY.retries();
+    loop {
+        match writer.write(u.clone()).await {
+            Ok(_) => return true,
+            Err(nats::Error::Conflict) => {
+                // Someone else wrote the task's history first (cancel, takeover).
+                ack_if_finished(shared, d).await;
+                return false;
+            }
+            Err(e) if retries.count() + 1 < OUTCOME_TRIES => {
+                tracing::warn!(error = %chain(&e), "outcome event not stored; retrying");
+                retries.wait().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "outcome event not stored; the task is redelivered");
+                return false;
+            }
+        }
+    }
+}
+
+/// Copies a failed task to the DLQ, then acks; if the copy fails, the message is left
+/// for redelivery, whose history read finds FAILED and copies it again.
+async fn dead_letter_and_ack(shared: &Arc<Shared>, d: &Delivery, error: Option<&TaskError>) {
+    match nats::publish_dead_letter(&shared.js, &d.body, error).await {
+        Ok(()) => ack(&d.msg).await,
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "dead-letter publish failed; the task is redelivered")
+        }
+    }
+}
+
+/// After losing the history: ack only if the task is finished (e.g. the api cancelled
+/// it). If another worker took the task over, this delivery's ack would remove the
+/// message that worker still needs for its own retry, so leave it.
+async fn ack_if_finished(shared: &Arc<Shared>, d: &Delivery) {
+    match shared.history.last(d.id).await {
+        Ok(Some(last)) if last.is_terminal() => {
+            tracing::info!(state = ?last.state(), "task finished elsewhere; acking");
+            ack(&d.msg).await;
+        }
+        Ok(_) => tracing::info!("task taken over by another worker; leaving its message"),
+        Err(e) => tracing::warn!(error = %chain(&e), "cannot read history; leaving the message"),
+    }
+}
+
+async fn ack(msg: &jetstream::Message) {
+    if let Err(e) = msg.ack().await {
+        // The outcome is stored: a redelivery will see it and ack then.
+        tracing::warn!(error = %chain(&*e), "ack failed");
+    }
+}
+
+fn retrying(f: &TaskFailure) -> Update {
+    Update {
+        state: TaskState::Retrying,
+        error: Some(task_error(f)),
+        ..Update::default()
+    }
+}
+
+fn task_error(f: &TaskFailure) -> TaskError {
+    TaskError {
+        code: f.code.clone(),
+        message: f.message.clone(),
+        retryable: f.retryable,
+    }
+}

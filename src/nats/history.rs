@@ -1,0 +1,209 @@
+//! A task's history: its events in TASKWIRE_EVENTS, and the one way to append to it.
+//!
+//! Every writer (the worker holding a delivery, the api cancelling, the recorder
+//! failing a task JetStream gave up on) appends with Nats-Expected-Last-Subject-Sequence
+//! = the newest seq it knows, so a task's history is linear and whoever appends second
+//! loses ([`Error::Conflict`]). Nothing is appended after a terminal event: the writer
+//! reads the newest event first and stops if the task is finished
+//! ([`History::append_unless_finished`]). An event's seq is the stream sequence it is
+//! stored at, so seqs strictly increase within a task.
+
+use async_nats::jetstream::{
+    Context,
+    message::PublishMessage,
+    stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream},
+};
+use bytes::Bytes;
+use prost::Message;
+
+use super::{Error, SCHEMA_HEADER, SCHEMA_VERSION, event_subject, send};
+use crate::{
+    domain::TaskId,
+    json,
+    pb::{internal::v1::Event, v1::TaskState},
+    store::EventUpdate,
+};
+
+/// How many times an append reads the history again after losing a race, before it
+/// gives up with [`Error::Conflict`]. A busy task (progress events every few ms) can
+/// make a cancel lose a few times.
+const TRIES: usize = 20;
+
+/// An event as stored, with its seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The stream sequence it is stored at.
+    pub seq: u64,
+    /// The event.
+    pub event: Event,
+}
+
+impl Stored {
+    /// The task's state after this event.
+    pub fn state(&self) -> TaskState {
+        TaskState::try_from(self.event.state).unwrap_or(TaskState::Unspecified)
+    }
+
+    /// Whether the task ended with this event.
+    pub fn is_terminal(&self) -> bool {
+        self.state().is_terminal()
+    }
+
+    /// The change this event makes to its task's record.
+    pub fn to_update(&self) -> Result<EventUpdate, Error> {
+        EventUpdate::from_event(self.seq, &self.event).map_err(|e| {
+            Error::bad_message(
+                format!("event {} of task {}", self.seq, self.event.task_id),
+                e,
+            )
+        })
+    }
+}
+
+/// What [`History::append_unless_finished`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// The event was appended.
+    Appended(Stored),
+    /// Nothing was appended: the history already ends with this terminal event.
+    Finished(Stored),
+}
+
+/// What the appender knows of the history before its first try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing: read the newest event first.
+    Read,
+    /// It is most likely empty (a task's first delivery): try "expected seq 0" without
+    /// a read, and read only if that loses.
+    LikelyEmpty,
+}
+
+/// Reads and appends to tasks' histories. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct History {
+    js: Context,
+    events: Stream,
+}
+
+impl History {
+    /// Opens TASKWIRE_EVENTS (it exists once the streams are set up).
+    pub async fn open(js: &Context) -> Result<Self, Error> {
+        Ok(Self {
+            js: js.clone(),
+            events: super::open_stream(js, super::EVENTS_STREAM).await?,
+        })
+    }
+
+    /// The newest event of a task, or `None` if it has none.
+    pub async fn last(&self, id: TaskId) -> Result<Option<Stored>, Error> {
+        match self
+            .events
+            .get_last_raw_message_by_subject(&event_subject(id))
+            .await
+        {
+            Ok(msg) => Ok(Some(Stored {
+                seq: msg.sequence,
+                event: decode(id, msg.sequence, msg.payload)?,
+            })),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::unavailable(
+                format!("reading the history of task {id}"),
+                e,
+            )),
+        }
+    }
+
+    /// The first stored event of a task with seq > `after`, or `None` if there is none
+    /// (yet). Reads by direct get, from any replica of the stream. An event that does
+    /// not decode (no version of taskwire wrote it) is logged and skipped, so it cannot
+    /// stop every reader of the task.
+    pub async fn next_after(&self, id: TaskId, mut after: u64) -> Result<Option<Stored>, Error> {
+        loop {
+            let msg = match self
+                .events
+                .direct_get_next_for_subject(event_subject(id), Some(after + 1))
+                .await
+            {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(Error::unavailable(
+                        format!("reading the history of task {id}"),
+                        e,
+                    ));
+                }
+            };
+            match decode(id, msg.sequence, msg.payload) {
+                Ok(event) => {
+                    return Ok(Some(Stored {
+                        seq: msg.sequence,
+                        event,
+                    }));
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::telemetry::chain(&e), "undecodable event skipped");
+                    after = msg.sequence;
+                }
+            }
+        }
+    }
+
+    /// Appends `event` if the task's newest seq is still `expected_last` (0: the task
+    /// has no events); returns its seq, or [`Error::Conflict`] if someone else wrote
+    /// first.
+    pub async fn append(&self, event: &Event, expected_last: u64) -> Result<u64, Error> {
+        let id = TaskId::parse(&event.task_id)
+            .map_err(|e| Error::bad_message("an event to append", e))?;
+        let msg = PublishMessage::build()
+            .payload(Bytes::from(event.encode_to_vec()))
+            .header(SCHEMA_HEADER, SCHEMA_VERSION)
+            .expected_last_subject_sequence(expected_last);
+        send(&self.js, event_subject(id), msg, "appending an event").await
+    }
+
+    /// Appends the event `next` makes from the newest one (`None`: the history is
+    /// empty), unless the task is already finished; after a lost race it reads again
+    /// and asks `next` again. [`Error::Conflict`] only if it keeps losing.
+    pub async fn append_unless_finished(
+        &self,
+        id: TaskId,
+        start: Start,
+        mut next: impl FnMut(Option<&Stored>) -> Event,
+    ) -> Result<Appended, Error> {
+        let mut read = start == Start::Read;
+        for _ in 0..TRIES {
+            let last = if read { self.last(id).await? } else { None };
+            read = true;
+            if let Some(finished) = last.as_ref().filter(|l| l.is_terminal()) {
+                return Ok(Appended::Finished(finished.clone()));
+            }
+            let event = next(last.as_ref());
+            match self
+                .append(&event, last.as_ref().map_or(0, |l| l.seq))
+                .await
+            {
+                Ok(seq) => return Ok(Appended::Appended(Stored { seq, event })),
+                Err(Error::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict)
+    }
+}
+
+/// A new event of task `id` at the current time; callers fill in the rest.
+pub fn new_event(id: TaskId, kind: &str, state: TaskState, attempt: u32) -> Event {
+    Event {
+        task_id: id.to_string(),
+        time: Some(json::micros_to_timestamp(json::now_micros())),
+        state: state as i32,
+        attempt,
+        kind: kind.to_string(),
+        ..Default::default()
+    }
+}
+
+fn decode(id: TaskId, seq: u64, payload: Bytes) -> Result<Event, Error> {
+    Event::decode(payload).map_err(|e| Error::bad_message(format!("event {seq} of task {id}"), e))
+}

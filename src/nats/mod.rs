@@ -1,0 +1,225 @@
+//! taskwire's protocol on NATS, spelled out in one place: subjects, headers, streams,
+//! consumers, the append to a task's history, and the few calls every process makes.
+//! No other module spells a subject, a header or a stream setting. docs/protocol.md is
+//! the prose twin of this module, for workers in other languages.
+//!
+//! | subject                     | stream              | carries                           |
+//! |-----------------------------|---------------------|-----------------------------------|
+//! | `taskwire.tasks.<kind>`     | TASKWIRE_TASKS      | one message per task (work queue) |
+//! | `taskwire.events.<task_id>` | TASKWIRE_EVENTS     | every state change and progress   |
+//! | `taskwire.live.<task_id>`   | (RePublish of EVENTS) | stored events only, for watchers |
+//! | `taskwire.cancel.<task_id>` | core NATS           | cancel signal to the worker       |
+//! | `taskwire.dlq.<kind>`       | TASKWIRE_DLQ        | copies of failed tasks            |
+//! | `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TASKWIRE_TASKS.*` | TASKWIRE_ADVISORIES | deliveries JetStream gave up on |
+//!
+//! # Layout
+//! - [`subjects`]: subject names and parsers, headers, the live (republished) message.
+//! - [`streams`]: the four streams and the three kinds of durable consumer.
+//! - [`history`]: a task's event history and the one way to append to it.
+
+pub mod history;
+pub mod streams;
+pub mod subjects;
+
+use std::time::Duration;
+
+use async_nats::{
+    Client, ConnectOptions,
+    connection::State,
+    jetstream::{self, Context, context::PublishErrorKind, message::PublishMessage},
+};
+use bytes::Bytes;
+use prost::Message;
+
+pub use history::{Appended, History, Start, Stored, new_event};
+pub use streams::{
+    ADVISORIES_STREAM, DLQ_STREAM, EVENTS_PER_TASK, EVENTS_STREAM, StreamSettings, TASKS_STREAM,
+    kind_consumer, open_stream, setup_advisory_consumer, setup_kind_consumer,
+    setup_recorder_consumer, setup_streams,
+};
+pub use subjects::{
+    ERROR_CODE_HEADER, ERROR_RETRYABLE_HEADER, LiveEvent, SCHEMA_HEADER, SCHEMA_VERSION,
+    cancel_subject, dlq_subject, event_subject, live_subject, task_subject,
+};
+
+use crate::pb::{internal::v1::TaskMessage, v1::TaskError};
+
+/// Any error a NATS call can fail with, kept as the cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a NATS call failed, as callers need to tell it apart. Each keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// NATS could not be reached, or did not answer within the deadline; retryable.
+    #[error("NATS unavailable: {what}")]
+    Unavailable {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A conditional publish lost: someone else wrote to the task's subject first
+    /// (Nats-Expected-Last-Subject-Sequence did not match).
+    #[error("another writer changed the task first")]
+    Conflict,
+    /// A message body that does not decode: a protocol bug or a foreign writer.
+    #[error("bad message: {what}")]
+    BadMessage {
+        /// Which message.
+        what: String,
+        /// Why it does not decode.
+        #[source]
+        source: BoxError,
+    },
+    /// The server answered, but refused (no such stream, payload too large, ...).
+    #[error("NATS refused {what}")]
+    Refused {
+        /// What was being done.
+        what: String,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// NATS unavailable while doing `what`.
+    pub fn unavailable(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A message about `what` that does not decode.
+    pub fn bad_message(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::BadMessage {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether trying again later may succeed (NATS unreachable or slow, a lost race).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Conflict => true,
+            Error::BadMessage { .. } | Error::Refused { .. } => false,
+        }
+    }
+}
+
+/// Connects to NATS with a deadline; the client reconnects by itself afterwards.
+pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Client, Error> {
+    ConnectOptions::new()
+        .name(name)
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .connect(url)
+        .await
+        .map_err(|e| Error::unavailable(format!("connecting to {url}"), e))
+}
+
+/// What every process does first: connect (as `name`), and create or update the
+/// streams. Returns the client and a JetStream context with the same deadline.
+pub async fn join(
+    nats: &crate::config::NatsArgs,
+    streams: &crate::config::StreamArgs,
+    name: &str,
+) -> Result<(Client, Context), Error> {
+    let client = connect(&nats.nats_url, name, nats.nats_timeout).await?;
+    let js = jetstream(client.clone(), nats.nats_timeout);
+    setup_streams(&js, &streams.settings()).await?;
+    Ok((client, js))
+}
+
+/// A JetStream context whose every request and publish ack has `timeout`.
+pub fn jetstream(client: Client, timeout: Duration) -> Context {
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client)
+}
+
+/// Whether the client is connected now: checked before side effects, so that a call
+/// made while NATS is down fails fast with UNAVAILABLE and changes nothing.
+pub fn is_connected(client: &Client) -> bool {
+    client.connection_state() == State::Connected
+}
+
+/// Waits until everything the client has buffered is sent, at most `timeout`: a
+/// process that stops flushes what it published, but never waits for a NATS that is
+/// gone (an unbounded flush hung `taskwire dev`'s Ctrl-C).
+pub async fn flush(client: &Client, timeout: Duration) {
+    match tokio::time::timeout(timeout, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %crate::telemetry::chain(&e), "flush failed"),
+        Err(_) => tracing::warn!(?timeout, "NATS did not take the last messages in time"),
+    }
+}
+
+/// Publishes a task on its subject ([`task_subject`], kept in the outbox row) with
+/// Nats-Msg-Id = its id, so a second publish (the relay after a crash) within the
+/// duplicate window is dropped; waits for JetStream's ack. `payload` is the encoded
+/// [`TaskMessage`].
+pub async fn publish_task(
+    js: &Context,
+    subject: String,
+    task_id: &str,
+    payload: Bytes,
+) -> Result<u64, Error> {
+    let msg = PublishMessage::build()
+        .payload(payload)
+        .message_id(task_id)
+        .header(SCHEMA_HEADER, SCHEMA_VERSION);
+    send(js, subject, msg, "publishing a task").await
+}
+
+/// Copies a dead task to `taskwire.dlq.<kind>` (Nats-Msg-Id = task id, so doing it
+/// again after a crash stores it once), with the error in headers.
+pub async fn publish_dead_letter(
+    js: &Context,
+    body: &TaskMessage,
+    error: Option<&TaskError>,
+) -> Result<(), Error> {
+    let mut msg = PublishMessage::build()
+        .payload(Bytes::from(body.encode_to_vec()))
+        .message_id(&body.task_id)
+        .header(SCHEMA_HEADER, SCHEMA_VERSION);
+    if let Some(e) = error {
+        msg = msg.header(ERROR_CODE_HEADER, e.code.as_str()).header(
+            ERROR_RETRYABLE_HEADER,
+            if e.retryable { "true" } else { "false" },
+        );
+    }
+    send(js, dlq_subject(&body.kind), msg, "publishing a dead letter").await?;
+    Ok(())
+}
+
+/// Publishes and waits for JetStream's ack under the context's timeout; returns the
+/// stream sequence the message is stored at.
+async fn send(
+    js: &Context,
+    subject: String,
+    msg: PublishMessage,
+    what: &str,
+) -> Result<u64, Error> {
+    let map = |e: jetstream::context::PublishError| match e.kind() {
+        PublishErrorKind::WrongLastSequence => Error::Conflict,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Error::unavailable(what, e),
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::Other => Error::Refused {
+            what: what.to_string(),
+            source: e.into(),
+        },
+    };
+    let ack = js
+        .send_publish(subject, msg)
+        .await
+        .map_err(map)?
+        .await
+        .map_err(map)?;
+    Ok(ack.sequence)
+}

@@ -1,0 +1,252 @@
+//! The four streams and the durable consumers on them, created or updated by every
+//! process at start-up (idempotent), so whichever starts first sets them up and a
+//! restart or another replica leaves them as they are.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    Context,
+    consumer::{AckPolicy, Consumer, DeliverPolicy, pull},
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+use super::{
+    Error,
+    subjects::{self, DLQ_ALL, EVENTS_ALL, LIVE_ALL, MAX_DELIVERIES_ADVISORIES, TASKS_ALL},
+};
+
+/// The work queue: one message per task, on `taskwire.tasks.<kind>`.
+pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
+/// Every task's event history, on `taskwire.events.<task_id>`.
+pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
+/// Copies of failed tasks, on `taskwire.dlq.<kind>`.
+pub const DLQ_STREAM: &str = "TASKWIRE_DLQ";
+/// Captures JetStream's MAX_DELIVERIES advisories for the task stream. Advisories are
+/// core (at-most-once) messages; a stream keeps them until the recorder handles them.
+pub const ADVISORIES_STREAM: &str = "TASKWIRE_ADVISORIES";
+/// The recorder's durable consumer on TASKWIRE_EVENTS.
+pub const RECORDER_CONSUMER: &str = "taskwire-recorder";
+/// The recorder's durable consumer on TASKWIRE_ADVISORIES.
+pub const ADVISORY_CONSUMER: &str = "taskwire-recorder-advisories";
+
+/// Events kept per task in TASKWIRE_EVENTS (the oldest go first).
+pub const EVENTS_PER_TASK: i64 = 100_000;
+
+/// Settings of the streams, shared by every process (the same flags with the same
+/// defaults everywhere).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// JetStream drops a second message with the same Nats-Msg-Id within this window;
+    /// it must outlast the api's outbox lease so a relayed duplicate is dropped.
+    pub duplicate_window: Duration,
+    /// How long task events are kept, for watchers that resume late and for replay.
+    pub events_max_age: Duration,
+    /// Replicas per stream (R3 on a production cluster).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            duplicate_window: Duration::from_secs(10 * 60),
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+        }
+    }
+}
+
+/// Creates or updates the streams. Idempotent: every process calls it at start-up.
+pub async fn setup_streams(js: &Context, s: &StreamSettings) -> Result<(), Error> {
+    let file = |name: &str, subjects: &str| stream::Config {
+        name: name.to_string(),
+        subjects: vec![subjects.to_string()],
+        storage: StorageType::File,
+        duplicate_window: s.duplicate_window,
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    let tasks = stream::Config {
+        // Work queue: a task's message is gone once a worker acks it. Each kind has its
+        // own consumer (see `kind_consumer`), so kinds served by different workers, in
+        // any language, never take each other's tasks.
+        retention: RetentionPolicy::WorkQueue,
+        ..file(TASKS_STREAM, TASKS_ALL)
+    };
+    let events = stream::Config {
+        retention: RetentionPolicy::Limits,
+        max_age: s.events_max_age,
+        max_messages_per_subject: EVENTS_PER_TASK,
+        discard: DiscardPolicy::Old,
+        // Watchers follow the republished subject: it carries only events JetStream
+        // stored, each with Nats-Sequence and Nats-Last-Sequence to detect a gap. (A
+        // core subscription on the events subjects would also receive publishes that
+        // JetStream rejected.)
+        republish: Some(stream::Republish {
+            source: EVENTS_ALL.to_string(),
+            destination: LIVE_ALL.to_string(),
+            headers_only: false,
+        }),
+        allow_direct: true,
+        ..file(EVENTS_STREAM, EVENTS_ALL)
+    };
+    let dlq = stream::Config {
+        retention: RetentionPolicy::Limits,
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..file(DLQ_STREAM, DLQ_ALL)
+    };
+    let advisories = stream::Config {
+        retention: RetentionPolicy::Limits,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..file(ADVISORIES_STREAM, MAX_DELIVERIES_ADVISORIES)
+    };
+    for config in [tasks, events, dlq, advisories] {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| Error::unavailable(format!("setting up stream {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Opens one of taskwire's streams (they exist once [`setup_streams`] ran).
+pub async fn open_stream(js: &Context, name: &str) -> Result<stream::Stream, Error> {
+    js.get_stream(name)
+        .await
+        .map_err(|e| Error::unavailable(format!("opening stream {name}"), e))
+}
+
+/// The durable consumer name for the tasks of one kind on TASKWIRE_TASKS. Names may
+/// not hold dots, so they are replaced, and a hash of the kind keeps "a.b" and "a_b"
+/// apart.
+pub fn kind_consumer(kind: &str) -> String {
+    // FNV-1a: stable across builds and languages (docs/protocol.md gives it).
+    let hash = kind.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "taskwire-kind-{}-{:08x}",
+        kind.replace('.', "_"),
+        hash as u32
+    )
+}
+
+/// Creates or updates the durable pull consumer of one kind's tasks: explicit acks,
+/// redelivery after `ack_wait` without an ack or heartbeat, no `backoff` list (a
+/// retry's delay is the worker's NAK delay), and `max_deliver` as a backstop above any
+/// task's own max_attempts.
+pub async fn setup_kind_consumer(
+    js: &Context,
+    kind: &str,
+    ack_wait: Duration,
+    max_deliver: i64,
+) -> Result<Consumer<pull::Config>, Error> {
+    let name = kind_consumer(kind);
+    create_consumer(
+        js,
+        TASKS_STREAM,
+        pull::Config {
+            durable_name: Some(name),
+            filter_subject: subjects::task_subject(kind),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            // A worker enforces the task's own limit from the delivery count; when
+            // this cap is reached, the recorder handles the MAX_DELIVERIES advisory.
+            max_deliver,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The recorder's durable consumer on TASKWIRE_EVENTS: every event, acked after its
+/// batch is committed.
+pub async fn setup_recorder_consumer(js: &Context) -> Result<Consumer<pull::Config>, Error> {
+    create_consumer(
+        js,
+        EVENTS_STREAM,
+        pull::Config {
+            durable_name: Some(RECORDER_CONSUMER.to_string()),
+            filter_subject: EVENTS_ALL.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 50_000,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The recorder's durable consumer on TASKWIRE_ADVISORIES.
+pub async fn setup_advisory_consumer(js: &Context) -> Result<Consumer<pull::Config>, Error> {
+    create_consumer(
+        js,
+        ADVISORIES_STREAM,
+        pull::Config {
+            durable_name: Some(ADVISORY_CONSUMER.to_string()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn create_consumer(
+    js: &Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<Consumer<pull::Config>, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    open_stream(js, stream)
+        .await?
+        .create_consumer(config)
+        .await
+        .map_err(|e| Error::unavailable(format!("setting up consumer {name}"), e))
+}
+
+/// Whether a worker has ever served `kind`: workers create the kind's consumer when
+/// they start, and it outlives them. A submit of a kind without one waits for a worker
+/// that may never come (usually a typo), so the api warns.
+pub async fn kind_has_consumer(js: &Context, kind: &str) -> Result<bool, Error> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    let tasks = js
+        .get_stream_no_info(TASKS_STREAM)
+        .await
+        .map_err(|e| Error::unavailable("opening the task stream", e))?;
+    match tasks.consumer_info(kind_consumer(kind)).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::unavailable(
+            format!("reading the consumer of kind {kind}"),
+            e,
+        )),
+    }
+}
+
+/// Where the recorder stands: every event up to `recorded_through` is in the
+/// database (the recorder acks an event only once its batch is committed), and the
+/// stream's newest event is `stream_last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecorderPosition {
+    /// The newest event's seq in TASKWIRE_EVENTS.
+    pub stream_last: u64,
+    /// The recorder consumer's ack floor: all events up to it are recorded.
+    pub recorded_through: u64,
+}
+
+/// Reads [`RecorderPosition`]: two JetStream API requests.
+pub async fn recorder_position(js: &Context) -> Result<RecorderPosition, Error> {
+    // Opening the stream reads its state.
+    let events = open_stream(js, EVENTS_STREAM).await?;
+    let stream_last = events.cached_info().state.last_sequence;
+    let recorder = events
+        .consumer_info(RECORDER_CONSUMER)
+        .await
+        .map_err(|e| Error::unavailable("reading the recorder's position", e))?;
+    Ok(RecorderPosition {
+        stream_last,
+        recorded_through: recorder.ack_floor.stream_sequence,
+    })
+}

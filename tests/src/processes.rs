@@ -1,0 +1,234 @@
+//! The built binaries as child processes, for tests that kill or signal them.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{connect, eventually, free_port, venv_bin, wait_serving, workspace_bin};
+
+/// The `taskwire-api` binary as a child process, killed on drop.
+#[derive(Debug)]
+pub struct ApiProcess {
+    pub addr: SocketAddr,
+    proc: Proc,
+}
+
+impl ApiProcess {
+    /// Starts it on a free port with extra environment, and waits until it answers.
+    pub async fn spawn(nats_url: &str, db_url: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut child = Command::new(workspace_bin("taskwire-api"));
+        child
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--nats-url",
+                nats_url,
+                "--database-url",
+                db_url,
+            ])
+            .args([
+                "--nats-timeout",
+                "2s",
+                "--outbox-lease",
+                "3s",
+                "--outbox-poll",
+                "100ms",
+            ])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        let p = Self {
+            addr,
+            proc: Proc::spawn(&mut child, "taskwire-api"),
+        };
+        eventually("the api process answers", || async move {
+            let mut c = connect(addr).await.ok()?;
+            c.list_tasks(taskwire::pb::v1::ListTasksRequest::default())
+                .await
+                .ok()
+        })
+        .await;
+        p
+    }
+
+    /// Waits for it to exit by itself (e.g. an injected abort) and returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.proc.wait_exit().await
+    }
+}
+
+/// A binary of this workspace running as a child process; killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    what: &'static str,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, what: &'static str) -> Self {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{what} starts: {e}"));
+        Self { child, what }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process dies at once, whatever it holds.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.what);
+    }
+
+    /// Waits for it to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let what = self.what;
+        eventually(&format!("{what} exits"), || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `taskwire-worker` binary as a child process (built-in kinds), for tests that
+/// kill it. Killed on drop.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    proc: Proc,
+}
+
+impl WorkerProcess {
+    pub fn spawn(nats_url: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(workspace_bin("taskwire-worker"));
+        cmd.args([
+            "--nats-url",
+            nats_url,
+            "--ack-wait",
+            "2s",
+            "--backoff-base",
+            "200ms",
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+        Self {
+            proc: Proc::spawn(&mut cmd, "taskwire-worker"),
+        }
+    }
+
+    /// SIGKILL: the process dies at once, whatever it holds.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// SIGTERM: a graceful shutdown.
+    pub fn terminate(&self) {
+        self.proc.signal("TERM");
+    }
+
+    /// Waits for it to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.proc.wait_exit().await
+    }
+}
+
+/// `taskwire dev` as a child process on a free port with the given data dir.
+#[derive(Debug)]
+pub struct DevProcess {
+    pub addr: SocketAddr,
+    proc: Proc,
+    data_dir: PathBuf,
+}
+
+impl DevProcess {
+    pub async fn spawn(data_dir: &Path) -> Self {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut cmd = Command::new(workspace_bin("taskwire"));
+        cmd.args([
+            "dev",
+            "--listen",
+            &addr.to_string(),
+            "--web-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--nats-server")
+        .arg(venv_bin("nats-server"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+        let proc = Proc::spawn(&mut cmd, "taskwire dev");
+        wait_serving(addr).await;
+        Self {
+            addr,
+            proc,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// SIGINT, as Ctrl-C; waits for the exit.
+    pub async fn interrupt(&mut self) -> std::process::ExitStatus {
+        self.proc.signal("INT");
+        self.proc.wait_exit().await
+    }
+}
+
+impl Drop for DevProcess {
+    /// Stops it as Ctrl-C would; if it is already dead (a test killed it), its
+    /// orphaned nats-server is stopped through the pid file, so no test leaves one.
+    fn drop(&mut self) {
+        if !self.proc.exited() {
+            self.proc.signal("INT");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !self.proc.exited() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.proc.kill();
+        if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("nats-server.pid")) {
+            let pid = pid.trim();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("nats-server") {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+    }
+}
+
+/// Runs the `taskwire` CLI with `args` (blocking; call from spawn_blocking).
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(workspace_bin("taskwire"))
+        .args(args)
+        .env_remove("TASKWIRE_ADDR")
+        .output()
+        .expect("taskwire runs")
+}
