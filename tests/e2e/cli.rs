@@ -2,12 +2,9 @@
 //! test, --json lines, a dev process killed mid-task and restarted, Ctrl-C that leaves
 //! no nats-server behind.
 
-use std::path::Path;
+use taskwire_tests::{DevProcess, cli, venv_bin};
 
-use taskwire::pb::v1::TaskState;
-use taskwire_tests::{DevProcess, cli, eventually, venv_bin};
-
-async fn run(args: Vec<String>) -> std::process::Output {
+pub(crate) async fn run(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         cli(&refs)
@@ -16,27 +13,14 @@ async fn run(args: Vec<String>) -> std::process::Output {
     .unwrap()
 }
 
-fn args(addr: &str, rest: &[&str]) -> Vec<String> {
+pub(crate) fn args(addr: &str, rest: &[&str]) -> Vec<String> {
     let mut v = vec!["--addr".to_string(), format!("http://{addr}")];
     v.extend(rest.iter().map(|s| s.to_string()));
     v
 }
 
-fn stdout(o: &std::process::Output) -> String {
+pub(crate) fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn nats_pid(data_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(data_dir.join("nats-server.pid"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,62 +160,4 @@ async fn unreachable_server_exits_5() {
     ])
     .await;
     assert_eq!(out.status.code(), Some(5));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_survives_kill_9_and_ctrl_c_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut dev = DevProcess::spawn(dir.path()).await;
-    let addr = dev.addr.to_string();
-    let out = run(args(
-        &addr,
-        &[
-            "submit",
-            "demo.sleep",
-            "--input",
-            r#"{"seconds":3,"steps":12}"#,
-        ],
-    ))
-    .await;
-    assert_eq!(out.status.code(), Some(0));
-    let id = stdout(&out).trim().to_string();
-    eventually("the task is running", || {
-        let a = args(&addr, &["status", &id, "--json"]);
-        async move {
-            let out = run(a).await;
-            let t: serde_json::Value = serde_json::from_str(stdout(&out).trim()).ok()?;
-            (t["progress"]["fraction"].as_f64()? > 0.0).then_some(())
-        }
-    })
-    .await;
-    let first_nats = nats_pid(dir.path()).expect("pid file");
-    dev.kill(); // kill -9, mid-task: its nats-server is orphaned, still running
-    // Not dropped: its Drop would stop the orphan, which the restart below must do.
-    std::mem::forget(dev);
-
-    // Restarted on the same data dir: the old nats-server is replaced, the task finishes.
-    let mut dev = DevProcess::spawn(dir.path()).await;
-    assert!(!alive(&first_nats), "the orphaned nats-server was stopped");
-    let addr = dev.addr.to_string();
-    let out = run(args(&addr, &["watch", &id, "--json"])).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last: serde_json::Value =
-        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
-    assert_eq!(last["state"], TaskState::Succeeded.as_str_name());
-    assert!(
-        last["attempt"].as_u64().unwrap() >= 2,
-        "finished by a second attempt"
-    );
-
-    // Ctrl-C: dev exits cleanly and its nats-server is gone.
-    let nats = nats_pid(dir.path()).expect("pid file");
-    assert!(alive(&nats));
-    let status = dev.interrupt().await;
-    assert!(status.success(), "{status:?}");
-    assert!(!alive(&nats), "Ctrl-C left nats-server {nats} running");
 }

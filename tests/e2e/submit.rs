@@ -6,7 +6,10 @@ use taskwire::{
     json,
     pb::v1::{GetStatusRequest, SubmitTaskRequest, TaskState},
 };
-use taskwire_tests::{Api, Db, NatsServer, api_config, both_databases, tasks_in_stream};
+use taskwire_tests::{
+    Api, Db, NatsServer, Running, Stack, api_config, both_databases, eventually, tasks_in_stream,
+    wait_terminal,
+};
 
 async fn submit_stores_and_enqueues(db: Db) {
     let nats = NatsServer::start();
@@ -89,4 +92,82 @@ async fn default_max_attempts_applies(db: Db) {
     assert_eq!(task.max_attempts, 3, "the server default");
 }
 
-both_databases!(submit_stores_and_enqueues, default_max_attempts_applies);
+/// A kind no worker has ever served is accepted, queued, with a warning that says so;
+/// once a worker for it has started, the warning is gone (after the api's short
+/// memory of unserved kinds, a second).
+async fn an_unserved_kind_is_accepted_with_a_warning(db: Db) {
+    let stack = Stack::start(db).await;
+    let mut client = stack.client().await;
+    // The stack's worker starts beside the api: once it has, the demo kinds are served.
+    let served = eventually("demo.echo is served", || {
+        let mut c = client.clone();
+        async move {
+            let r = c
+                .submit_task(super::submit_req("demo.echo", serde_json::json!(1)))
+                .await
+                .ok()?
+                .into_inner();
+            r.warning.is_empty().then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(served.warning, "", "the demo kinds have a worker");
+
+    let unserved = client
+        .submit_task(super::submit_req(
+            "nobody.serves.this",
+            serde_json::json!(1),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        unserved.warning.contains("nobody.serves.this") && unserved.warning.contains("no worker"),
+        "{unserved:?}"
+    );
+    let task = client
+        .get_status(GetStatusRequest {
+            task_id: unserved.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.state, TaskState::Queued as i32, "accepted, waiting");
+
+    // A worker for the kind starts: it runs the waiting task, and new submits of the
+    // kind carry no warning.
+    let mut registry = taskwire_worker::Registry::new();
+    registry.register("nobody.serves.this", |_ctx| async {
+        Ok(serde_json::json!("ran"))
+    });
+    let config = taskwire_tests::worker_config(&stack.nats.url());
+    let _worker = Running::spawn(|s| async move {
+        taskwire_worker::run(config, registry, s)
+            .await
+            .expect("worker runs");
+    });
+    let t = wait_terminal(&client, &unserved.task_id).await;
+    assert_eq!(t.state, TaskState::Succeeded as i32, "{t:?}");
+    let warning = eventually("the kind counts as served", || {
+        let mut c = client.clone();
+        async move {
+            let r = c
+                .submit_task(super::submit_req(
+                    "nobody.serves.this",
+                    serde_json::json!(2),
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            r.warning.is_empty().then_some(r.warning)
+        }
+    })
+    .await;
+    assert_eq!(warning, "");
+}
+
+both_databases!(
+    submit_stores_and_enqueues,
+    default_max_attempts_applies,
+    an_unserved_kind_is_accepted_with_a_warning
+);

@@ -291,9 +291,21 @@ async fn cancel_stops_a_running_task(db: Db) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Past the time a retry would take: CANCELLED is still the last event, and there
-    // was never a second attempt.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Acked off the work queue, and nothing pending or unacked on the kind's consumer:
+    // no delivery of it can come again, so no second attempt can ever run.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(
+            taskwire::nats::kind_consumer("demo.sleep"),
+            taskwire::nats::TASKS_STREAM,
+        )
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "nothing left to deliver: {info:?}"
+    );
     let events = task_events(&js, &id).await;
     let (last_seq, last) = events.last().unwrap();
     assert_eq!(

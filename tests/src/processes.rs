@@ -157,7 +157,9 @@ impl WorkerProcess {
     }
 }
 
-/// `taskwire dev` as a child process on a free port with the given data dir.
+/// `taskwire dev` as a child process on a free port with the given data dir, in a
+/// process group of its own, as a shell runs a job: [`DevProcess::interrupt`] sends
+/// SIGINT to the whole group, as Ctrl-C in a terminal does.
 #[derive(Debug)]
 pub struct DevProcess {
     pub addr: SocketAddr,
@@ -182,6 +184,7 @@ impl DevProcess {
         .arg(venv_bin("nats-server"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let proc = Proc::spawn(&mut cmd, "taskwire dev");
         wait_serving(addr).await;
         Self {
@@ -191,15 +194,47 @@ impl DevProcess {
         }
     }
 
+    /// SIGKILL to dev alone: its nats-server is orphaned.
     pub fn kill(&mut self) {
         self.proc.kill();
     }
 
-    /// SIGINT, as Ctrl-C; waits for the exit.
-    pub async fn interrupt(&mut self) -> std::process::ExitStatus {
-        self.proc.signal("INT");
+    /// Ctrl-C: SIGINT to dev's whole process group, as a terminal sends it.
+    pub fn interrupt(&self) {
+        let group = format!("-{}", self.proc.id());
+        let status = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -INT -- {group}");
+    }
+
+    /// Waits (up to `PATIENCE`) for dev to exit; returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.proc.wait_exit().await
     }
+
+    /// The pid of the nats-server dev started (from its pid file).
+    pub fn nats_pid(&self) -> Option<u32> {
+        nats_pid(&self.data_dir)
+    }
+}
+
+/// The pid in a dev data dir's nats-server pid file.
+pub fn nats_pid(data_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join("nats-server.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a process is alive (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 impl Drop for DevProcess {
@@ -208,17 +243,18 @@ impl Drop for DevProcess {
     fn drop(&mut self) {
         if !self.proc.exited() {
             self.proc.signal("INT");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
             while !self.proc.exited() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
         self.proc.kill();
-        if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("nats-server.pid")) {
-            let pid = pid.trim();
+        if let Some(pid) = self.nats_pid() {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains("nats-server") {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
         }
     }

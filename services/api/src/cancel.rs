@@ -13,6 +13,10 @@ use taskwire::{
 
 use crate::{error::ApiError, service::TaskApi};
 
+/// Most unseen events a cancel applies before its own (a task whose record trails by
+/// more is left to the recorder for the rest).
+const MAX_PROJECTED: usize = 1000;
+
 impl TaskApi {
     pub(crate) async fn cancel(&self, id: TaskId) -> Result<Task, ApiError> {
         let s = &self.shared;
@@ -37,27 +41,39 @@ impl TaskApi {
                 if let Err(e) = s.nats.publish(nats::cancel_subject(id), Bytes::new()).await {
                     tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "cancel signal not sent");
                 }
-                self.project(id, &stored).await?;
+                self.project(id, record.last_seq, &stored).await?;
                 tracing::info!(task_id = %id, seq = stored.seq, "task cancelled");
                 self.current(id).await
             }
             Appended::Finished(stored) => {
                 // The stream is ahead of the database: project the terminal event so
                 // the answer and the record agree, then answer.
-                self.project(id, &stored).await?;
+                self.project(id, record.last_seq, &stored).await?;
                 finished(id, stored.state())?;
                 self.current(id).await
             }
         }
     }
 
-    /// Applies an event to the record now rather than waiting for the recorder; the
-    /// recorder's later copy changes nothing (seq <= last_seq).
-    async fn project(&self, id: TaskId, stored: &Stored) -> Result<(), ApiError> {
-        self.shared
-            .store
-            .apply_event(id, &stored.to_update()?)
-            .await?;
+    /// Applies the task's events after `recorded` through `last` to its record now
+    /// rather than waiting for the recorder (whose later copies change nothing, by
+    /// seq). All of them, in one batch: applying only `last` would make the recorder
+    /// skip an unrecorded RUNNING event and lose the task's start time.
+    async fn project(&self, id: TaskId, recorded: u64, last: &Stored) -> Result<(), ApiError> {
+        let history = &self.shared.history;
+        let mut events = Vec::new();
+        let mut after = recorded;
+        while events.len() < MAX_PROJECTED {
+            match history.next_after(id, after).await? {
+                Some(next) if next.seq < last.seq => {
+                    after = next.seq;
+                    events.push((id, next.to_update()?));
+                }
+                _ => break,
+            }
+        }
+        events.push((id, last.to_update()?));
+        self.shared.store.apply_events(&events).await?;
         Ok(())
     }
 

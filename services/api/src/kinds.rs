@@ -66,7 +66,7 @@ impl KnownKinds {
         };
         (!served).then(|| {
             format!(
-                "no worker has served kind {kind:?} yet: the task waits, queued, until one \
+                "no worker has served kind \"{kind}\" yet: the task waits, queued, until one \
                  that registers this kind starts (is the kind spelled right?)"
             )
         })

@@ -3,8 +3,9 @@
 //! The database trails the event stream by the recorder's lag (milliseconds), so a
 //! client that watched a task to its end and then read it could be told it is still
 //! running. Reads therefore never show less than the stream holds:
-//! - A non-terminal record is shown with its task's newest event folded in (one direct
-//!   read of the stream per such task; a terminal record is final and read as is).
+//! - A non-terminal record is shown with the events it has not seen folded in, as the
+//!   recorder will apply them (a read of the stream's newest event per such task, and
+//!   one per unseen event; a terminal record is final and read as is).
 //! - A list filtered by a terminal state cannot see, in the database, a task whose
 //!   end is not recorded yet; such a list first waits (at most [`CATCH_UP`]) until the
 //!   recorder has recorded every event the stream held when the call came in.
@@ -28,6 +29,8 @@ use crate::{error::ApiError, service::TaskApi};
 
 /// The longest a terminal-state list waits for the recorder to catch up.
 const CATCH_UP: Duration = Duration::from_secs(1);
+/// Unseen events a read folds one by one before it folds only the newest.
+const FOLD_LIMIT: usize = 8;
 /// Stream reads in flight at once while freshening a page.
 const PARALLEL_READS: usize = 64;
 
@@ -60,28 +63,38 @@ impl TaskApi {
         })
     }
 
-    /// The record as of its task's newest event.
+    /// The record as of its task's newest event: the events it has not seen folded in
+    /// order, as the recorder will apply them. Exact when it trails by up to
+    /// [`FOLD_LIMIT`] events (the recorder's usual lag is one or two); beyond, the first
+    /// unseen ones and the newest are folded, so it is never older than the stream.
     async fn fresh(&self, mut record: TaskRecord) -> TaskRecord {
         if record.state.is_terminal() {
             return record;
         }
-        let newest = match self.shared.history.last(record.id).await {
-            Ok(Some(newest)) if newest.seq > record.last_seq => newest,
-            Ok(_) => return record,
-            Err(e) => {
-                tracing::debug!(task_id = %record.id, error = %chain(&e), "answering from the record alone");
-                return record;
-            }
-        };
-        match newest.to_update() {
-            Ok(update) => {
-                record.fold(&update);
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %record.id, error = %chain(&e), "newest event unreadable")
-            }
+        if let Err(e) = self.fold_unseen(&mut record).await {
+            tracing::debug!(task_id = %record.id, error = %chain(&e), "answering from the record alone");
         }
         record
+    }
+
+    async fn fold_unseen(&self, record: &mut TaskRecord) -> Result<(), nats::Error> {
+        let history = &self.shared.history;
+        let Some(newest) = history.last(record.id).await? else {
+            return Ok(());
+        };
+        if newest.seq <= record.last_seq {
+            return Ok(());
+        }
+        for _ in 0..FOLD_LIMIT {
+            match history.next_after(record.id, record.last_seq).await? {
+                Some(next) if next.seq < newest.seq => {
+                    record.fold(&next.to_update()?);
+                }
+                _ => break,
+            }
+        }
+        record.fold(&newest.to_update()?);
+        Ok(())
     }
 
     /// Waits until the recorder has recorded what the event stream holds now.
