@@ -17,7 +17,7 @@ const BUFFER: usize = 1024;
 /// tonic's default: how much encoded data a stream buffers before yielding.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// [`ProstCodec`] with [`BUFFER`]-byte buffers.
+/// [`ProstCodec`] with 1 KiB buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
 

@@ -47,12 +47,15 @@ pub struct NatsArgs {
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 impl NatsArgs {
-    /// Joins the `taskwire dev` whose data dir is `data_dir` (it writes its NATS URL to
-    /// `<data_dir>/nats-url`) when no other NATS URL was given: for examples and
-    /// workers started beside `scripts/dev`. Production processes do not call this.
-    pub fn or_dev(mut self, data_dir: &std::path::Path) -> Self {
+    /// Joins the `taskwire dev` of this directory (its data dir: `TASKWIRE_DATA_DIR`,
+    /// else `.taskwire`; it writes its NATS URL to `nats-url` there) when no other NATS
+    /// URL was given: for examples and workers started beside `scripts/dev`.
+    /// Production processes do not call this.
+    pub fn or_dev(mut self) -> Self {
+        let data_dir = std::env::var_os("TASKWIRE_DATA_DIR").unwrap_or_else(|| ".taskwire".into());
+        let file = std::path::Path::new(&data_dir).join("nats-url");
         if self.nats_url == DEFAULT_NATS_URL
-            && let Ok(url) = std::fs::read_to_string(data_dir.join("nats-url"))
+            && let Ok(url) = std::fs::read_to_string(file)
         {
             self.nats_url = url.trim().to_string();
         }

@@ -19,6 +19,7 @@
 //!   conditional append to a task's history.
 //! - [`config`]: the command-line and `TASKWIRE_*` settings the processes share.
 //! - [`serve`]: serving gRPC and grpc-web the same way in every process.
+//! - [`service`]: what every service binary shares: its error type and its `main`.
 //! - [`telemetry`], [`shutdown`]: logging (errors with their causes) and the stop
 //!   protocol.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod json;
 pub mod nats;
 pub mod pb;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

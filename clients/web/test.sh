@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The dashboard's test, end to end and non-interactive:
-#   1. npm ci (exact versions from package-lock.json)
+# The dashboard's test, end to end and non-interactive, of the dashboard exactly as
+# scripts/dev serves it: the copy built into the `taskwire` binary (clients/cli/build.rs
+# embeds dist/ when the binary is compiled; scripts/test runs scripts/setup, which
+# builds dist/, before cargo build).
+#   1. npm ci (exact versions from package-lock.json; through build.sh, which stamps it)
 #   2. generated code has no drift from ../../proto (regenerate into a temp dir, diff src/gen)
-#   3. typecheck and build dist/
+#   3. typecheck, and dist/ brought up to date (build.sh: builds only when src/ changed)
 #   4. Debian's chromium (installed with apt-get when missing; needs root)
-#   5. `taskwire dev` on free loopback ports, a temp data dir, --web-dir dist/
+#   5. `taskwire dev` on free loopback ports, a temp data dir, no --web-dir; fails when
+#      the binary has no dashboard built in, or one that differs from dist/ (a binary
+#      compiled before the last change to src/: rebuild it)
 #   6. node --test test/ driving chromium with playwright-core
 # Exits non-zero on any failure; always stops taskwire dev and removes its temp dir.
 # Env: TASKWIRE_BIN (default <repo>/target/debug/taskwire), TASKWIRE_NATS_SERVER
@@ -54,7 +59,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 say "npm ci"
-timeout 600 npm ci --no-audit --no-fund --loglevel=error
+timeout 600 ./build.sh --ci --install-only
 
 say "generated code drift check"
 timeout 120 npx --no-install buf generate --output "$work/gen"
@@ -62,9 +67,10 @@ if ! diff -ru src/gen "$work/gen/src/gen"; then
   die "src/gen is stale: run 'npx buf generate' in clients/web and commit the result"
 fi
 
-say "typecheck and build"
+say "typecheck, dist/ up to date"
 timeout 120 npx --no-install tsc --noEmit -p .
-timeout 120 node build.mjs
+# Not what is served (the binary's own copy is): what that copy must equal.
+timeout 120 ./build.sh
 
 say "chromium"
 if [[ ! -x "$CHROMIUM" ]]; then
@@ -86,23 +92,32 @@ while [[ "$web_port" == "$grpc_port" ]]; do web_port=$(free_port); done
 grpc_url="http://127.0.0.1:$grpc_port"
 web_url="http://127.0.0.1:$web_port/"
 # Its own session (process group), so a stuck server can be killed with its children.
-env -u TASKWIRE_ADDR -u TASKWIRE_WATCH_ADDR -u TASKWIRE_NATS_SERVER \
+# No TASKWIRE_WEB_DIR either: the dashboard under test is the one built into the binary.
+env -u TASKWIRE_ADDR -u TASKWIRE_WATCH_ADDR -u TASKWIRE_NATS_SERVER -u TASKWIRE_WEB_DIR \
   setsid "$TASKWIRE_BIN" dev \
   --listen "127.0.0.1:$grpc_port" \
   --data-dir "$work/data" \
   --nats-server "$NATS_SERVER" \
-  --web-dir "$here/dist" \
   --web-listen "127.0.0.1:$web_port" \
   >"$work/taskwire.log" 2>&1 </dev/null &
 tw_pid=$!
 
 # Ready when the dashboard, /config.js and gRPC (a ListTasks over grpc-web) all answer.
-TW_WEB="$web_url" TW_GRPC="$grpc_url" TW_PID="$tw_pid" timeout 70 node --input-type=module -e '
-const { TW_WEB, TW_GRPC, TW_PID } = process.env;
+# Its banner says where the dashboard is, or that the binary has none built in.
+TW_WEB="$web_url" TW_GRPC="$grpc_url" TW_PID="$tw_pid" TW_LOG="$work/taskwire.log" TW_BIN="$TASKWIRE_BIN" \
+  timeout 70 node --input-type=module -e '
+import { readFileSync } from "node:fs";
+const { TW_WEB, TW_GRPC, TW_PID, TW_LOG, TW_BIN } = process.env;
 const deadline = Date.now() + 60_000;
 const alive = () => { try { process.kill(Number(TW_PID), 0); return true; } catch { return false; } };
 for (;;) {
   if (!alive()) { console.error("taskwire dev exited"); process.exit(1); }
+  const banner = /^\s*dashboard:\s*(.*)$/m.exec(readFileSync(TW_LOG, "utf8"))?.[1];
+  if (banner !== undefined && banner !== TW_WEB) {
+    console.error(`test.sh: ${TW_BIN} serves no dashboard (its banner: "dashboard: ${banner}").`);
+    console.error("test.sh: build clients/web/dist (scripts/setup, or clients/web/build.sh), then rebuild the binary (cargo build -p taskwire-cli --bin taskwire).");
+    process.exit(1);
+  }
   try {
     const sig = AbortSignal.timeout(2000);
     const index = await fetch(TW_WEB, { signal: sig });
@@ -122,6 +137,28 @@ for (;;) {
   if (Date.now() > deadline) { console.error("taskwire dev did not become ready in 60s"); process.exit(1); }
   await new Promise((r) => setTimeout(r, 250));
 }' || die "taskwire dev did not start"
+
+say "the served dashboard is the current dist/"
+# The binary embeds dist/ as it was when it was compiled: a binary older than the last
+# change to src/ would test an old dashboard. Every file of dist/ must be served as is.
+TW_WEB="$web_url" TW_BIN="$TASKWIRE_BIN" timeout 60 node --input-type=module -e '
+import { readFileSync, readdirSync } from "node:fs";
+const { TW_WEB, TW_BIN } = process.env;
+const stale = [];
+for (const name of readdirSync("dist", { recursive: true, withFileTypes: true })) {
+  if (!name.isFile()) continue;
+  const rel = `${name.parentPath ?? name.path}/${name.name}`.replace(/^dist\/?/, "");
+  const res = await fetch(new URL(rel, TW_WEB), { signal: AbortSignal.timeout(10_000) });
+  const served = Buffer.from(await res.arrayBuffer());
+  if (!res.ok || !served.equals(readFileSync(`dist/${rel}`))) stale.push(`${rel} (HTTP ${res.status}, ${served.length} bytes served)`);
+}
+if (stale.length) {
+  console.error(`test.sh: the dashboard built into ${TW_BIN} is not the current clients/web/dist: ${stale.join(", ")}`);
+  console.error("test.sh: rebuild the binary (cargo build -p taskwire-cli --bin taskwire), then rerun.");
+  process.exit(1);
+}
+console.log("served = dist/");
+' || die "the dashboard in $TASKWIRE_BIN is missing or stale"
 
 say "browser test"
 mkdir -p "$ARTIFACTS_DIR"

@@ -21,7 +21,7 @@ use crate::{
     domain::TaskId,
     json,
     pb::{internal::v1::Event, v1::TaskState},
-    store::EventUpdate,
+    store::{EventUpdate, TaskRecord},
 };
 
 /// How many times an append reads the history again after losing a race, before it
@@ -147,6 +147,29 @@ impl History {
                 }
             }
         }
+    }
+
+    /// Folds into `record` the events of its task that it has not seen, in order, as
+    /// the recorder will apply them ([`TaskRecord::fold`]): what every read does so it
+    /// is never older than the stream (the database trails it by the recorder's lag).
+    /// At most `limit` events are read one by one; if more remain, the newest is folded
+    /// last. A terminal record is final and left as it is.
+    pub async fn catch_up(&self, record: &mut TaskRecord, limit: usize) -> Result<(), Error> {
+        if record.state.is_terminal() {
+            return Ok(());
+        }
+        for _ in 0..limit {
+            match self.next_after(record.id, record.last_seq).await? {
+                Some(next) => {
+                    record.fold(&next.to_update()?);
+                }
+                None => return Ok(()),
+            }
+        }
+        if let Some(newest) = self.last(record.id).await? {
+            record.fold(&newest.to_update()?);
+        }
+        Ok(())
     }
 
     /// Appends `event` if the task's newest seq is still `expected_last` (0: the task

@@ -148,20 +148,9 @@ async fn a_second_ctrl_c_stops_at_once() {
 async fn dev_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut dev = DevProcess::spawn(dir.path()).await;
-    let addr = dev.addr.to_string();
-    let out = run(args(
-        &addr,
-        &[
-            "submit",
-            "demo.sleep",
-            "--input",
-            r#"{"seconds":3,"steps":12}"#,
-        ],
-    ))
-    .await;
-    assert_eq!(out.status.code(), Some(0));
-    let id = stdout(&out).trim().to_string();
-    wait_running(&connect(dev.addr).await.unwrap(), std::slice::from_ref(&id)).await;
+    let mut client = connect(dev.addr).await.unwrap();
+    let id = sleep_task(&mut client, 3.0).await;
+    wait_running(&client, std::slice::from_ref(&id)).await;
     let first_nats = dev.nats_pid().expect("pid file");
     dev.kill(); // kill -9, mid-task: its nats-server is orphaned, still running
     // Not dropped: its Drop would stop the orphan, which the restart below must do.

@@ -77,7 +77,7 @@ where
 }
 
 /// A built binary of this workspace: beside the running binary (a bench tool in
-/// target/<profile>/) or one directory up (a test binary in target/<profile>/deps/).
+/// `target/<profile>/`) or one directory up (a test binary in `target/<profile>/deps/`).
 /// scripts/test builds them first.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("own binary path");

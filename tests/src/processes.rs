@@ -70,7 +70,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command, what: &'static str) -> Self {
+    /// Starts `cmd`; `what` names it in failures.
+    pub fn spawn(cmd: &mut Command, what: &'static str) -> Self {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("{what} starts: {e}"));
         Self { child, what }
     }

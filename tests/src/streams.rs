@@ -1,7 +1,10 @@
 //! What is in taskwire's streams, read by sequence or direct get (no consumer: a work
 //! queue allows no second one over the same subjects).
 
-use async_nats::{header::NATS_MESSAGE_ID, jetstream};
+use async_nats::{
+    header::NATS_MESSAGE_ID,
+    jetstream::{self, message::StreamMessage},
+};
 use taskwire::{
     domain::TaskId,
     nats::{self, History},
@@ -10,33 +13,42 @@ use taskwire::{
 
 use crate::eventually;
 
-/// Every message in TASKWIRE_TASKS now, with its Nats-Msg-Id, oldest first. (A work
-/// queue allows no second consumer over the same subjects, so this reads by sequence.)
-pub async fn tasks_in_stream(js: &jetstream::Context) -> Vec<(String, TaskMessage)> {
-    use prost::Message as _;
-    let mut stream = js
-        .get_stream(nats::TASKS_STREAM)
-        .await
-        .expect("tasks stream");
+/// Every message in a stream now, oldest first, read by sequence (a work queue
+/// allows no second consumer over the same subjects).
+async fn messages(js: &jetstream::Context, name: &str) -> Vec<StreamMessage> {
+    let mut stream = js.get_stream(name).await.expect("stream");
     let state = stream.info().await.expect("stream info").state.clone();
     let mut out = Vec::new();
     if state.messages == 0 {
         return out;
     }
     for seq in state.first_sequence..=state.last_sequence {
+        // A gap is a message acked (work queue) or deleted meanwhile.
         if let Ok(m) = stream.get_raw_message(seq).await {
-            let id = m
-                .headers
-                .get(NATS_MESSAGE_ID)
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            out.push((
-                id,
-                TaskMessage::decode(m.payload).expect("task message decodes"),
-            ));
+            out.push(m);
         }
     }
     out
+}
+
+fn msg_id(m: &StreamMessage) -> String {
+    m.headers
+        .get(NATS_MESSAGE_ID)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// Every message in TASKWIRE_TASKS now, with its Nats-Msg-Id, oldest first.
+pub async fn tasks_in_stream(js: &jetstream::Context) -> Vec<(String, TaskMessage)> {
+    use prost::Message as _;
+    messages(js, nats::TASKS_STREAM)
+        .await
+        .into_iter()
+        .map(|m| {
+            let body = TaskMessage::decode(m.payload.clone()).expect("task message decodes");
+            (msg_id(&m), body)
+        })
+        .collect()
 }
 
 /// A task's whole history in TASKWIRE_EVENTS, as (seq, event), oldest first. Reads
@@ -75,21 +87,9 @@ pub async fn wait_progress(js: &jetstream::Context, id: &str, fraction: f64) {
 
 /// Every message in TASKWIRE_DLQ, as (Nats-Msg-Id, subject).
 pub async fn dlq_messages(js: &jetstream::Context) -> Vec<(String, String)> {
-    let mut stream = js.get_stream(nats::DLQ_STREAM).await.expect("dlq stream");
-    let state = stream.info().await.expect("info").state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            let id = m
-                .headers
-                .get(NATS_MESSAGE_ID)
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            out.push((id, m.subject.to_string()));
-        }
-    }
-    out
+    messages(js, nats::DLQ_STREAM)
+        .await
+        .iter()
+        .map(|m| (msg_id(m), m.subject.to_string()))
+        .collect()
 }

@@ -3,7 +3,8 @@
 - ``taskwire.v1``: generated messages and gRPC stubs of the public contract
   (proto/taskwire/v1), e.g. ``from taskwire.v1 import task_pb2, service_pb2_grpc``.
 - ``taskwire.internal.v1``: generated NATS message bodies (for workers).
-- ``taskwire.client``: :class:`Client` and :class:`AsyncClient`, a thin typed client.
+- ``taskwire.client``: :class:`Client` and :class:`AsyncClient`, a thin typed client
+  (:class:`TaskwireError` for failed calls, :class:`TaskwireWarning` for warned submits).
 - ``taskwire.worker``: :class:`Worker`, a runtime that speaks docs/protocol.md.
 
 The client is imported lazily so that ``import taskwire.worker`` needs no grpcio and
@@ -22,6 +23,7 @@ __all__ = [
     "Client",
     "TaskWatch",
     "TaskwireError",
+    "TaskwireWarning",
     "TERMINAL_STATES",
     "__version__",
 ]
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Client,
         TaskWatch,
         TaskwireError,
+        TaskwireWarning,
     )
 
 

@@ -12,7 +12,8 @@
 
 :class:`AsyncClient` has the same methods for asyncio (``grpc.aio``); its ``watch``
 is an async iterator. Every failed call raises :class:`TaskwireError`, which carries
-the gRPC status code.
+the gRPC status code. ``submit`` emits a :class:`TaskwireWarning` (``warnings.warn``)
+when the server accepts a task with a warning, e.g. that no worker serves its kind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -43,6 +45,7 @@ __all__ = [
     "TERMINAL_STATES",
     "TaskWatch",
     "TaskwireError",
+    "TaskwireWarning",
     "from_value",
     "is_terminal",
     "state_name",
@@ -88,6 +91,19 @@ class TaskwireError(Exception):
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         details = err.details() if hasattr(err, "details") else str(err)
         return cls(code or grpc.StatusCode.UNKNOWN, details or "", method)
+
+
+class TaskwireWarning(UserWarning):
+    """The server accepted a submit but warned about it (``SubmitTaskResponse.warning``),
+    e.g. no worker has ever served the task's kind (a typo?): the task waits, queued,
+    until one starts. ``submit`` emits it with :func:`warnings.warn`; ``submit_task``
+    returns the response, whose ``warning`` field carries the same text."""
+
+
+def _warn_if_any(resp: service_pb2.SubmitTaskResponse) -> None:
+    if resp.warning:
+        # stacklevel 3: the line that called submit, not submit itself.
+        warnings.warn(resp.warning, TaskwireWarning, stacklevel=3)
 
 
 def is_terminal(state: int) -> bool:
@@ -475,8 +491,10 @@ class Client:
     ) -> str:
         """Submits a task and returns its id. ``input`` is any JSON value (plain
         Python); ``max_attempts`` 0 = the server's default; ``task_timeout`` is the
-        per-attempt timeout (seconds or timedelta); ``timeout`` this call's deadline."""
-        return self.submit_task(
+        per-attempt timeout (seconds or timedelta); ``timeout`` this call's deadline.
+        Emits a :class:`TaskwireWarning` when the server's answer carries a warning
+        (e.g. no worker serves ``kind``); the task is accepted all the same."""
+        resp = self.submit_task(
             kind,
             input,
             idempotency_key=idempotency_key,
@@ -484,7 +502,9 @@ class Client:
             labels=labels,
             task_timeout=task_timeout,
             timeout=timeout,
-        ).task_id
+        )
+        _warn_if_any(resp)
+        return resp.task_id
 
     def submit_task(
         self,
@@ -497,7 +517,8 @@ class Client:
         task_timeout: Optional[Seconds] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
-        """Like :meth:`submit`, but returns the whole response (``deduplicated``)."""
+        """Like :meth:`submit`, but returns the whole response (``deduplicated``,
+        ``warning``) and emits no warning."""
         req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
         return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout)
 
@@ -762,6 +783,7 @@ class AsyncClient:
             task_timeout=task_timeout,
             timeout=timeout,
         )
+        _warn_if_any(resp)
         return resp.task_id
 
     async def submit_task(

@@ -101,7 +101,7 @@ class Dev:
             "--data-dir", str(self.data_dir),
             "--nats-server", str(NATS_SERVER),
         ]
-        # cwd = the data dir's parent: dev serves clients/web/dist only if it exists there.
+        # cwd = the data dir's parent, so nothing of the checkout's .taskwire is used.
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent)
         log.close()
         deadline = time.monotonic() + timeout

@@ -447,6 +447,7 @@ const kindInput = $<HTMLInputElement>('[data-testid="submit-kind"]');
 const inputArea = $<HTMLTextAreaElement>('[data-testid="submit-input"]');
 const submitError = $('[data-testid="submit-error"]');
 const submitResult = $('[data-testid="submit-result"]');
+const submitWarning = $('[data-testid="submit-warning"]');
 const submitButton = $<HTMLButtonElement>('[data-testid="submit-button"]');
 
 const datalist = $("#kind-options");
@@ -497,12 +498,16 @@ function showSubmitError(kind: "json" | "form" | "grpc", text: string): void {
   submitError.textContent = text;
   submitError.hidden = false;
   submitResult.hidden = true;
+  submitWarning.hidden = true;
 }
 
 submitForm.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   submitError.hidden = true;
   submitResult.hidden = true;
+  // A warning belongs to one answer: the next submit shows its own or none.
+  submitWarning.hidden = true;
+  submitWarning.textContent = "";
   const kind = kindInput.value.trim();
   if (!kind) {
     showSubmitError("form", "Kind is required, e.g. demo.sleep.");
@@ -549,6 +554,9 @@ submitForm.addEventListener("submit", async (ev) => {
     );
     submitResult.dataset.taskId = res.taskId;
     submitResult.hidden = false;
+    // Accepted, but e.g. no worker has ever served this kind (often a typo): it waits queued.
+    submitWarning.textContent = res.warning;
+    submitWarning.hidden = res.warning === "";
     // Show it now: WatchTasks sends nothing until the task starts running.
     if (pageTokens.length > 1) pageTokens = [""];
     await loadPage();

@@ -351,6 +351,23 @@ test("after a dropped stream it reconnects with backoff and re-lists to catch up
   }
 });
 
+// After the paging test, so its count of tasks is unchanged.
+test("warns when no worker serves the kind; a demo kind gets no warning", async () => {
+  const warning = page.locator('[data-testid="submit-warning"]');
+  const queuedId = await submit("nobody.serves.this", "{}");
+  await warning.waitFor({ state: "visible" });
+  // The server's words; the page shows them as they come.
+  assert.match(await warning.textContent(), /nobody\.serves\.this/);
+  // Accepted all the same: it waits, queued, for a worker.
+  assert.equal(await row(queuedId).getAttribute("data-state"), "QUEUED");
+  assert.ok(await page.isVisible('[data-testid="submit-result"]'), "the task id shows next to the warning");
+
+  // The next submit's answer has no warning: the old one is gone.
+  await submit("demo.echo", '{"warning":"none"}');
+  assert.ok(await warning.isHidden(), "no warning for a demo kind");
+  assert.equal(await warning.textContent(), "");
+});
+
 test("no page errors, and all traffic stayed on 127.0.0.1", () => {
   assert.deepEqual(pageErrors, []);
   assert.deepEqual(offHost, []);

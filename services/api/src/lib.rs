@@ -29,11 +29,7 @@ mod submit;
 use std::{sync::Arc, time::Duration};
 
 use taskwire::{
-    config::ConfigError,
-    nats,
-    pb::v1::task_service_server::TaskServiceServer,
-    serve,
-    store::{self, Store},
+    config::ConfigError, nats, pb::v1::task_service_server::TaskServiceServer, serve, store::Store,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,23 +38,7 @@ use tonic_health::ServingStatus;
 
 pub use config::Config;
 pub use service::TaskApi;
-
-/// Why the api could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A setting that cannot work.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The database could not be opened or migrated.
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    /// NATS could not be reached or set up.
-    #[error(transparent)]
-    Nats(#[from] nats::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server failed")]
-    Serve(#[from] tonic::transport::Error),
-}
+pub use taskwire::service::Error;
 
 /// How often readiness is re-checked for grpc.health.v1.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);

@@ -63,38 +63,14 @@ impl TaskApi {
         })
     }
 
-    /// The record as of its task's newest event: the events it has not seen folded in
-    /// order, as the recorder will apply them. Exact when it trails by up to
-    /// [`FOLD_LIMIT`] events (the recorder's usual lag is one or two); beyond, the first
-    /// unseen ones and the newest are folded, so it is never older than the stream.
+    /// The record as of its task's newest event ([`nats::History::catch_up`]): exact
+    /// when it trails by up to [`FOLD_LIMIT`] events (the recorder's usual lag is one
+    /// or two); beyond, those and the newest are folded.
     async fn fresh(&self, mut record: TaskRecord) -> TaskRecord {
-        if record.state.is_terminal() {
-            return record;
-        }
-        if let Err(e) = self.fold_unseen(&mut record).await {
+        if let Err(e) = self.shared.history.catch_up(&mut record, FOLD_LIMIT).await {
             tracing::debug!(task_id = %record.id, error = %chain(&e), "answering from the record alone");
         }
         record
-    }
-
-    async fn fold_unseen(&self, record: &mut TaskRecord) -> Result<(), nats::Error> {
-        let history = &self.shared.history;
-        let Some(newest) = history.last(record.id).await? else {
-            return Ok(());
-        };
-        if newest.seq <= record.last_seq {
-            return Ok(());
-        }
-        for _ in 0..FOLD_LIMIT {
-            match history.next_after(record.id, record.last_seq).await? {
-                Some(next) if next.seq < newest.seq => {
-                    record.fold(&next.to_update()?);
-                }
-                _ => break,
-            }
-        }
-        record.fold(&newest.to_update()?);
-        Ok(())
     }
 
     /// Waits until the recorder has recorded what the event stream holds now.

@@ -15,7 +15,7 @@ use taskwire::{
         CancelTaskRequest, GetStatusRequest, ListTasksRequest, ListTasksResponse,
         SubmitTaskRequest, SubmitTaskResponse, Task, task_service_server::TaskService,
     },
-    store::{ListQuery, PageToken, Store},
+    store::{ListQuery, NewTask, PageToken, Store},
 };
 use tonic::{Request, Response, Status};
 
@@ -121,7 +121,10 @@ impl TaskApi {
             }
             .into());
         }
-        Ok(ValidSubmit {
+        Ok(ValidSubmit(NewTask {
+            // Set by each try of the submit.
+            id: TaskId::new(),
+            created_at_us: 0,
             kind,
             caller,
             idempotency_key: IdempotencyKey::parse(&idempotency_key)?,
@@ -133,7 +136,7 @@ impl TaskApi {
                 max_attempts
             },
             timeout: parse_timeout(timeout.as_ref())?,
-        })
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use taskwire::{
-    domain::{Caller, IdempotencyKey, Labels, TaskId, TaskKind},
+    domain::TaskId,
     json, nats,
     pb::{
         internal::v1::TaskMessage,
@@ -22,19 +22,10 @@ use taskwire::{
 
 use crate::{config::Fault, error::ApiError, service::TaskApi};
 
-/// A SubmitTaskRequest whose every field has been checked.
+/// A SubmitTaskRequest whose every field has been checked: the task to insert, but for
+/// its id and time, which each try of the submit gives it afresh.
 #[derive(Debug, Clone)]
-pub struct ValidSubmit {
-    pub kind: TaskKind,
-    pub caller: Caller,
-    pub idempotency_key: Option<IdempotencyKey>,
-    /// JSON text, within the size limit.
-    pub input: String,
-    pub labels: Labels,
-    /// Resolved: never 0.
-    pub max_attempts: u32,
-    pub timeout: Option<Duration>,
-}
+pub struct ValidSubmit(pub NewTask);
 
 /// How many times a submit starts over when the task its key named was withdrawn
 /// meanwhile (a concurrent identical submit whose publish failed).
@@ -63,14 +54,8 @@ impl TaskApi {
         let now = json::now_micros();
         let task = NewTask {
             id: TaskId::new(),
-            kind: req.kind.clone(),
-            caller: req.caller.clone(),
-            idempotency_key: req.idempotency_key.clone(),
-            input: req.input.clone(),
-            labels: req.labels.clone(),
-            max_attempts: req.max_attempts,
-            timeout: req.timeout,
             created_at_us: now,
+            ..req.0.clone()
         };
         let outbox = OutboxEntry {
             subject: nats::task_subject(task.kind.as_str()),

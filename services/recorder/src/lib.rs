@@ -16,30 +16,16 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use taskwire::{
-    config::ConfigError,
     domain::TaskId,
     nats::{self, Stored},
     pb::internal::v1::Event,
-    store::{self, EventUpdate, Store},
+    store::{EventUpdate, Store},
     telemetry::chain,
 };
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-
-/// Why the recorder could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A setting that cannot work.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The database could not be opened or migrated.
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    /// NATS could not be reached or set up.
-    #[error(transparent)]
-    Nats(#[from] nats::Error),
-}
+pub use taskwire::service::Error;
 
 /// A recorder connected to the database and NATS, its consumers set up.
 #[derive(Debug)]

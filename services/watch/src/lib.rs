@@ -15,11 +15,10 @@ mod hub;
 mod service;
 
 use taskwire::{
-    config::ConfigError,
     nats::{self, History},
     pb::v1::watch_service_server::WatchServiceServer,
     serve,
-    store::{self, Store},
+    store::Store,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,23 +26,7 @@ use tonic::service::Routes;
 
 pub use config::Config;
 pub use service::{CLIENT_BUFFER, HUB_BUFFER, WatchApi};
-
-/// Why the watch service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A setting that cannot work.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The database could not be opened or migrated.
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    /// NATS could not be reached or set up.
-    #[error(transparent)]
-    Nats(#[from] nats::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server failed")]
-    Serve(#[from] tonic::transport::Error),
-}
+pub use taskwire::service::Error;
 
 /// The watch service, connected, its hub subscribed.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! `taskwire.v1.WatchService/WatchTask` with the contract's stream semantics:
-//! - after_seq = 0: the current state first (seq = the record's last_seq), then every
-//!   later event in order; after_seq = N: every event with seq > N, then live ones.
+//! - after_seq = 0: the current state first (the record caught up with the stream, as
+//!   GetStatus shows it; seq = the newest event's), then every later event in order;
+//!   after_seq = N: every event with seq > N, then live ones.
 //! - seq strictly increases; nothing is sent twice or skipped; the stream ends OK
 //!   right after the terminal event.
 //!
@@ -144,6 +145,19 @@ impl Watcher {
     async fn run(mut self, record: TaskRecord, after_seq: u64, mut sub: crate::hub::Subscription) {
         let result = async {
             if after_seq == 0 {
+                // The current state: the record with what it has not seen folded in, so
+                // a watch started after GetStatus never shows less than it did.
+                let mut record = record;
+                self.api
+                    .history
+                    .catch_up(&mut record, usize::MAX)
+                    .await
+                    .map_err(|source| {
+                        End::Failed(WatchError::Events {
+                            source,
+                            resume_after: 0,
+                        })
+                    })?;
                 self.send_snapshot(&record).await?;
             }
             self.refill().await?;

@@ -31,6 +31,6 @@ async fn main() -> Result<(), taskwire_worker::Error> {
         Ok(serde_json::json!({ "words": words }))
     });
     let mut config = Config::parse();
-    config.nats = config.nats.or_dev(".taskwire".as_ref());
+    config.nats = config.nats.or_dev();
     taskwire_worker::run(config, kinds, taskwire::shutdown::on_signal()).await
 }

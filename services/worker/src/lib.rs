@@ -41,5 +41,6 @@ mod runtime;
 pub mod sdk;
 
 pub use config::Config;
-pub use runtime::{Error, Worker, run};
+pub use runtime::{Worker, run};
 pub use sdk::{HandlerResult, Registry, Stopped, TaskContext, TaskFailure};
+pub use taskwire::service::Error;

@@ -3,20 +3,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskwire::telemetry::{self, exit_with};
-use taskwire_worker::{Config, kinds};
-
-const NAME: &str = "taskwire-worker";
+use taskwire_worker::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let config = Config::parse();
-    if let Err(e) = config.validate() {
-        return exit_with(NAME, &e, 2);
-    }
-    match taskwire_worker::run(config, kinds::builtin(), taskwire::shutdown::on_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => exit_with(NAME, &e, 1),
-    }
+    taskwire::service::main(
+        "taskwire-worker",
+        config.validate(),
+        |shutdown| async move {
+            taskwire_worker::run(config, taskwire_worker::kinds::builtin(), shutdown).await
+        },
+    )
+    .await
 }

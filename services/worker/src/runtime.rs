@@ -12,18 +12,7 @@ use taskwire::{
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Config, cancels::Cancels, sdk::Registry};
-
-/// Why the worker could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A setting that cannot work (or no kinds to serve).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// NATS could not be reached or set up.
-    #[error(transparent)]
-    Nats(#[from] nats::Error),
-}
+use crate::{Config, Error, cancels::Cancels, sdk::Registry};
 
 /// How long a stopping worker waits for NATS to take what it published last.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);

@@ -34,10 +34,10 @@ use nats_server::NatsServer;
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where to serve gRPC and grpc-web.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "TASKWIRE_DEV_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     /// Where the SQLite file and the NATS store live.
-    #[arg(long, default_value = ".taskwire")]
+    #[arg(long, env = "TASKWIRE_DATA_DIR", default_value = ".taskwire")]
     data_dir: PathBuf,
     /// The nats-server binary (2.10 or newer); default: .venv/bin/nats-server if
     /// present (scripts/setup installs it), else nats-server on PATH.
@@ -45,11 +45,11 @@ pub struct DevArgs {
     nats_server: Option<PathBuf>,
     /// Serve the dashboard from this directory instead of the copy built into the
     /// binary (for working on clients/web: `node build.mjs` then reload).
-    #[arg(long)]
+    #[arg(long, env = "TASKWIRE_WEB_DIR")]
     web_dir: Option<PathBuf>,
     /// Where to serve the dashboard (plain HTTP; it calls the gRPC address over
     /// grpc-web, learning it from /config.js).
-    #[arg(long, default_value = "127.0.0.1:50080")]
+    #[arg(long, env = "TASKWIRE_WEB_LISTEN", default_value = "127.0.0.1:50080")]
     web_listen: SocketAddr,
 }
 

@@ -65,17 +65,22 @@ class TaskServiceServicer:
     def SubmitTask(self, request, context):
         """Accepts a task, stores it and enqueues it, and answers at once with its id.
         The task is durable in the database and in the work stream before this returns.
-        Errors: INVALID_ARGUMENT (malformed kind, labels, idempotency key, timeout or
-        max_attempts), RESOURCE_EXHAUSTED (input over the size limit, 1 MiB by default),
-        UNAVAILABLE (NATS or the database cannot be reached; nothing was accepted, retry
-        with the same idempotency key).
+        Idempotency keys are scoped to the caller named by the `taskwire-caller` request
+        header (absent = the anonymous caller).
+        Errors: INVALID_ARGUMENT (malformed kind, input, labels, idempotency key, timeout,
+        max_attempts or taskwire-caller header), RESOURCE_EXHAUSTED (input over the size
+        limit, 1 MiB of JSON by default), UNAVAILABLE (NATS or the database cannot be
+        reached; the task was normally withdrawn, but retry with the same idempotency key,
+        which returns it if it was accepted after all).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """Reads a task's current record.
+        """Reads a task's current state. It is never older than an event a watcher has
+        already received: when the database record trails the event stream (by the
+        recorder's lag), the newest event is folded into the answer.
         Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
         UNAVAILABLE (the database cannot be reached).
         """
@@ -88,14 +93,16 @@ class TaskServiceServicer:
         signalled to stop and becomes CANCELLED. Cancelling a CANCELLED task is OK and
         changes nothing.
         Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
-        FAILED_PRECONDITION (the task already SUCCEEDED or FAILED), UNAVAILABLE.
+        FAILED_PRECONDITION (the task already SUCCEEDED or FAILED), UNAVAILABLE (NATS or
+        the database cannot be reached, or the task's events kept changing; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Lists tasks, newest first, a page at a time.
+        """Lists tasks, newest first, a page at a time. Like GetStatus, each task is shown
+        as of its newest event; a state filter is applied to that state.
         Errors: INVALID_ARGUMENT (page_size out of range, bad page_token, bad filter),
         UNAVAILABLE (the database cannot be reached).
         """
@@ -274,13 +281,15 @@ class WatchServiceServicer:
     """
 
     def WatchTask(self, request, context):
-        """Streams a task's events: with after_seq = 0, its current state first (seq = its
-        last_seq), then every later event in order; with after_seq = N, every event with
-        seq > N. seq strictly increases; nothing is sent twice or skipped. The stream ends
-        OK right after the terminal event.
+        """Streams a task's events: with after_seq = 0, its current state first (seq = the
+        seq of its newest event, as GetStatus shows it), then every later event in order; with after_seq = N, every event with
+        seq > N that the event stream still retains (pruned events are not sent). seq
+        strictly increases; nothing is sent twice. The stream ends OK right after the
+        terminal event, or at once when resumed at or past it. A slow reader is caught up
+        from the event stream, not cut off.
         Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
-        UNAVAILABLE (NATS or the database cannot be reached, or the client fell too far
-        behind: resume with after_seq = the last seq received).
+        UNAVAILABLE (the database or the event stream cannot be read, or the server is
+        shutting down: resume with after_seq = the last seq received).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,9 +300,9 @@ class WatchServiceServicer:
         stream for a dashboard that shows many tasks (browsers allow about six HTTP/1.1
         connections per host, so one WatchTask per task does not scale there). Live only:
         no snapshot and no replay; list with ListTasks first, and use WatchTask with
-        after_seq for one task's complete history.
-        Errors: INVALID_ARGUMENT (a malformed filter), UNAVAILABLE (NATS or the database
-        cannot be reached, or the client fell too far behind: list again and reconnect).
+        after_seq for one task's history.
+        Errors: INVALID_ARGUMENT (a malformed filter), UNAVAILABLE (the client fell too far
+        behind, or the server is shutting down: list again and reconnect).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

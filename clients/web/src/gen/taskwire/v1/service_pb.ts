@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskwire/v1/service.proto.
  */
 export const file_taskwire_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSKOAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJiChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIUCgxkZWR1cGxpY2F0ZWQYAyABKAgiIwoQR2V0U3RhdHVzUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAki2AEKEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSDAoEa2luZBgEIAEoCRI5CgZsYWJlbHMYBSADKAsyKS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES50YXNrd2lyZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKMAQoRV2F0Y2hUYXNrc1JlcXVlc3QSDAoEa2luZBgBIAEoCRI6CgZsYWJlbHMYAiADKAsyKi50YXNrd2lyZS52MS5XYXRjaFRhc2tzUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQyqAIKC1Rhc2tTZXJ2aWNlEk0KClN1Ym1pdFRhc2sSHi50YXNrd2lyZS52MS5TdWJtaXRUYXNrUmVxdWVzdBofLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXNwb25zZRI9CglHZXRTdGF0dXMSHS50YXNrd2lyZS52MS5HZXRTdGF0dXNSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzaxI/CgpDYW5jZWxUYXNrEh4udGFza3dpcmUudjEuQ2FuY2VsVGFza1JlcXVlc3QaES50YXNrd2lyZS52MS5UYXNrEkoKCUxpc3RUYXNrcxIdLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1JlcXVlc3QaHi50YXNrd2lyZS52MS5MaXN0VGFza3NSZXNwb25zZTKcAQoMV2F0Y2hTZXJ2aWNlEkQKCVdhdGNoVGFzaxIdLnRhc2t3aXJlLnYxLldhdGNoVGFza1JlcXVlc3QaFi50YXNrd2lyZS52MS5UYXNrRXZlbnQwARJGCgpXYXRjaFRhc2tzEh4udGFza3dpcmUudjEuV2F0Y2hUYXNrc1JlcXVlc3QaFi50YXNrd2lyZS52MS5UYXNrRXZlbnQwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_taskwire_v1_task]);
+  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSKOAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIUCgxkZWR1cGxpY2F0ZWQYAyABKAgSDwoHd2FybmluZxgEIAEoCSIjChBHZXRTdGF0dXNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLYAQoQTGlzdFRhc2tzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIlCgVzdGF0ZRgDIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIMCgRraW5kGAQgASgJEjkKBmxhYmVscxgFIAMoCzIpLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJOChFMaXN0VGFza3NSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLnRhc2t3aXJlLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIowBChFXYXRjaFRhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEjoKBmxhYmVscxgCIAMoCzIqLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBDKoAgoLVGFza1NlcnZpY2USTQoKU3VibWl0VGFzaxIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8udGFza3dpcmUudjEuU3VibWl0VGFza1Jlc3BvbnNlEj0KCUdldFN0YXR1cxIdLnRhc2t3aXJlLnYxLkdldFN0YXR1c1JlcXVlc3QaES50YXNrd2lyZS52MS5UYXNrEj8KCkNhbmNlbFRhc2sSHi50YXNrd2lyZS52MS5DYW5jZWxUYXNrUmVxdWVzdBoRLnRhc2t3aXJlLnYxLlRhc2sSSgoJTGlzdFRhc2tzEh0udGFza3dpcmUudjEuTGlzdFRhc2tzUmVxdWVzdBoeLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1Jlc3BvbnNlMpwBCgxXYXRjaFNlcnZpY2USRAoJV2F0Y2hUYXNrEh0udGFza3dpcmUudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudDABEkYKCldhdGNoVGFza3MSHi50YXNrd2lyZS52MS5XYXRjaFRhc2tzUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudDABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_taskwire_v1_task]);
 
 /**
  * @generated from message taskwire.v1.SubmitTaskRequest
@@ -60,8 +60,9 @@ export type SubmitTaskRequest = Message<"taskwire.v1.SubmitTaskRequest"> & {
   timeout?: Duration | undefined;
 
   /**
-   * Free-form labels to filter ListTasks by. Keys [a-z0-9][a-z0-9._/-]{0,62},
-   * values up to 256 characters, at most 32 labels.
+   * Free-form labels to filter ListTasks and WatchTasks by. Keys
+   * [a-z0-9][a-z0-9._/-]{0,62}, values up to 256 bytes with no control characters,
+   * at most 32 labels.
    *
    * @generated from field: map<string, string> labels = 6;
    */
@@ -85,6 +86,8 @@ export type SubmitTaskResponse = Message<"taskwire.v1.SubmitTaskResponse"> & {
   taskId: string;
 
   /**
+   * Always QUEUED, also for a deduplicated answer: read GetStatus for the current state.
+   *
    * @generated from field: taskwire.v1.TaskState state = 2;
    */
   state: TaskState;
@@ -95,6 +98,15 @@ export type SubmitTaskResponse = Message<"taskwire.v1.SubmitTaskResponse"> & {
    * @generated from field: bool deduplicated = 3;
    */
   deduplicated: boolean;
+
+  /**
+   * Set when no worker has ever served this kind (no consumer exists for it): the task
+   * is accepted and waits, queued, until a worker for the kind starts. Usually a typo
+   * in `kind`. Empty otherwise.
+   *
+   * @generated from field: string warning = 4;
+   */
+  warning: string;
 };
 
 /**
@@ -171,7 +183,7 @@ export type ListTasksRequest = Message<"taskwire.v1.ListTasksRequest"> & {
   kind: string;
 
   /**
-   * Only tasks carrying every one of these labels.
+   * Only tasks carrying every one of these labels (same rules as SubmitTaskRequest's).
    *
    * @generated from field: map<string, string> labels = 5;
    */
@@ -221,7 +233,8 @@ export type WatchTasksRequest = Message<"taskwire.v1.WatchTasksRequest"> & {
   kind: string;
 
   /**
-   * Only tasks carrying every one of these labels.
+   * Only tasks carrying every one of these labels (each task's labels are read once
+   * from its record).
    *
    * @generated from field: map<string, string> labels = 2;
    */
@@ -245,7 +258,7 @@ export type WatchTaskRequest = Message<"taskwire.v1.WatchTaskRequest"> & {
   taskId: string;
 
   /**
-   * Resume after this seq; 0 = start with the current state.
+   * Resume after this seq (the last seq received); 0 = start with the current state.
    *
    * @generated from field: uint64 after_seq = 2;
    */
@@ -268,10 +281,13 @@ export const TaskService: GenService<{
   /**
    * Accepts a task, stores it and enqueues it, and answers at once with its id.
    * The task is durable in the database and in the work stream before this returns.
-   * Errors: INVALID_ARGUMENT (malformed kind, labels, idempotency key, timeout or
-   * max_attempts), RESOURCE_EXHAUSTED (input over the size limit, 1 MiB by default),
-   * UNAVAILABLE (NATS or the database cannot be reached; nothing was accepted, retry
-   * with the same idempotency key).
+   * Idempotency keys are scoped to the caller named by the `taskwire-caller` request
+   * header (absent = the anonymous caller).
+   * Errors: INVALID_ARGUMENT (malformed kind, input, labels, idempotency key, timeout,
+   * max_attempts or taskwire-caller header), RESOURCE_EXHAUSTED (input over the size
+   * limit, 1 MiB of JSON by default), UNAVAILABLE (NATS or the database cannot be
+   * reached; the task was normally withdrawn, but retry with the same idempotency key,
+   * which returns it if it was accepted after all).
    *
    * @generated from rpc taskwire.v1.TaskService.SubmitTask
    */
@@ -281,7 +297,9 @@ export const TaskService: GenService<{
     output: typeof SubmitTaskResponseSchema;
   },
   /**
-   * Reads a task's current record.
+   * Reads a task's current state. It is never older than an event a watcher has
+   * already received: when the database record trails the event stream (by the
+   * recorder's lag), the newest event is folded into the answer.
    * Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
    * UNAVAILABLE (the database cannot be reached).
    *
@@ -297,7 +315,8 @@ export const TaskService: GenService<{
    * signalled to stop and becomes CANCELLED. Cancelling a CANCELLED task is OK and
    * changes nothing.
    * Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
-   * FAILED_PRECONDITION (the task already SUCCEEDED or FAILED), UNAVAILABLE.
+   * FAILED_PRECONDITION (the task already SUCCEEDED or FAILED), UNAVAILABLE (NATS or
+   * the database cannot be reached, or the task's events kept changing; retry).
    *
    * @generated from rpc taskwire.v1.TaskService.CancelTask
    */
@@ -307,7 +326,8 @@ export const TaskService: GenService<{
     output: typeof TaskSchema;
   },
   /**
-   * Lists tasks, newest first, a page at a time.
+   * Lists tasks, newest first, a page at a time. Like GetStatus, each task is shown
+   * as of its newest event; a state filter is applied to that state.
    * Errors: INVALID_ARGUMENT (page_size out of range, bad page_token, bad filter),
    * UNAVAILABLE (the database cannot be reached).
    *
@@ -328,13 +348,15 @@ export const TaskService: GenService<{
  */
 export const WatchService: GenService<{
   /**
-   * Streams a task's events: with after_seq = 0, its current state first (seq = its
-   * last_seq), then every later event in order; with after_seq = N, every event with
-   * seq > N. seq strictly increases; nothing is sent twice or skipped. The stream ends
-   * OK right after the terminal event.
+   * Streams a task's events: with after_seq = 0, its current state first (seq = the
+   * seq of its newest event, as GetStatus shows it), then every later event in order; with after_seq = N, every event with
+   * seq > N that the event stream still retains (pruned events are not sent). seq
+   * strictly increases; nothing is sent twice. The stream ends OK right after the
+   * terminal event, or at once when resumed at or past it. A slow reader is caught up
+   * from the event stream, not cut off.
    * Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
-   * UNAVAILABLE (NATS or the database cannot be reached, or the client fell too far
-   * behind: resume with after_seq = the last seq received).
+   * UNAVAILABLE (the database or the event stream cannot be read, or the server is
+   * shutting down: resume with after_seq = the last seq received).
    *
    * @generated from rpc taskwire.v1.WatchService.WatchTask
    */
@@ -348,9 +370,9 @@ export const WatchService: GenService<{
    * stream for a dashboard that shows many tasks (browsers allow about six HTTP/1.1
    * connections per host, so one WatchTask per task does not scale there). Live only:
    * no snapshot and no replay; list with ListTasks first, and use WatchTask with
-   * after_seq for one task's complete history.
-   * Errors: INVALID_ARGUMENT (a malformed filter), UNAVAILABLE (NATS or the database
-   * cannot be reached, or the client fell too far behind: list again and reconnect).
+   * after_seq for one task's history.
+   * Errors: INVALID_ARGUMENT (a malformed filter), UNAVAILABLE (the client fell too far
+   * behind, or the server is shutting down: list again and reconnect).
    *
    * @generated from rpc taskwire.v1.WatchService.WatchTasks
    */

@@ -118,7 +118,7 @@ export type Task = Message<"taskwire.v1.Task"> & {
   output?: Value | undefined;
 
   /**
-   * Set when the last attempt failed or the task FAILED.
+   * The latest attempt's failure, or why the task FAILED; cleared when it SUCCEEDED.
    *
    * @generated from field: taskwire.v1.TaskError error = 7;
    */
@@ -177,7 +177,7 @@ export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_taskwire_v1_task, 2);
 
 /**
- * One step in a task's history, as WatchTask streams it.
+ * One step in a task's history, as WatchTask and WatchTasks stream it.
  *
  * @generated from message taskwire.v1.TaskEvent
  */
@@ -188,7 +188,8 @@ export type TaskEvent = Message<"taskwire.v1.TaskEvent"> & {
   taskId: string;
 
   /**
-   * Strictly increasing per task; resume a watch with after_seq = the last seq seen.
+   * The event's position in the server's event stream: strictly increasing per task,
+   * not contiguous. Resume a watch with after_seq = the last seq seen.
    *
    * @generated from field: uint64 seq = 2;
    */

@@ -1,0 +1,174 @@
+//! The deployment a run measures: its own nats-server, a fresh database and each
+//! service binary as a separate process, on free loopback ports; stopped on drop.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use taskwire::pb::v1::{
+    TaskEvent, WatchTaskRequest, task_service_client::TaskServiceClient,
+    watch_service_client::WatchServiceClient,
+};
+use taskwire_tests::{Db, NatsServer, Proc, TestDb, free_port, wait_serving, workspace_bin};
+use tonic::{Streaming, transport::Channel};
+
+use crate::submit_req;
+
+pub struct Deployment {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub api_addr: SocketAddr,
+    pub watch_addr: SocketAddr,
+    /// (role, process): api, watch, recorder, then the workers.
+    procs: Vec<(&'static str, Proc)>,
+}
+
+/// A loopback address with a free port.
+pub fn free_addr() -> SocketAddr {
+    ([127, 0, 0, 1], free_port()).into()
+}
+
+fn spawn(bin: &'static str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(workspace_bin(bin));
+    // Errors only: under load, sqlx's slow-acquire warnings would drown the table.
+    cmd.args(args)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null());
+    Proc::spawn(&mut cmd, bin)
+}
+
+impl Deployment {
+    pub async fn start(db: Db, workers: usize) -> Self {
+        let nats = NatsServer::start();
+        let db = db.create().await;
+        let url = nats.url();
+        let (api_addr, watch_addr) = (free_addr(), free_addr());
+        let common = [
+            "--nats-url",
+            url.as_str(),
+            "--database-url",
+            db.url.as_str(),
+        ];
+        let api = spawn(
+            "taskwire-api",
+            &[
+                &common[..],
+                &[
+                    "--listen",
+                    &api_addr.to_string(),
+                    "--database-max-connections",
+                    "32",
+                ],
+            ]
+            .concat(),
+        );
+        let watch = spawn(
+            "taskwire-watch",
+            &[&common[..], &["--listen", &watch_addr.to_string()]].concat(),
+        );
+        let recorder = spawn("taskwire-recorder", &common);
+        let mut procs = vec![("api", api), ("watch", watch), ("recorder", recorder)];
+        for _ in 0..workers {
+            procs.push((
+                "worker",
+                spawn(
+                    "taskwire-worker",
+                    &["--nats-url", &url, "--concurrency", "64"],
+                ),
+            ));
+        }
+        for addr in [api_addr, watch_addr] {
+            wait_serving(addr).await;
+        }
+        Self {
+            nats,
+            db,
+            api_addr,
+            watch_addr,
+            procs,
+        }
+    }
+
+    /// (role, pid) of every process of the deployment, nats-server included.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let mut v: Vec<(&'static str, u32)> =
+            self.procs.iter().map(|(role, p)| (*role, p.id())).collect();
+        v.extend(self.nats.pid().map(|pid| ("nats-server", pid)));
+        v
+    }
+
+    /// The watch process's pid.
+    pub fn watch_pid(&self) -> u32 {
+        self.procs
+            .iter()
+            .find(|(role, _)| *role == "watch")
+            .map(|(_, p)| p.id())
+            .expect("a watch process")
+    }
+}
+
+/// `n` connections to `addr`, for clients to share.
+pub async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    v
+}
+
+/// `clients` clients each submitting `per` tasks of `kind`, back to back, over 8 shared
+/// connections to `addr`; returns every submit's latency.
+pub async fn closed_loop(
+    addr: SocketAddr,
+    kind: &'static str,
+    clients: usize,
+    per: usize,
+) -> Vec<Duration> {
+    let chans = Arc::new(channels(addr, 8).await);
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let chans = chans.clone();
+            tokio::spawn(async move {
+                let mut c = TaskServiceClient::new(chans[i % chans.len()].clone());
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    c.submit_task(submit_req(kind, serde_json::json!({"i": i})))
+                        .await
+                        .expect("submit");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("client"));
+    }
+    lat
+}
+
+/// A WatchTask stream of `task_id` from its current state.
+pub async fn watch(
+    client: &mut WatchServiceClient<Channel>,
+    task_id: String,
+) -> Streaming<TaskEvent> {
+    client
+        .watch_task(WatchTaskRequest {
+            task_id,
+            after_seq: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
