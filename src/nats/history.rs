@@ -8,6 +8,8 @@
 //! ([`History::append_unless_finished`]). An event's seq is the stream sequence it is
 //! stored at, so seqs strictly increase within a task.
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{
     Context,
     message::PublishMessage,
@@ -79,9 +81,13 @@ pub enum Start {
     LikelyEmpty,
 }
 
-/// Reads and appends to tasks' histories. Cheap to clone.
+/// Reads and appends to tasks' histories. Cheap to clone: one pointer (a watch process
+/// holds one per open stream; the stream handle alone is kilobytes).
 #[derive(Debug, Clone)]
-pub struct History {
+pub struct History(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     js: Context,
     events: Stream,
 }
@@ -89,15 +95,16 @@ pub struct History {
 impl History {
     /// Opens TASKWIRE_EVENTS (it exists once the streams are set up).
     pub async fn open(js: &Context) -> Result<Self, Error> {
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             js: js.clone(),
             events: super::open_stream(js, super::EVENTS_STREAM).await?,
-        })
+        })))
     }
 
     /// The newest event of a task, or `None` if it has none.
     pub async fn last(&self, id: TaskId) -> Result<Option<Stored>, Error> {
         match self
+            .0
             .events
             .get_last_raw_message_by_subject(&event_subject(id))
             .await
@@ -121,6 +128,7 @@ impl History {
     pub async fn next_after(&self, id: TaskId, mut after: u64) -> Result<Option<Stored>, Error> {
         loop {
             let msg = match self
+                .0
                 .events
                 .direct_get_next_for_subject(event_subject(id), Some(after + 1))
                 .await
@@ -182,7 +190,7 @@ impl History {
             .payload(Bytes::from(event.encode_to_vec()))
             .header(SCHEMA_HEADER, SCHEMA_VERSION)
             .expected_last_subject_sequence(expected_last);
-        send(&self.js, event_subject(id), msg, "appending an event").await
+        send(&self.0.js, event_subject(id), msg, "appending an event").await
     }
 
     /// Appends the event `next` makes from the newest one (`None`: the history is

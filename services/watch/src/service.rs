@@ -145,8 +145,10 @@ impl Watcher {
     async fn run(mut self, record: TaskRecord, after_seq: u64, mut sub: crate::hub::Subscription) {
         let result = async {
             if after_seq == 0 {
-                // The current state: the record with what it has not seen folded in, so
-                // a watch started after GetStatus never shows less than it did.
+                // The current state: the record with every stored event it has not seen
+                // folded in, so a watch started after GetStatus never shows less than it
+                // did. That read goes to the end of the stored history, and the hub was
+                // joined before it: nothing is left to refill.
                 let mut record = record;
                 self.api
                     .history
@@ -159,18 +161,16 @@ impl Watcher {
                         })
                     })?;
                 self.send_snapshot(&record).await?;
-            }
-            self.refill().await?;
-            // Resumed at or past the end (after_seq >= the terminal event's seq): the
-            // stream has nothing more to send and ends now. (With after_seq = 0 it has
-            // already ended: a terminal record or a refilled terminal event ends it, so
-            // a fresh watch skips this read.)
-            if after_seq > 0
-                && let Ok(Some(last)) = self.api.history.last(self.id).await
-                && last.seq <= self.last_sent
-                && last.is_terminal()
-            {
-                return Err(End::Finished);
+            } else {
+                self.refill().await?;
+                // Resumed at or past the end (after_seq >= the terminal event's seq):
+                // the stream has nothing more to send and ends now.
+                if let Ok(Some(last)) = self.api.history.last(self.id).await
+                    && last.seq <= self.last_sent
+                    && last.is_terminal()
+                {
+                    return Err(End::Finished);
+                }
             }
             loop {
                 let live = tokio::select! {
