@@ -6,6 +6,7 @@
 //! `services/` (api, worker, recorder, watch) and `clients/`.
 //!
 //! # Layout
+//! - [`admin`]: the admin listener: metrics, liveness, readiness.
 //! - [`backoff`]: the one retry schedule (exponential, jittered).
 //! - [`codec`]: the protobuf codec of the generated stubs (small per-call buffers).
 //! - [`pb`]: the generated protobuf types and gRPC stubs, and the descriptor set that
@@ -24,6 +25,7 @@
 //!   protocol.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backoff;
 pub mod codec;
 pub mod config;

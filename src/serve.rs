@@ -134,6 +134,8 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))
+        // Innermost: it sees native gRPC, whatever the client spoke.
+        .layer(crate::telemetry::grpc::GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await

@@ -28,19 +28,22 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// A service binary's `main`: installs logging; exits 2 if `checked` (its
+/// A service binary's `main`: installs logging (and tracing, when the OTLP
+/// environment asks); exits 2 if `checked` (its
 /// configuration's validation) failed; else runs `run` with the token the first
 /// SIGINT or SIGTERM cancels (a second one ends the process at once) and exits 0, or
 /// 1 with the error and its causes on stderr.
 pub async fn main<F>(
     name: &str,
+    log: &telemetry::LogArgs,
     checked: Result<(), ConfigError>,
     run: impl FnOnce(CancellationToken) -> F,
 ) -> ExitCode
 where
     F: Future<Output = Result<(), Error>>,
 {
-    telemetry::init();
+    // Kept to the end: dropping it flushes the spans not exported yet.
+    let _telemetry = telemetry::init(name, log.log_format);
     if let Err(e) = checked {
         return telemetry::exit_with(name, &e, 2);
     }

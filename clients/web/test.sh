@@ -99,6 +99,7 @@ env -u TASKWIRE_ADDR -u TASKWIRE_WATCH_ADDR -u TASKWIRE_NATS_SERVER -u TASKWIRE_
   --data-dir "$work/data" \
   --nats-server "$NATS_SERVER" \
   --web-listen "127.0.0.1:$web_port" \
+  --admin-listen 127.0.0.1:0 \
   >"$work/taskwire.log" 2>&1 </dev/null &
 tw_pid=$!
 

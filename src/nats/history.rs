@@ -182,14 +182,18 @@ impl History {
 
     /// Appends `event` if the task's newest seq is still `expected_last` (0: the task
     /// has no events); returns its seq, or [`Error::Conflict`] if someone else wrote
-    /// first.
+    /// first. When tracing, the current span's context goes with it in a
+    /// `traceparent` header, so whoever reads the event continues the trace.
     pub async fn append(&self, event: &Event, expected_last: u64) -> Result<u64, Error> {
         let id = TaskId::parse(&event.task_id)
             .map_err(|e| Error::bad_message("an event to append", e))?;
-        let msg = PublishMessage::build()
+        let mut msg = PublishMessage::build()
             .payload(Bytes::from(event.encode_to_vec()))
             .header(SCHEMA_HEADER, SCHEMA_VERSION)
             .expected_last_subject_sequence(expected_last);
+        if let Some(tp) = crate::telemetry::trace::current_traceparent() {
+            msg = msg.header(crate::telemetry::trace::TRACEPARENT, tp.as_str());
+        }
         send(&self.0.js, event_subject(id), msg, "appending an event").await
     }
 

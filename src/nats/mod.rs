@@ -160,17 +160,21 @@ pub async fn flush(client: &Client, timeout: Duration) {
 /// Publishes a task on its subject ([`task_subject`], kept in the outbox row) with
 /// Nats-Msg-Id = its id, so a second publish (the relay after a crash) within the
 /// duplicate window is dropped; waits for JetStream's ack. `payload` is the encoded
-/// [`TaskMessage`].
+/// [`TaskMessage`]; `traceparent` (its own, when tracing) also goes in a header.
 pub async fn publish_task(
     js: &Context,
     subject: String,
     task_id: &str,
     payload: Bytes,
+    traceparent: Option<&str>,
 ) -> Result<u64, Error> {
-    let msg = PublishMessage::build()
+    let mut msg = PublishMessage::build()
         .payload(payload)
         .message_id(task_id)
         .header(SCHEMA_HEADER, SCHEMA_VERSION);
+    if let Some(tp) = traceparent.filter(|tp| !tp.is_empty()) {
+        msg = msg.header(crate::telemetry::trace::TRACEPARENT, tp);
+    }
     send(js, subject, msg, "publishing a task").await
 }
 

@@ -236,6 +236,40 @@ pub struct RecorderPosition {
     pub recorded_through: u64,
 }
 
+impl RecorderPosition {
+    /// Events stored but not recorded yet.
+    pub fn behind(&self) -> u64 {
+        self.stream_last.saturating_sub(self.recorded_through)
+    }
+}
+
+/// How long the oldest event the recorder has not recorded has waited (`None` when it
+/// is caught up): the stored time of the event after its ack floor.
+pub async fn recorder_lag(js: &Context) -> Result<(RecorderPosition, Option<Duration>), Error> {
+    let position = recorder_position(js).await?;
+    if position.behind() == 0 {
+        return Ok((position, None));
+    }
+    let events = js
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .map_err(|e| Error::unavailable("opening the events stream", e))?;
+    // The next event may have been pruned: then the lag in time is unknown.
+    let age = match events.direct_get(position.recorded_through + 1).await {
+        Ok(msg) => Some(age_of(msg.time)),
+        Err(_) => None,
+    };
+    Ok((position, age))
+}
+
+/// How long ago a stored message was stored.
+pub fn age_of(stored: async_nats::datetime::DateTime) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    Duration::from_nanos((now - stored.unix_timestamp_nanos()).max(0) as u64)
+}
+
 /// Reads [`RecorderPosition`]: two JetStream API requests.
 pub async fn recorder_position(js: &Context) -> Result<RecorderPosition, Error> {
     // Opening the stream reads its state.
@@ -249,4 +283,63 @@ pub async fn recorder_position(js: &Context) -> Result<RecorderPosition, Error> 
         stream_last,
         recorded_through: recorder.ack_floor.stream_sequence,
     })
+}
+
+/// One kind's queue, as its consumer on TASKWIRE_TASKS sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The kind (from the consumer's filter subject).
+    pub kind: String,
+    /// Tasks not yet delivered to any worker.
+    pub waiting: u64,
+    /// Tasks delivered and not yet acknowledged: running, or waiting out a retry delay.
+    pub unacked: u64,
+    /// How long the oldest task not yet delivered has waited (`None` if none waits).
+    pub oldest_waiting: Option<Duration>,
+}
+
+/// Every kind's queue: one request for the consumer list, and one per kind with tasks
+/// waiting (to date its oldest).
+pub async fn queue_stats(js: &Context) -> Result<Vec<QueueStats>, Error> {
+    use futures::TryStreamExt;
+    let tasks = js
+        .get_stream_no_info(TASKS_STREAM)
+        .await
+        .map_err(|e| Error::unavailable("opening the task stream", e))?;
+    let consumers: Vec<_> = tasks
+        .consumers()
+        .try_collect()
+        .await
+        .map_err(|e| Error::unavailable("listing the task stream's consumers", e))?;
+    let mut out = Vec::with_capacity(consumers.len());
+    for info in consumers {
+        let Some(kind) = info
+            .config
+            .filter_subject
+            .strip_prefix("taskwire.tasks.")
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let oldest_waiting = if info.num_pending > 0 {
+            tasks
+                .direct_get_next_for_subject(
+                    info.config.filter_subject.as_str(),
+                    Some(info.delivered.stream_sequence + 1),
+                )
+                .await
+                .ok()
+                .map(|m| age_of(m.time))
+        } else {
+            None
+        };
+        out.push(QueueStats {
+            kind,
+            waiting: info.num_pending,
+            unacked: info.num_ack_pending as u64,
+            oldest_waiting,
+        });
+    }
+    out.sort_by(|a, b| a.kind.cmp(&b.kind));
+    Ok(out)
 }

@@ -72,6 +72,8 @@ pub struct LiveEvent {
     pub prev_seq: u64,
     /// The event.
     pub event: Event,
+    /// The trace context of the span that appended it (its `traceparent` header).
+    pub traceparent: Option<String>,
 }
 
 impl LiveEvent {
@@ -91,6 +93,9 @@ impl LiveEvent {
         };
         let seq = number(NATS_SEQUENCE).ok_or_else(|| bad("no Nats-Sequence"))?;
         let prev_seq = number(NATS_LAST_SEQUENCE).unwrap_or(0);
+        let traceparent = headers
+            .get(crate::telemetry::trace::TRACEPARENT)
+            .map(|v| v.as_str().to_string());
         let event = Event::decode(msg.payload.clone())
             .map_err(|e| Error::bad_message(format!("live event of task {task}"), e))?;
         Ok(Self {
@@ -98,6 +103,7 @@ impl LiveEvent {
             seq,
             prev_seq,
             event,
+            traceparent,
         })
     }
 }

@@ -33,7 +33,7 @@ use sqlx::{
 pub use insert::{Inserted, NewTask, Writer};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use projection::EventUpdate;
-pub use read::{ListQuery, PageToken, TaskRecord};
+pub use read::{FinishedCount, ListQuery, PageToken, TaskRecord};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

@@ -135,6 +135,25 @@ impl Store {
         .await
     }
 
+    /// How many outbox rows there are, and when the oldest one's task was submitted
+    /// (microseconds since the epoch; `None` when there are none).
+    pub async fn outbox_stats(&self) -> Result<(u64, Option<i64>), Error> {
+        self.deadline(async {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, MIN(t.created_at_us) AS oldest \
+                 FROM outbox o JOIN tasks t ON t.id = o.task_id",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            use sqlx::Row;
+            Ok((
+                row.try_get::<i64, _>("n")? as u64,
+                row.try_get::<Option<i64>, _>("oldest")?,
+            ))
+        })
+        .await
+    }
+
     /// Whether a task still waits in the outbox (published but not yet confirmed).
     pub async fn in_outbox(&self, id: TaskId) -> Result<bool, Error> {
         self.deadline(async {

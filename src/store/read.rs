@@ -126,6 +126,19 @@ impl TaskRecord {
     }
 }
 
+/// How many tasks of a kind finished one way in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedCount {
+    /// The tasks' kind.
+    pub kind: String,
+    /// SUCCEEDED (true) or FAILED (false).
+    pub succeeded: bool,
+    /// Minutes since the epoch.
+    pub minute: i64,
+    /// How many.
+    pub count: u64,
+}
+
 /// A ListTasks query, validated.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -259,6 +272,35 @@ impl Store {
                 None
             };
             Ok((tasks, next))
+        })
+        .await
+    }
+
+    /// Tasks that finished SUCCEEDED or FAILED since `since_us`, counted by kind, state
+    /// and minute (`finished_at_us / 60 s`), from the `tasks_by_finished` index.
+    pub async fn finished_by_minute(&self, since_us: i64) -> Result<Vec<FinishedCount>, Error> {
+        self.deadline(async {
+            let rows = sqlx::query(
+                "SELECT kind, state, finished_at_us / 60000000 AS minute, COUNT(*) AS n \
+                 FROM tasks WHERE finished_at_us >= $1 AND state IN ($2, $3) \
+                 GROUP BY kind, state, finished_at_us / 60000000",
+            )
+            .bind(since_us)
+            .bind(TaskState::Succeeded as i64)
+            .bind(TaskState::Failed as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let state: i64 = r.try_get("state")?;
+                    Ok(FinishedCount {
+                        kind: r.try_get("kind")?,
+                        succeeded: state == TaskState::Succeeded as i64,
+                        minute: r.try_get("minute")?,
+                        count: r.try_get::<i64, _>("n")? as u64,
+                    })
+                })
+                .collect()
         })
         .await
     }

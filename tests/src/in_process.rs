@@ -15,6 +15,8 @@ pub fn api_config(nats_url: &str, db_url: &str) -> taskwire_api::Config {
         "taskwire-api",
         "--listen",
         "127.0.0.1:0",
+        "--admin-listen",
+        "off",
         "--nats-url",
         nats_url,
         "--database-url",
@@ -105,6 +107,8 @@ pub fn worker_config(nats_url: &str) -> taskwire_worker::Config {
     use clap::Parser;
     taskwire_worker::Config::try_parse_from([
         "taskwire-worker",
+        "--admin-listen",
+        "off",
         "--nats-url",
         nats_url,
         "--nats-timeout",
@@ -126,6 +130,8 @@ pub fn recorder_config(nats_url: &str, db_url: &str) -> taskwire_recorder::Confi
     use clap::Parser;
     taskwire_recorder::Config::try_parse_from([
         "taskwire-recorder",
+        "--admin-listen",
+        "off",
         "--nats-url",
         nats_url,
         "--database-url",
@@ -271,6 +277,8 @@ impl WatchServer {
         use clap::Parser;
         let config = taskwire_watch::Config::try_parse_from([
             "taskwire-watch",
+            "--admin-listen",
+            "off",
             "--nats-url",
             nats_url,
             "--database-url",
@@ -378,4 +386,29 @@ pub async fn wait_serving(addr: SocketAddr) {
         (status == ServingStatus::Serving as i32).then_some(())
     })
     .await;
+}
+
+/// A plain HTTP/1.0 GET (the admin listener's endpoints): (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request sent");
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut raw))
+        .await
+        .expect("answers in time")
+        .expect("reads");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }

@@ -14,12 +14,15 @@
 //!   clients of them.
 //! - `processes`: the built binaries as child processes, for tests that kill them
 //!   ([`Proc`], [`ApiProcess`], [`WorkerProcess`], [`DevProcess`], [`cli`]).
+//! - [`OtlpReceiver`] (`otlp`): an OTLP trace receiver (gRPC and HTTP) that keeps what
+//!   the processes export.
 //! - [`eventually`]: polls a condition under a deadline instead of sleeping.
 #![forbid(unsafe_code)]
 
 mod db;
 mod in_process;
 mod nats_server;
+mod otlp;
 mod processes;
 mod streams;
 
@@ -32,6 +35,7 @@ use std::{
 pub use db::{Db, TestDb};
 pub use in_process::*;
 pub use nats_server::{NATS_CONF, NatsServer};
+pub use otlp::{OtlpReceiver, Received};
 pub use processes::{ApiProcess, DevProcess, Proc, WorkerProcess, alive, cli, nats_pid};
 pub use streams::{dlq_messages, task_events, tasks_in_stream, wait_progress};
 

@@ -26,6 +26,8 @@ impl ApiProcess {
             .args([
                 "--listen",
                 &addr.to_string(),
+                "--admin-listen",
+                "off",
                 "--nats-url",
                 nats_url,
                 "--database-url",
@@ -125,8 +127,15 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(nats_url: &str, args: &[&str]) -> Self {
+        Self::spawn_with_env(nats_url, args, &[])
+    }
+
+    /// As [`WorkerProcess::spawn`], with extra environment.
+    pub fn spawn_with_env(nats_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(workspace_bin("taskwire-worker"));
         cmd.args([
+            "--admin-listen",
+            "off",
             "--nats-url",
             nats_url,
             "--ack-wait",
@@ -136,6 +145,7 @@ impl WorkerProcess {
         ])
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null());
         Self {
             proc: Proc::spawn(&mut cmd, "taskwire-worker"),
@@ -164,6 +174,8 @@ impl WorkerProcess {
 #[derive(Debug)]
 pub struct DevProcess {
     pub addr: SocketAddr,
+    /// Its admin listener: /metrics, /livez, /readyz.
+    pub admin: SocketAddr,
     proc: Proc,
     data_dir: PathBuf,
 }
@@ -171,6 +183,7 @@ pub struct DevProcess {
 impl DevProcess {
     pub async fn spawn(data_dir: &Path) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(workspace_bin("taskwire"));
         cmd.args([
             "dev",
@@ -178,6 +191,8 @@ impl DevProcess {
             &addr.to_string(),
             "--web-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            &admin.to_string(),
         ])
         .arg("--data-dir")
         .arg(data_dir)
@@ -190,6 +205,7 @@ impl DevProcess {
         wait_serving(addr).await;
         Self {
             addr,
+            admin,
             proc,
             data_dir: data_dir.to_path_buf(),
         }

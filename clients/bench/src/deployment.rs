@@ -41,16 +41,21 @@ fn spawn(bin: &'static str, args: &[&str]) -> Proc {
 }
 
 impl Deployment {
-    pub async fn start(db: Db, workers: usize) -> Self {
+    /// Starts everything; `metrics`: whether the processes serve (and so record)
+    /// metrics, each on a free admin port.
+    pub async fn start(db: Db, workers: usize, metrics: bool) -> Self {
         let nats = NatsServer::start();
         let db = db.create().await;
         let url = nats.url();
         let (api_addr, watch_addr) = (free_addr(), free_addr());
+        let admin = if metrics { "127.0.0.1:0" } else { "off" };
         let common = [
             "--nats-url",
             url.as_str(),
             "--database-url",
             db.url.as_str(),
+            "--admin-listen",
+            admin,
         ];
         let api = spawn(
             "taskwire-api",
@@ -76,7 +81,14 @@ impl Deployment {
                 "worker",
                 spawn(
                     "taskwire-worker",
-                    &["--nats-url", &url, "--concurrency", "64"],
+                    &[
+                        "--nats-url",
+                        &url,
+                        "--concurrency",
+                        "64",
+                        "--admin-listen",
+                        admin,
+                    ],
                 ),
             ));
         }

@@ -74,6 +74,10 @@ pub struct Args {
     w4_rate: u64,
     #[arg(long, default_value_t = 10)]
     w4_secs: u64,
+    /// Run the deployment without metrics (no admin listeners, so nothing is
+    /// recorded): to measure what metrics cost.
+    #[arg(long)]
+    no_metrics: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -103,7 +107,7 @@ async fn main() {
         raw::run(&args, &mut results).await;
     }
     for (db, name) in dbs {
-        let d = Deployment::start(db, args.workers).await;
+        let d = Deployment::start(db, args.workers, !args.no_metrics).await;
         if wants("w5") {
             w5::idle_rss(&d, name, &mut results);
         }

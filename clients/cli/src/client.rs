@@ -6,8 +6,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskwire::backoff::Backoff;
 use taskwire::pb::v1::{
-    CancelTaskRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest, TaskEvent, TaskState,
-    WatchTaskRequest, task_service_client::TaskServiceClient,
+    CancelTaskRequest, GetQueueStatsRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest,
+    TaskEvent, TaskState, WatchTaskRequest, task_service_client::TaskServiceClient,
     watch_service_client::WatchServiceClient,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -74,6 +74,16 @@ pub struct LsArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct KindsArgs {
+    /// Minutes of finished tasks to count (1 to 60).
+    #[arg(long, default_value_t = 15)]
+    window: u32,
+    /// Print one JSON object per kind.
+    #[arg(long)]
+    json: bool,
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -104,16 +114,26 @@ async fn tasks(addr: &str) -> Result<TaskServiceClient<Channel>, CliError> {
 pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), CliError> {
     let input: serde_json::Value = serde_json::from_str(&a.input)
         .map_err(|e| CliError::Usage(format!("--input is not JSON: {e}")))?;
-    let resp = tasks(addr)
-        .await?
-        .submit_task(SubmitTaskRequest {
-            kind: a.kind,
-            input: Some(taskwire::json::json_to_value(&input)),
-            idempotency_key: a.idempotency_key.unwrap_or_default(),
-            max_attempts: a.max_attempts,
-            timeout: None,
-            labels: a.labels.into_iter().collect::<HashMap<_, _>>(),
-        })
+    // With OTEL_EXPORTER_OTLP_ENDPOINT set, the submit starts the task's trace: its span
+    // context goes to the api as the traceparent metadata.
+    let _telemetry = taskwire::telemetry::init("taskwire-cli", Default::default());
+    let span = tracing::info_span!("taskwire submit", kind = %a.kind);
+    let mut request = tonic::Request::new(SubmitTaskRequest {
+        kind: a.kind,
+        input: Some(taskwire::json::json_to_value(&input)),
+        idempotency_key: a.idempotency_key.unwrap_or_default(),
+        max_attempts: a.max_attempts,
+        timeout: None,
+        labels: a.labels.into_iter().collect::<HashMap<_, _>>(),
+    });
+    if let Some(tp) = taskwire::telemetry::trace::traceparent_of(&span)
+        .and_then(|tp| tp.parse::<tonic::metadata::MetadataValue<_>>().ok())
+    {
+        request
+            .metadata_mut()
+            .insert(taskwire::telemetry::trace::TRACEPARENT, tp);
+    }
+    let resp = tracing::Instrument::instrument(tasks(addr).await?.submit_task(request), span)
         .await?
         .into_inner();
     // A kind no worker serves waits forever: say so where a person looks.
@@ -175,6 +195,24 @@ pub async fn ls(addr: &str, a: LsArgs) -> Result<(), CliError> {
     }
     if !page.next_page_token.is_empty() && !a.json {
         eprintln!("more: --page-token {}", page.next_page_token);
+    }
+    Ok(())
+}
+
+pub async fn kinds(addr: &str, a: KindsArgs) -> Result<(), CliError> {
+    let stats = tasks(addr)
+        .await?
+        .get_queue_stats(GetQueueStatsRequest {
+            window_minutes: a.window,
+        })
+        .await?
+        .into_inner();
+    if a.json {
+        for k in &stats.kinds {
+            println!("{}", output::kind_json(k));
+        }
+    } else {
+        print!("{}", output::kinds_table(&stats));
     }
     Ok(())
 }

@@ -51,6 +51,8 @@ enum Command {
     Cancel(client::IdArgs),
     /// Lists tasks, newest first.
     Ls(client::LsArgs),
+    /// Shows each kind's queue: waiting, running, the oldest wait, recent outcomes.
+    Kinds(client::KindsArgs),
 }
 
 #[tokio::main]
@@ -64,6 +66,7 @@ async fn main() -> ExitCode {
         Command::Watch(args) => client::watch(&watch_addr, args).await,
         Command::Cancel(args) => client::cancel(&cli.addr, args).await,
         Command::Ls(args) => client::ls(&cli.addr, args).await,
+        Command::Kinds(args) => client::kinds(&cli.addr, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -112,6 +112,63 @@ pub fn rfc3339(ts: &Timestamp) -> String {
     )
 }
 
+/// One kind's queue as one JSON object (scripts).
+pub fn kind_json(k: &taskwire::pb::v1::KindStats) -> Value {
+    json!({
+        "kind": k.kind,
+        "waiting": k.waiting,
+        "running": k.running,
+        "oldest_waiting_seconds": k.oldest_waiting.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+        "succeeded": k.succeeded,
+        "failed": k.failed,
+        "finished_per_minute": k.finished_per_minute,
+    })
+}
+
+/// The kinds as a table for people, with a sparkline of tasks finished per minute.
+pub fn kinds_table(stats: &taskwire::pb::v1::GetQueueStatsResponse) -> String {
+    let mut out = format!(
+        "{:<28} {:>8} {:>8} {:>10} {:>10} {:>8}  finished/min (last {} min)\n",
+        "KIND", "WAITING", "RUNNING", "OLDEST", "SUCCEEDED", "FAILED", stats.window_minutes
+    );
+    for k in &stats.kinds {
+        let oldest = k.oldest_waiting.as_ref().map_or("-".to_string(), |d| {
+            let s = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+            if s < 60.0 {
+                format!("{s:.1}s")
+            } else if s < 3600.0 {
+                format!("{:.1}m", s / 60.0)
+            } else {
+                format!("{:.1}h", s / 3600.0)
+            }
+        });
+        out += &format!(
+            "{:<28} {:>8} {:>8} {:>10} {:>10} {:>8}  {}\n",
+            k.kind,
+            k.waiting,
+            k.running,
+            oldest,
+            k.succeeded,
+            k.failed,
+            sparkline(&k.finished_per_minute)
+        );
+    }
+    out
+}
+
+/// `▁▂▃▅▇`-style bars, scaled to the largest value (blank for zero).
+fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().max().unwrap_or(0);
+    values
+        .iter()
+        .map(|&v| match v {
+            0 => ' ',
+            v => BARS[((v * 7).div_ceil(max.max(1)) as usize).min(7)],
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

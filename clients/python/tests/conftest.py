@@ -98,6 +98,7 @@ class Dev:
             str(TASKWIRE_BIN), "dev",
             "--listen", self.address,
             "--web-listen", f"127.0.0.1:{self.web_port}",
+            "--admin-listen", "127.0.0.1:0",
             "--data-dir", str(self.data_dir),
             "--nats-server", str(NATS_SERVER),
         ]

@@ -9,6 +9,7 @@ use taskwire::{
     domain::TaskId,
     nats::{self, Appended, Start, Stored},
     pb::v1::{Task, TaskState},
+    telemetry::metrics,
 };
 
 use crate::{error::ApiError, service::TaskApi};
@@ -42,6 +43,7 @@ impl TaskApi {
                     tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "cancel signal not sent");
                 }
                 self.project(id, record.last_seq, &stored).await?;
+                metrics::task_event(metrics::TASKS_CANCELLED, &s.kinds.label(&record.kind));
                 tracing::info!(task_id = %id, seq = stored.seq, "task cancelled");
                 self.current(id).await
             }

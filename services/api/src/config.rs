@@ -17,6 +17,14 @@ pub struct Config {
     #[arg(long, env = "TASKWIRE_API_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Where to serve /metrics, /livez, /readyz and gRPC health (plain HTTP), or
+    /// `off`. Loopback unless told otherwise.
+    #[arg(long, env = "TASKWIRE_ADMIN_LISTEN", default_value = "127.0.0.1:9501")]
+    pub admin_listen: taskwire::admin::Listen,
+
+    #[command(flatten)]
+    pub log: taskwire::telemetry::LogArgs,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 

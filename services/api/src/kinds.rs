@@ -10,7 +10,11 @@ use std::{
 };
 
 use async_nats::jetstream::Context;
-use taskwire::{domain::TaskKind, nats, telemetry::chain};
+use taskwire::{
+    domain::TaskKind,
+    nats,
+    telemetry::{chain, metrics},
+};
 
 /// How long a kind found served is believed without asking again.
 const SERVED_FOR: Duration = Duration::from_secs(60);
@@ -30,6 +34,22 @@ impl KnownKinds {
         Self {
             js,
             checked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `kind` as a metrics label: itself if it was last found served, else
+    /// [`metrics::UNSERVED_KIND`]. Asks nothing.
+    pub fn label(&self, kind: &str) -> String {
+        let served = self
+            .checked
+            .lock()
+            .expect("lock")
+            .get(kind)
+            .is_some_and(|(served, _)| *served);
+        if served {
+            kind.to_string()
+        } else {
+            metrics::UNSERVED_KIND.to_string()
         }
     }
 

@@ -11,6 +11,7 @@
 //! - `submit`, `cancel`: the two operations with a protocol of their own.
 //! - `reads`: GetStatus and ListTasks, never older than what watchers have seen.
 //! - `kinds`: whether a worker serves a submitted kind (SubmitTask's warning).
+//! - `stats`: GetQueueStats, and the queue and outbox gauges.
 //! - `batch`: group commit of concurrent submits, batched outbox cleanup.
 //! - `relay`: publishes outbox rows whose submitter died.
 //! - `error`: the one mapping from errors to gRPC codes.
@@ -24,24 +25,27 @@ mod kinds;
 mod reads;
 mod relay;
 mod service;
+mod stats;
 mod submit;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use taskwire::{
-    config::ConfigError, nats, pb::v1::task_service_server::TaskServiceServer, serve, store::Store,
+    admin::{Admin, Checks},
+    config::ConfigError,
+    nats,
+    pb::v1::task_service_server::TaskServiceServer,
+    serve,
+    store::Store,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 pub use config::Config;
 pub use service::TaskApi;
 pub use taskwire::service::Error;
-
-/// How often readiness is re-checked for grpc.health.v1.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The api, connected and set up, not yet serving.
 #[derive(Debug)]
@@ -112,29 +116,45 @@ impl Api {
         })
     }
 
-    /// Runs what the api does besides answering calls (the outbox relay) until
-    /// `shutdown`, then closes the database pool.
+    /// What the api's readiness depends on (NATS and the database), reported to
+    /// `health` too.
+    pub fn checks(&self, health: Vec<(HealthReporter, Vec<&'static str>)>) -> Checks {
+        Checks {
+            nats: self.client.clone(),
+            store: Some(self.store.clone()),
+            health,
+        }
+    }
+
+    /// Runs what the api does besides answering calls (the outbox relay, the queue
+    /// gauges) until `shutdown`, then closes the database pool.
     pub async fn run(self, shutdown: CancellationToken) {
+        let gauges = tokio::spawn(stats::report_gauges(
+            self.relay.js.clone(),
+            self.store.clone(),
+            shutdown.clone(),
+        ));
         self.relay.run(shutdown).await;
+        let _ = gauges.await;
         self.store.close().await;
     }
 }
 
-/// Runs the api alone on `listener` until `shutdown`, then drains in-flight calls.
+/// Runs the api alone on `listener` until `shutdown`, then drains in-flight calls; its
+/// admin listener (metrics, liveness, readiness) beside it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let admin = Admin::bind(config.admin_listen).await?;
     let api = Api::build(&config).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TaskServiceServer<TaskApi>>().await;
-    let readiness = tokio::spawn(report_readiness(
+    let checks = api.checks(vec![(
         health,
-        api.store.clone(),
-        api.client.clone(),
-        shutdown.clone(),
-    ));
+        vec![<TaskServiceServer<TaskApi> as tonic::server::NamedService>::NAME],
+    )]);
+    let admin = tokio::spawn(admin.run(checks, shutdown.clone()));
     let routes = serve::with_introspection(Routes::new(api.service.clone()), health_service);
     let relay = tokio::spawn(api.run(shutdown.clone()));
     if let Ok(addr) = listener.local_addr() {
@@ -143,38 +163,7 @@ pub async fn run(
     let served = serve::serve(routes, listener, &config.serve.cors, shutdown.clone()).await;
     shutdown.cancel();
     let _ = relay.await;
-    let _ = readiness.await;
+    let _ = admin.await;
     served?;
     Ok(())
-}
-
-/// Keeps grpc.health.v1 honest: NOT_SERVING while NATS or the database is down.
-async fn report_readiness(
-    health: tonic_health::server::HealthReporter,
-    store: Store,
-    client: async_nats::Client,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                health.set_not_serving::<TaskServiceServer<TaskApi>>().await;
-                return;
-            }
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-        }
-        let ready = nats::is_connected(&client) && store.ping().await.is_ok();
-        let status = if ready {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        health
-            .set_service_status(
-                <TaskServiceServer<TaskApi> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        health.set_service_status("", status).await;
-    }
 }

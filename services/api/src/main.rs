@@ -8,9 +8,15 @@ use taskwire_api::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    taskwire::service::main("taskwire-api", config.validate(), |shutdown| async move {
-        let listener = taskwire::serve::bind(config.listen).await?;
-        taskwire_api::run(config, listener, shutdown).await
-    })
+    let log = config.log.clone();
+    taskwire::service::main(
+        "taskwire-api",
+        &log,
+        config.validate(),
+        |shutdown| async move {
+            let listener = taskwire::serve::bind(config.listen).await?;
+            taskwire_api::run(config, listener, shutdown).await
+        },
+    )
     .await
 }

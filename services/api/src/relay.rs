@@ -59,11 +59,21 @@ impl Relay {
             .await?;
         for row in &rows {
             let id = row.task_id.to_string();
+            // The submit's trace context is in the body; the header repeats it.
+            let traceparent = if taskwire::telemetry::trace::enabled() {
+                use prost::Message as _;
+                taskwire::pb::internal::v1::TaskMessage::decode(row.payload.as_slice())
+                    .map(|m| m.traceparent)
+                    .ok()
+            } else {
+                None
+            };
             match nats::publish_task(
                 &self.js,
                 row.subject.clone(),
                 &id,
                 Bytes::from(row.payload.clone()),
+                traceparent.as_deref(),
             )
             .await
             {

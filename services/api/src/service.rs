@@ -12,8 +12,9 @@ use taskwire::{
     json,
     nats::History,
     pb::v1::{
-        CancelTaskRequest, GetStatusRequest, ListTasksRequest, ListTasksResponse,
-        SubmitTaskRequest, SubmitTaskResponse, Task, task_service_server::TaskService,
+        CancelTaskRequest, GetQueueStatsRequest, GetQueueStatsResponse, GetStatusRequest,
+        ListTasksRequest, ListTasksResponse, SubmitTaskRequest, SubmitTaskResponse, Task,
+        task_service_server::TaskService,
     },
     store::{ListQuery, NewTask, PageToken, Store},
 };
@@ -72,6 +73,15 @@ impl TaskService for TaskApi {
     async fn cancel_task(&self, req: Request<CancelTaskRequest>) -> Result<Response<Task>, Status> {
         let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
         Ok(Response::new(self.cancel(id).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_queue_stats(
+        &self,
+        req: Request<GetQueueStatsRequest>,
+    ) -> Result<Response<GetQueueStatsResponse>, Status> {
+        let GetQueueStatsRequest { window_minutes } = req.into_inner();
+        Ok(Response::new(self.queue_stats(window_minutes).await?))
     }
 
     #[tracing::instrument(skip_all)]

@@ -17,7 +17,7 @@ use taskwire::{
         v1::{SubmitTaskResponse, TaskState},
     },
     store::{Inserted, NewTask, OutboxEntry},
-    telemetry::chain,
+    telemetry::{chain, metrics, trace},
 };
 
 use crate::{config::Fault, error::ApiError, service::TaskApi};
@@ -57,9 +57,10 @@ impl TaskApi {
             created_at_us: now,
             ..req.0.clone()
         };
+        let traceparent = trace::current_traceparent();
         let outbox = OutboxEntry {
             subject: nats::task_subject(task.kind.as_str()),
-            payload: task_message(&task).encode_to_vec(),
+            payload: task_message(&task, traceparent.clone()).encode_to_vec(),
             lease_until_us: now + s.outbox_lease.as_micros() as i64,
         };
 
@@ -68,10 +69,18 @@ impl TaskApi {
             s.inserter.insert(task.clone(), outbox.clone()),
             s.kinds.warning(&task.kind)
         );
+        // Metrics label kinds no worker serves as one value: a caller inventing kinds
+        // must not grow the label set.
+        let label = if warning.is_some() {
+            metrics::UNSERVED_KIND
+        } else {
+            task.kind.as_str()
+        };
         let warning = warning.unwrap_or_default();
         match inserted? {
             Inserted::New => {}
             Inserted::Duplicate(id) => {
+                metrics::task_event(metrics::TASKS_DEDUPLICATED, label);
                 return Ok(self
                     .await_enqueued(id)
                     .await?
@@ -93,6 +102,7 @@ impl TaskApi {
             outbox.subject,
             &id.to_string(),
             Bytes::from(outbox.payload),
+            traceparent.as_deref(),
         )
         .await
         {
@@ -120,6 +130,7 @@ impl TaskApi {
                 }
             },
         }
+        metrics::task_event(metrics::TASKS_SUBMITTED, label);
         tracing::info!(task_id = %id, "task accepted");
         Ok(Some(SubmitTaskResponse {
             task_id: id.to_string(),
@@ -149,7 +160,7 @@ impl TaskApi {
 }
 
 /// The body published on `taskwire.tasks.<kind>`.
-fn task_message(t: &NewTask) -> TaskMessage {
+fn task_message(t: &NewTask, traceparent: Option<String>) -> TaskMessage {
     TaskMessage {
         task_id: t.id.to_string(),
         kind: t.kind.to_string(),
@@ -161,5 +172,6 @@ fn task_message(t: &NewTask) -> TaskMessage {
         }),
         labels: t.labels.clone().into_map().into_iter().collect(),
         created_at: Some(json::micros_to_timestamp(t.created_at_us)),
+        traceparent: traceparent.unwrap_or_default(),
     }
 }

@@ -22,7 +22,7 @@ use taskwire::{
         internal::v1::TaskMessage,
         v1::{TaskError, TaskState},
     },
-    telemetry::chain,
+    telemetry::{chain, metrics},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +114,9 @@ impl Advisories {
         match appended {
             Appended::Appended(_) => {
                 tracing::warn!(task_id = %id, deliveries, "task failed: deliveries exhausted");
+                metrics::task_event(metrics::TASKS_FAILED, &body.kind);
                 nats::publish_dead_letter(&self.js, &body, Some(&error)).await?;
+                metrics::task_event(metrics::TASKS_DEAD_LETTERED, &body.kind);
             }
             // A task that failed must be in the DLQ (its worker may have died before
             // copying it; the copy is stored once by Nats-Msg-Id). One that succeeded

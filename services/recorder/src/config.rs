@@ -8,7 +8,15 @@ use taskwire::config::{ConfigError, DatabaseArgs, NatsArgs, StreamArgs};
 #[command(name = "taskwire-recorder", version)]
 pub struct Config {
     #[command(flatten)]
+    pub log: taskwire::telemetry::LogArgs,
+
+    #[command(flatten)]
     pub nats: NatsArgs,
+
+    /// Where to serve /metrics, /livez, /readyz and gRPC health (plain HTTP), or
+    /// `off`. Loopback unless told otherwise.
+    #[arg(long, env = "TASKWIRE_ADMIN_LISTEN", default_value = "127.0.0.1:9503")]
+    pub admin_listen: taskwire::admin::Listen,
 
     #[command(flatten)]
     pub streams: StreamArgs,

@@ -16,11 +16,12 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use taskwire::{
+    admin::{Admin, Checks},
     domain::TaskId,
     nats::{self, Stored},
     pb::internal::v1::Event,
     store::{EventUpdate, Store},
-    telemetry::chain,
+    telemetry::{chain, metrics, trace},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ pub use taskwire::service::Error;
 #[derive(Debug)]
 pub struct Recorder {
     store: Store,
+    client: async_nats::Client,
+    js: jetstream::Context,
     advisories: advisories::Advisories,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
@@ -46,13 +49,24 @@ impl Recorder {
             &config.database.store_options(),
         )
         .await?;
-        let (_, js) = nats::join(&config.nats, &config.streams, "taskwire-recorder").await?;
+        let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-recorder").await?;
         Ok(Self {
             store,
+            client,
+            js: js.clone(),
             advisories: advisories::Advisories::build(js.clone()).await?,
             consumer: nats::setup_recorder_consumer(&js).await?,
             batch: config.batch as usize,
         })
+    }
+
+    /// What the recorder's readiness depends on: NATS and the database.
+    pub fn checks(&self) -> Checks {
+        Checks {
+            nats: self.client.clone(),
+            store: Some(self.store.clone()),
+            health: Vec::new(),
+        }
     }
 
     /// Runs until `shutdown`; the batch in hand is finished first. Each batch is
@@ -61,6 +75,7 @@ impl Recorder {
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!("recorder running");
         let advisories = tokio::spawn(self.advisories.run(shutdown.clone()));
+        let lag = tokio::spawn(report_lag(self.js.clone(), shutdown.clone()));
         let mut messages = match self.consumer.messages().await {
             Ok(m) => m,
             Err(e) => {
@@ -91,19 +106,64 @@ impl Recorder {
             record(&self.store, &batch).await;
         }
         let _ = advisories.await;
+        let _ = lag.await;
         self.store.close().await;
     }
 }
 
-/// Builds a recorder and runs it until `shutdown`.
+/// Builds a recorder and runs it until `shutdown`, its admin listener (metrics,
+/// liveness, readiness) beside it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Recorder::build(&config).await?.run(shutdown).await;
+    let admin = Admin::bind(config.admin_listen).await?;
+    let recorder = Recorder::build(&config).await?;
+    let admin = tokio::spawn(admin.run(recorder.checks(), shutdown.clone()));
+    recorder.run(shutdown).await;
+    let _ = admin.await;
     Ok(())
+}
+
+/// How often the recorder's lag is measured for its gauges.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the lag gauges current (while metrics are on) until `shutdown`.
+async fn report_lag(js: jetstream::Context, shutdown: CancellationToken) {
+    if !metrics::enabled() {
+        return;
+    }
+    loop {
+        match nats::streams::recorder_lag(&js).await {
+            Ok((position, age)) => {
+                metrics::gauge!(metrics::RECORDER_LAG_EVENTS).set(position.behind() as f64);
+                metrics::gauge!(metrics::RECORDER_LAG_SECONDS)
+                    .set(age.map_or(0.0, |a| a.as_secs_f64()));
+            }
+            Err(e) => tracing::debug!(error = %chain(&e), "recorder lag unknown"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LAG_INTERVAL) => {}
+        }
+    }
 }
 
 /// Applies one batch in one transaction, then acks it; on a database error, NAKs it
 /// with a delay so it comes back once the database does.
 async fn record(store: &Store, messages: &[jetstream::Message]) {
+    // Tracing on: recording an event is a span of its trace (the appender's context is
+    // in its traceparent header).
+    let _spans: Vec<tracing::Span> = if trace::enabled() {
+        messages
+            .iter()
+            .filter_map(|m| {
+                let tp = m.headers.as_ref()?.get(trace::TRACEPARENT)?;
+                let span = tracing::info_span!("record", subject = %m.subject);
+                trace::set_parent(&span, tp.as_str());
+                Some(span)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut updates = Vec::with_capacity(messages.len());
     for m in messages {
         match decode(m) {
@@ -116,6 +176,7 @@ async fn record(store: &Store, messages: &[jetstream::Message]) {
     }
     match store.apply_events(&updates).await {
         Ok(applied) => {
+            metrics::counter!(metrics::RECORDER_EVENTS).increment(applied as u64);
             tracing::debug!(received = messages.len(), applied, "batch recorded");
             for m in messages {
                 if let Err(e) = m.ack().await {

@@ -8,8 +8,10 @@ use taskwire_recorder::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    let log = config.log.clone();
     taskwire::service::main(
         "taskwire-recorder",
+        &log,
         config.validate(),
         |shutdown| async move { taskwire_recorder::run(config, shutdown).await },
     )

@@ -19,7 +19,7 @@ use taskwire::{
     domain::TaskId,
     nats::{self, LiveEvent},
     pb::internal::v1::Event,
-    telemetry::chain,
+    telemetry::{chain, metrics, trace},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -110,14 +110,27 @@ impl Hub {
                         seq,
                         prev_seq,
                         event,
-                    }) => routing.route(
-                        task,
-                        Live {
-                            seq,
-                            prev_seq,
-                            event: Arc::new(event),
-                        },
-                    ),
+                        traceparent,
+                    }) => {
+                        // Tracing on: the fan-out of an event is a span of its trace.
+                        let span = match &traceparent {
+                            Some(tp) if trace::enabled() => {
+                                let span = tracing::info_span!("watch.route", task_id = %task, seq);
+                                trace::set_parent(&span, tp);
+                                span
+                            }
+                            _ => tracing::Span::none(),
+                        };
+                        let _entered = span.enter();
+                        routing.route(
+                            task,
+                            Live {
+                                seq,
+                                prev_seq,
+                                event: Arc::new(event),
+                            },
+                        );
+                    }
                     Err(e) => tracing::warn!(error = %chain(&e), "live event skipped"),
                 }
             }
@@ -171,15 +184,28 @@ impl Hub {
             // A full queue drops that stream; it then ends with UNAVAILABLE.
             f.retain(|(_, kind, tx)| {
                 kind.as_ref().is_some_and(|k| *k != live.event.kind)
-                    || tx.try_send((task, live.clone())).is_ok()
+                    || kept(tx.try_send((task, live.clone())), "WatchTasks")
             });
         }
         let mut w = self.watchers.lock().expect("lock");
         let Some(list) = w.get_mut(&task) else { return };
         // A full or closed queue drops that watcher; it resynchronises from the stream.
-        list.retain(|(_, tx)| tx.try_send(live.clone()).is_ok());
+        list.retain(|(_, tx)| kept(tx.try_send(live.clone()), "WatchTask"));
         if list.is_empty() {
             w.remove(&task);
         }
+    }
+}
+
+/// Whether a watcher stays in the hub after a send: a closed queue (its stream ended)
+/// leaves, and so does a full one (its client reads too slowly), which is counted.
+fn kept<T>(sent: Result<(), mpsc::error::TrySendError<T>>, rpc: &'static str) -> bool {
+    match sent {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::counter!(metrics::WATCH_SLOW_DROPPED, "rpc" => rpc).increment(1);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }

@@ -15,14 +15,17 @@ mod hub;
 mod service;
 
 use taskwire::{
+    admin::{Admin, Checks},
     nats::{self, History},
     pb::v1::watch_service_server::WatchServiceServer,
     serve,
     store::Store,
+    telemetry::metrics,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
 
 pub use config::Config;
 pub use service::{CLIENT_BUFFER, HUB_BUFFER, WatchApi};
@@ -34,6 +37,7 @@ pub struct Watch {
     /// The gRPC service, to add to a server's routes.
     pub service: WatchServiceServer<WatchApi>,
     api: WatchApi,
+    client: async_nats::Client,
 }
 
 impl Watch {
@@ -48,6 +52,14 @@ impl Watch {
         let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-watch").await?;
         let stop = CancellationToken::new();
         let hub = hub::Hub::start(&client, stop.clone()).await?;
+        // Every watch series exists from the start, at zero, so dashboards and alerts
+        // see the family before the first stream.
+        for rpc in ["WatchTask", "WatchTasks"] {
+            metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => rpc).increment(0.0);
+            metrics::counter!(metrics::WATCH_EVENTS_SENT, "rpc" => rpc).increment(0);
+            metrics::counter!(metrics::WATCH_SLOW_DROPPED, "rpc" => rpc).increment(0);
+        }
+        metrics::counter!(metrics::WATCH_RESUMES).increment(0);
         let api = WatchApi {
             hub,
             stop,
@@ -57,7 +69,18 @@ impl Watch {
         Ok(Self {
             service: WatchServiceServer::new(api.clone()),
             api,
+            client,
         })
+    }
+
+    /// What the watch service's readiness depends on (NATS and the database),
+    /// reported to `health` too.
+    pub fn checks(&self, health: Vec<(HealthReporter, Vec<&'static str>)>) -> Checks {
+        Checks {
+            nats: self.client.clone(),
+            store: Some(self.api.store.clone()),
+            health,
+        }
     }
 
     /// How many WatchTask streams are attached now.
@@ -75,15 +98,21 @@ impl Watch {
     }
 }
 
-/// Runs the watch service alone on `listener` until `shutdown`.
+/// Runs the watch service alone on `listener` until `shutdown`; its admin listener
+/// (metrics, liveness, readiness) beside it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let admin = Admin::bind(config.admin_listen).await?;
     let watch = Watch::build(&config).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<WatchServiceServer<WatchApi>>().await;
+    let checks = watch.checks(vec![(
+        health,
+        vec![<WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME],
+    )]);
+    let admin = tokio::spawn(admin.run(checks, shutdown.clone()));
     let routes = serve::with_introspection(Routes::new(watch.service.clone()), health_service);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "watch listening");
@@ -92,6 +121,7 @@ pub async fn run(
     let served = serve::serve(routes, listener, &config.serve.cors, shutdown.clone()).await;
     shutdown.cancel();
     let _ = running.await;
+    let _ = admin.await;
     served?;
     Ok(())
 }

@@ -8,9 +8,15 @@ use taskwire_watch::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    taskwire::service::main("taskwire-watch", config.validate(), |shutdown| async move {
-        let listener = taskwire::serve::bind(config.listen).await?;
-        taskwire_watch::run(config, listener, shutdown).await
-    })
+    let log = config.log.clone();
+    taskwire::service::main(
+        "taskwire-watch",
+        &log,
+        config.validate(),
+        |shutdown| async move {
+            let listener = taskwire::serve::bind(config.listen).await?;
+            taskwire_watch::run(config, listener, shutdown).await
+        },
+    )
     .await
 }

@@ -24,6 +24,7 @@ use taskwire::{
         },
     },
     store::{Store, TaskRecord},
+    telemetry::metrics,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
@@ -85,7 +86,9 @@ impl WatchService for WatchApi {
             .hub
             .subscribe_all(kind.map(|k| k.to_string()), FIREHOSE_BUFFER);
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        let open = OpenStream::new("WatchTasks");
         tokio::spawn(firehose(
+            open,
             sub,
             labels,
             self.store.clone(),
@@ -117,7 +120,10 @@ impl WatchService for WatchApi {
             last_sent: after_seq,
             api: self.clone(),
         };
-        tokio::spawn(watcher.run(record, after_seq, sub));
+        if after_seq > 0 {
+            metrics::counter!(metrics::WATCH_RESUMES).increment(1);
+        }
+        tokio::spawn(watcher.run(OpenStream::new("WatchTask"), record, after_seq, sub));
         Ok(Response::new(event_stream(rx)))
     }
 }
@@ -142,7 +148,13 @@ enum End {
 }
 
 impl Watcher {
-    async fn run(mut self, record: TaskRecord, after_seq: u64, mut sub: crate::hub::Subscription) {
+    async fn run(
+        mut self,
+        _open: OpenStream,
+        record: TaskRecord,
+        after_seq: u64,
+        mut sub: crate::hub::Subscription,
+    ) {
         let result = async {
             if after_seq == 0 {
                 // The current state: the record with every stored event it has not seen
@@ -255,6 +267,7 @@ impl Watcher {
 
     /// Sends one event; ends the stream after a terminal one.
     async fn emit(&mut self, event: TaskEvent) -> Result<(), End> {
+        metrics::counter!(metrics::WATCH_EVENTS_SENT, "rpc" => "WatchTask").increment(1);
         let terminal = TaskState::try_from(event.state).is_ok_and(TaskState::is_terminal);
         self.out
             .send(Ok(Box::new(event)))
@@ -267,6 +280,7 @@ impl Watcher {
 /// One WatchTasks stream: forwards the feed, filtered by labels (which events do not
 /// carry: each task's are read once from its record).
 async fn firehose(
+    _open: OpenStream,
     mut sub: crate::hub::FirehoseSubscription,
     labels: Labels,
     store: Store,
@@ -322,6 +336,23 @@ async fn firehose(
         {
             return;
         }
+        metrics::counter!(metrics::WATCH_EVENTS_SENT, "rpc" => "WatchTasks").increment(1);
+    }
+}
+
+/// An open stream, counted in the streams gauge while it lives.
+struct OpenStream(&'static str);
+
+impl OpenStream {
+    fn new(rpc: &'static str) -> Self {
+        metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => rpc).increment(1.0);
+        Self(rpc)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => self.0).decrement(1.0);
     }
 }
 

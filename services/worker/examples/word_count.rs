@@ -12,7 +12,7 @@ use taskwire_worker::{Config, Registry, TaskContext, TaskFailure};
 
 #[tokio::main]
 async fn main() -> Result<(), taskwire_worker::Error> {
-    taskwire::telemetry::init();
+    let _telemetry = taskwire::telemetry::init("word-count-worker", Default::default());
     let mut kinds = Registry::new();
     kinds.register("text.word_count", |ctx: TaskContext| async move {
         let text = ctx.input()["text"]

@@ -26,7 +26,7 @@ use taskwire::{
         internal::v1::TaskMessage,
         v1::{Progress, TaskError, TaskState},
     },
-    telemetry::chain,
+    telemetry::{chain, metrics, trace},
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -51,12 +51,33 @@ struct Delivery {
     body: TaskMessage,
 }
 
+/// One slot in use: counted in the slot gauges while it lives.
+struct SlotInUse {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SlotInUse {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(metrics::WORKER_SLOTS, "state" => "used").increment(1.0);
+        metrics::gauge!(metrics::WORKER_SLOTS, "state" => "free").decrement(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for SlotInUse {
+    fn drop(&mut self) {
+        metrics::gauge!(metrics::WORKER_SLOTS, "state" => "used").decrement(1.0);
+        metrics::gauge!(metrics::WORKER_SLOTS, "state" => "free").increment(1.0);
+    }
+}
+
 /// Handles one delivery of one task, holding one slot until it is settled.
 pub(crate) async fn process(
     shared: Arc<Shared>,
     msg: jetstream::Message,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
+    let _slot = SlotInUse::new(slot);
     let d = match Delivery::parse(&msg) {
         Ok((id, attempt, body)) => Delivery {
             msg,
@@ -71,8 +92,19 @@ pub(crate) async fn process(
             return;
         }
     };
-    let span =
-        tracing::info_span!("attempt", task_id = %d.id, kind = %d.body.kind, attempt = d.attempt);
+    // Every log line of the attempt carries its task, kind and attempt (and trace id);
+    // when tracing, the span continues the submit's trace.
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = %format!("attempt {}", d.body.kind),
+        task_id = %d.id,
+        kind = %d.body.kind,
+        attempt = d.attempt,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    trace::set_parent(&span, &d.body.traceparent);
+    trace::record_trace_id(&span);
     tracing::Instrument::instrument(run(&shared, d), span).await;
 }
 
@@ -107,6 +139,16 @@ async fn run(shared: &Arc<Shared>, d: Delivery) {
     let Some(writer) = claim(shared, &d).await else {
         return;
     };
+    let started = std::time::Instant::now();
+    let kind = d.body.kind.as_str();
+    metrics::task_event(metrics::TASKS_STARTED, kind);
+    if d.attempt == 1
+        && let Some(created) = &d.body.created_at
+    {
+        let waited = json::now_micros() - json::timestamp_to_micros(created);
+        metrics::histogram!(metrics::TASK_QUEUE_WAIT, "kind" => kind.to_string())
+            .record(waited.max(0) as f64 / 1e6);
+    }
     let outcome = match shared.registry.get(&d.body.kind) {
         Some(handler) => execute(shared, &d, writer.clone(), handler, stop).await,
         None => Outcome::Finished(Err(TaskFailure::fatal(format!(
@@ -115,7 +157,10 @@ async fn run(shared: &Arc<Shared>, d: Delivery) {
         ))
         .with_code("NO_HANDLER"))),
     };
-    settle(shared, &d, &writer, outcome).await;
+    let ended = settle(shared, &d, &writer, outcome).await;
+    tracing::Span::current().record("outcome", ended);
+    metrics::histogram!(metrics::TASK_RUN, "kind" => kind.to_string(), "outcome" => ended)
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Checks the task's history and appends RUNNING for this attempt (or FAILED, if the
@@ -152,7 +197,8 @@ async fn claim(shared: &Arc<Shared>, d: &Delivery) -> Option<Arc<EventWriter>> {
     match appended {
         Ok(Appended::Appended(stored)) if exhausted => {
             tracing::warn!(error = %failure, "task failed");
-            dead_letter_and_ack(shared, d, stored.event.error.as_ref()).await;
+            metrics::task_event(metrics::TASKS_FAILED, &d.body.kind);
+            dead_letter_and_ack(shared, d, stored.event.error.as_ref(), true).await;
             None
         }
         Ok(Appended::Appended(Stored { seq, .. })) => Some(Arc::new(EventWriter::new(
@@ -167,7 +213,7 @@ async fn claim(shared: &Arc<Shared>, d: &Delivery) -> Option<Arc<EventWriter>> {
             // outcome was stored). A FAILED task must be in the DLQ: make sure.
             tracing::info!(state = ?last.state(), "task already finished; acking");
             if last.state() == TaskState::Failed {
-                dead_letter_and_ack(shared, d, last.event.error.as_ref()).await;
+                dead_letter_and_ack(shared, d, last.event.error.as_ref(), false).await;
             } else {
                 ack(&d.msg).await;
             }
@@ -217,7 +263,11 @@ async fn execute(
             }
         }
     };
-    let mut running = tokio::spawn(handler(ctx));
+    // The handler's progress and log events are appended in the attempt's span.
+    let mut running = tokio::spawn(tracing::Instrument::instrument(
+        handler(ctx),
+        tracing::Span::current(),
+    ));
     let outcome = tokio::select! {
         r = &mut running => match r {
             Ok(_) if stop.is_cancelled() => Outcome::Stopped,
@@ -235,8 +285,15 @@ async fn execute(
     outcome
 }
 
-/// Turns an attempt's outcome into its event and the delivery's ack or NAK.
-async fn settle(shared: &Arc<Shared>, d: &Delivery, writer: &EventWriter, outcome: Outcome) {
+/// Turns an attempt's outcome into its event and the delivery's ack or NAK. Returns
+/// how it ended, for metrics: succeeded, retried, failed, stopped, handed_back, or
+/// unsettled (its outcome could not be stored; the task is redelivered).
+async fn settle(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    writer: &EventWriter,
+    outcome: Outcome,
+) -> &'static str {
     match outcome {
         Outcome::Finished(Ok(output)) => {
             let done = Update {
@@ -248,9 +305,12 @@ async fn settle(shared: &Arc<Shared>, d: &Delivery, writer: &EventWriter, outcom
                 output: Some(json::json_to_value(&output)),
                 ..Update::default()
             };
-            if store_outcome(shared, d, writer, done).await {
-                ack(&d.msg).await;
+            if !store_outcome(shared, d, writer, done).await {
+                return UNSETTLED;
             }
+            metrics::task_event(metrics::TASKS_SUCCEEDED, &d.body.kind);
+            ack(&d.msg).await;
+            "succeeded"
         }
         Outcome::Finished(Err(f)) => retry_or_fail(shared, d, writer, f).await,
         Outcome::TimedOut(timeout) => {
@@ -262,34 +322,52 @@ async fn settle(shared: &Arc<Shared>, d: &Delivery, writer: &EventWriter, outcom
             retry_or_fail(shared, d, writer, f).await
         }
         // Cancelled (the api wrote CANCELLED) or taken over by another worker.
-        Outcome::Stopped => ack_if_finished(shared, d).await,
+        Outcome::Stopped => {
+            ack_if_finished(shared, d).await;
+            "stopped"
+        }
         Outcome::HandBack => {
             let f = TaskFailure::retryable("the worker shut down").with_code("WORKER_SHUTDOWN");
-            if store_outcome(shared, d, writer, retrying(&f)).await {
-                let _ = d.msg.ack_with(AckKind::Nak(None)).await;
+            if !store_outcome(shared, d, writer, retrying(&f)).await {
+                return UNSETTLED;
             }
+            let _ = d.msg.ack_with(AckKind::Nak(None)).await;
+            "handed_back"
         }
     }
 }
 
-async fn retry_or_fail(shared: &Arc<Shared>, d: &Delivery, writer: &EventWriter, f: TaskFailure) {
+/// How an attempt ended whose outcome could not be stored.
+const UNSETTLED: &str = "unsettled";
+
+async fn retry_or_fail(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    writer: &EventWriter,
+    f: TaskFailure,
+) -> &'static str {
     if !f.retryable || d.attempt >= d.body.max_attempts {
         let failed = Update {
             state: TaskState::Failed,
             error: Some(task_error(&f)),
             ..Update::default()
         };
-        if store_outcome(shared, d, writer, failed).await {
-            tracing::warn!(error = %f, "task failed");
-            dead_letter_and_ack(shared, d, Some(&task_error(&f))).await;
+        if !store_outcome(shared, d, writer, failed).await {
+            return UNSETTLED;
         }
-        return;
+        tracing::warn!(error = %f, "task failed");
+        metrics::task_event(metrics::TASKS_FAILED, &d.body.kind);
+        dead_letter_and_ack(shared, d, Some(&task_error(&f)), true).await;
+        return "failed";
     }
-    if store_outcome(shared, d, writer, retrying(&f)).await {
-        let delay = shared.config.backoff().delay(d.attempt);
-        tracing::info!(?delay, error = %f, "attempt failed; retrying after backoff");
-        let _ = d.msg.ack_with(AckKind::Nak(Some(delay))).await;
+    if !store_outcome(shared, d, writer, retrying(&f)).await {
+        return UNSETTLED;
     }
+    let delay = shared.config.backoff().delay(d.attempt);
+    tracing::info!(?delay, error = %f, "attempt failed; retrying after backoff");
+    metrics::task_event(metrics::TASKS_RETRIED, &d.body.kind);
+    let _ = d.msg.ack_with(AckKind::Nak(Some(delay))).await;
+    "retried"
 }
 
 /// Stores an attempt's outcome event, trying a few times through a short outage.
@@ -324,10 +402,21 @@ async fn store_outcome(
 }
 
 /// Copies a failed task to the DLQ, then acks; if the copy fails, the message is left
-/// for redelivery, whose history read finds FAILED and copies it again.
-async fn dead_letter_and_ack(shared: &Arc<Shared>, d: &Delivery, error: Option<&TaskError>) {
+/// for redelivery, whose history read finds FAILED and copies it again (`count`:
+/// whether this is the first copy, for the dead-letter counter).
+async fn dead_letter_and_ack(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    error: Option<&TaskError>,
+    count: bool,
+) {
     match nats::publish_dead_letter(&shared.js, &d.body, error).await {
-        Ok(()) => ack(&d.msg).await,
+        Ok(()) => {
+            if count {
+                metrics::task_event(metrics::TASKS_DEAD_LETTERED, &d.body.kind);
+            }
+            ack(&d.msg).await
+        }
         Err(e) => {
             tracing::warn!(error = %chain(&e), "dead-letter publish failed; the task is redelivered")
         }

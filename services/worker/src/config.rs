@@ -14,7 +14,16 @@ use taskwire::{
 #[command(name = "taskwire-worker", version)]
 pub struct Config {
     #[command(flatten)]
+    pub log: taskwire::telemetry::LogArgs,
+
+    #[command(flatten)]
     pub nats: NatsArgs,
+
+    /// Where to serve /metrics, /livez, /readyz and gRPC health (plain HTTP), or
+    /// `off`. Loopback unless told otherwise. Several workers on one machine each need their own (or
+    /// 127.0.0.1:0 for any free port).
+    #[arg(long, env = "TASKWIRE_ADMIN_LISTEN", default_value = "127.0.0.1:9504")]
+    pub admin_listen: taskwire::admin::Listen,
 
     #[command(flatten)]
     pub streams: StreamArgs,

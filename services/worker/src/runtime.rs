@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, consumer::pull};
 use taskwire::{
+    admin::{Admin, Checks},
     config::ConfigError,
     nats::{self, History},
 };
@@ -59,6 +60,8 @@ impl Worker {
                 nats::setup_kind_consumer(&js, &kind, config.ack_wait, config.max_deliver).await?,
             );
         }
+        taskwire::telemetry::metrics::gauge!(taskwire::telemetry::metrics::WORKER_SLOTS, "state" => "free")
+            .increment(f64::from(config.concurrency));
         let shared = Arc::new(Shared {
             js,
             history,
@@ -74,6 +77,15 @@ impl Worker {
             consumers,
             router_stop,
         })
+    }
+
+    /// What the worker's readiness depends on: NATS.
+    pub fn checks(&self) -> Checks {
+        Checks {
+            nats: self.client.clone(),
+            store: None,
+            health: Vec::new(),
+        }
     }
 
     /// Runs until `shutdown`, then drains: stops pulling, lets running handlers finish
@@ -117,12 +129,17 @@ impl Worker {
     }
 }
 
-/// Builds a worker and runs it until `shutdown` (see [`Worker`]).
+/// Builds a worker and runs it until `shutdown` (see [`Worker`]), its admin listener
+/// (metrics, liveness, readiness) beside it.
 pub async fn run(
     config: Config,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    Worker::build(config, registry).await?.run(shutdown).await;
+    let admin = Admin::bind(config.admin_listen).await?;
+    let worker = Worker::build(config, registry).await?;
+    let admin = tokio::spawn(admin.run(worker.checks(), shutdown.clone()));
+    worker.run(shutdown).await;
+    let _ = admin.await;
     Ok(())
 }

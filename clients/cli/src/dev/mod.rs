@@ -22,6 +22,7 @@ use std::{
 
 use clap::{Args, Parser};
 use taskwire::{
+    admin::Admin,
     pb::v1::{task_service_server::TaskServiceServer, watch_service_server::WatchServiceServer},
     serve::{self, BindError, Cors},
 };
@@ -51,6 +52,16 @@ pub struct DevArgs {
     /// grpc-web, learning it from /config.js).
     #[arg(long, env = "TASKWIRE_WEB_LISTEN", default_value = "127.0.0.1:50080")]
     web_listen: SocketAddr,
+    /// Where to serve /metrics, /livez, /readyz and gRPC health for the whole system
+    /// (plain HTTP), or `off`.
+    #[arg(
+        long,
+        env = "TASKWIRE_DEV_ADMIN_LISTEN",
+        default_value = "127.0.0.1:50090"
+    )]
+    admin_listen: taskwire::admin::Listen,
+    #[command(flatten)]
+    log: taskwire::telemetry::LogArgs,
 }
 
 /// How long a running task may take to finish after Ctrl-C before it is handed back.
@@ -121,7 +132,7 @@ impl DevError {
 
 /// Runs `taskwire dev` until Ctrl-C.
 pub async fn run(a: DevArgs) -> Result<(), DevError> {
-    taskwire::telemetry::init();
+    let _telemetry = taskwire::telemetry::init("taskwire-dev", a.log.log_format);
     let started = Instant::now();
     std::fs::create_dir_all(&a.data_dir).map_err(|e| DevError::io("creating the data dir", e))?;
     let data_dir = a
@@ -137,6 +148,7 @@ pub async fn run(a: DevArgs) -> Result<(), DevError> {
         Some(source) => Some((source, serve::bind(a.web_listen).await?)),
         None => None,
     };
+    let admin = Admin::bind(a.admin_listen).await?;
     let signals = taskwire::shutdown::signals();
     let mut nats = NatsServer::start(a.nats_server.as_deref(), &data_dir).await?;
 
@@ -148,7 +160,7 @@ pub async fn run(a: DevArgs) -> Result<(), DevError> {
     };
     let drain = signals.drain.clone();
     let result = tokio::select! {
-        r = system.run(listener, web, drain.clone()) => r,
+        r = system.run(listener, web, admin, drain.clone()) => r,
         _ = async { drain.cancelled().await; tokio::time::sleep(DRAIN_LIMIT).await } => {
             Err(DevError::DrainTimedOut)
         }
@@ -177,6 +189,7 @@ impl System {
         self,
         listener: tokio::net::TcpListener,
         web: Option<(dashboard::Source, tokio::net::TcpListener)>,
+        admin: Admin,
         shutdown: CancellationToken,
     ) -> Result<(), DevError> {
         let db = format!("sqlite://{}", self.data_dir.join("taskwire.db").display());
@@ -204,7 +217,8 @@ impl System {
         .await
         .map_err(DevError::Worker)?;
 
-        // Every part is ready: only now does health say SERVING.
+        // Every part is ready: only now does health say SERVING (the admin's readiness
+        // checks report it from here on, for both services).
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<TaskServiceServer<taskwire_api::TaskApi>>()
@@ -212,10 +226,19 @@ impl System {
         health
             .set_serving::<WatchServiceServer<taskwire_watch::WatchApi>>()
             .await;
+        let checks = api.checks(vec![(
+            health,
+            vec![
+                <TaskServiceServer<taskwire_api::TaskApi> as tonic::server::NamedService>::NAME,
+                <WatchServiceServer<taskwire_watch::WatchApi> as tonic::server::NamedService>::NAME,
+            ],
+        )]);
+        let admin_url = admin.local_addr().map(|a| format!("http://{a}/metrics"));
         let routes = Routes::new(api.service.clone()).add_service(watch.service.clone());
         let routes = serve::with_introspection(routes, health_service);
 
         let background = tokio_util::task::TaskTracker::new();
+        background.spawn(admin.run(checks, shutdown.clone()));
         background.spawn(api.run(shutdown.clone()));
         background.spawn(watch.run(shutdown.clone()));
         background.spawn(recorder.run(shutdown.clone()));
@@ -237,7 +260,7 @@ impl System {
             None => None,
         };
         background.close();
-        self.banner(dashboard.as_deref());
+        self.banner(dashboard.as_deref(), admin_url.as_deref());
 
         let served = serve::serve(routes, listener, &Cors::Any, shutdown.clone()).await;
         shutdown.cancel();
@@ -245,7 +268,7 @@ impl System {
         served.map_err(DevError::Serve)
     }
 
-    fn banner(&self, dashboard: Option<&str>) {
+    fn banner(&self, dashboard: Option<&str>, metrics: Option<&str>) {
         let addr = self.addr;
         println!(
             "taskwire dev: serving gRPC and grpc-web on {addr} (ready in {:?})",
@@ -257,6 +280,9 @@ impl System {
                 "  dashboard: not built into this binary (build it with scripts/setup, which \
                  needs node, then cargo build)"
             ),
+        }
+        if let Some(url) = metrics {
+            println!("  metrics:   {url} (and /livez, /readyz)");
         }
         println!(
             "  nats:      {} (also in {})",
