@@ -30,11 +30,13 @@ impl ConfigError {
 /// Where NATS is.
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
-    /// NATS server URL (JetStream enabled).
+    /// NATS server URL (JetStream enabled), or a comma-separated list of a cluster's
+    /// servers: the process starts while any one of them is up.
     #[arg(
         long = "nats-url",
         env = "TASKWIRE_NATS_URL",
-        default_value = DEFAULT_NATS_URL
+        default_value = DEFAULT_NATS_URL,
+        value_parser = parse_nats_urls
     )]
     pub nats_url: String,
 
@@ -138,6 +140,10 @@ impl fmt::Debug for DatabaseArgs {
     }
 }
 
+fn parse_nats_urls(s: &str) -> Result<String, String> {
+    crate::nats::servers(s).map(|_| s.to_string())
+}
+
 fn parse_database_url(s: &str) -> Result<String, String> {
     crate::store::Backend::of_url(s)
         .map(|_| s.to_string())
@@ -179,6 +185,21 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         for bad in ["", "5", "s", "-1s", "0s", "5x", "99999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nats_url_lists() {
+        assert!(parse_nats_urls("nats://a:4222").is_ok());
+        assert!(parse_nats_urls("nats://a:4222, nats://b:4222,nats://c:4222").is_ok());
+        assert_eq!(
+            crate::nats::servers("nats://a:4222,nats://b:5222")
+                .unwrap()
+                .len(),
+            2
+        );
+        for bad in ["", ",", "nats://a:notaport", "nats://a:4222,bad url"] {
+            assert!(parse_nats_urls(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -131,11 +131,12 @@ pub async fn serve(
         .accept_http1(true)
         .layer(cors.layer())
         .layer(tonic_web::GrpcWebLayer::new())
+        // Inside grpc-web's: it sees native gRPC, whatever the client spoke; outside
+        // the oversize rewrite: it counts the code the client gets.
+        .layer(crate::telemetry::grpc::GrpcMetricsLayer)
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))
-        // Innermost: it sees native gRPC, whatever the client spoke.
-        .layer(crate::telemetry::grpc::GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await

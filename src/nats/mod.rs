@@ -109,15 +109,36 @@ impl Error {
     }
 }
 
-/// Connects to NATS with a deadline; the client reconnects by itself afterwards.
-pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Client, Error> {
+/// The servers of a NATS URL list as NATS users write it: `nats://a:4222,nats://b:4222`
+/// (async-nats takes a list, not a comma-separated string).
+pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let servers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{u:?} is not a NATS URL: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err("no NATS URL given".into());
+    }
+    Ok(servers)
+}
+
+/// Connects to NATS (any one of a comma-separated list of servers; the client learns
+/// the rest of a cluster from them) with a deadline; the client reconnects by itself
+/// afterwards, to any server of the cluster.
+pub async fn connect(urls: &str, name: &str, timeout: Duration) -> Result<Client, Error> {
+    let servers = servers(urls).map_err(|e| Error::unavailable("connecting to NATS", e))?;
     ConnectOptions::new()
         .name(name)
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
-        .connect(url)
+        .connect(servers)
         .await
-        .map_err(|e| Error::unavailable(format!("connecting to {url}"), e))
+        .map_err(|e| Error::unavailable(format!("connecting to {urls}"), e))
 }
 
 /// What every process does first: connect (as `name`), and create or update the

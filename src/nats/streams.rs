@@ -70,6 +70,8 @@ pub async fn setup_streams(js: &Context, s: &StreamSettings) -> Result<(), Error
         // own consumer (see `kind_consumer`), so kinds served by different workers, in
         // any language, never take each other's tasks.
         retention: RetentionPolicy::WorkQueue,
+        // Queue stats date a kind's oldest waiting task by direct get.
+        allow_direct: true,
         ..file(TASKS_STREAM, TASKS_ALL)
     };
     let events = stream::Config {

@@ -38,7 +38,7 @@ pub const TASKS_DEAD_LETTERED: &str = "taskwire_tasks_dead_lettered_total";
 /// Time from submit to the first attempt's start, by `kind`.
 pub const TASK_QUEUE_WAIT: &str = "taskwire_task_queue_wait_seconds";
 /// Time an attempt ran, by `kind` and `outcome` (succeeded, retried, failed, stopped,
-/// handed_back).
+/// handed_back, or unsettled: its outcome could not be stored and it is redelivered).
 pub const TASK_RUN: &str = "taskwire_task_run_seconds";
 /// Tasks waiting to be delivered (the kind's consumer's pending count), by `kind`.
 pub const QUEUE_PENDING: &str = "taskwire_queue_pending_tasks";

@@ -61,7 +61,9 @@ pub fn init(service: &str, format: LogFormat) -> Telemetry {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            // Every enclosing span's fields: an api line's trace_id is on its
+            // outermost (grpc) span.
+            .with_span_list(true)
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),

@@ -1,5 +1,6 @@
 //! NATS down: SubmitTask answers UNAVAILABLE within its deadline (never hangs) and
-//! leaves nothing behind; once NATS is back, submits work again.
+//! leaves nothing behind; once NATS is back, submits work again. A list of NATS URLs
+//! starts while one of them is down.
 
 use std::time::{Duration, Instant};
 
@@ -50,4 +51,16 @@ async fn nats_down_is_unavailable(db: Db) {
     .await;
 }
 
-both_databases!(nats_down_is_unavailable);
+/// A comma-separated list of NATS URLs, as NATS users write them: the api starts and
+/// works while the first server listed is down.
+async fn a_list_of_nats_urls_with_one_down(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let down = format!("nats://127.0.0.1:{}", taskwire_tests::free_port());
+    let list = format!("{down},{}", nats.url());
+    let api = Api::start(api_config(&list, &db.url)).await;
+    let mut client = api.client().await;
+    super::submit(&mut client, submit_req("demo.echo", serde_json::json!(1))).await;
+}
+
+both_databases!(nats_down_is_unavailable, a_list_of_nats_urls_with_one_down);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use taskwire::{
     json,
-    pb::v1::{GetStatusRequest, SubmitTaskRequest, TaskState},
+    pb::v1::{GetQueueStatsRequest, GetStatusRequest, SubmitTaskRequest, TaskState},
 };
 use taskwire_tests::{
     Api, Db, NatsServer, Running, Stack, api_config, both_databases, eventually, tasks_in_stream,
@@ -171,3 +171,71 @@ both_databases!(
     default_max_attempts_applies,
     an_unserved_kind_is_accepted_with_a_warning
 );
+
+/// GetQueueStats: tasks of a kind whose worker is away wait, and the oldest wait is
+/// dated; finished tasks are counted by kind.
+async fn queue_stats_show_waiting_and_finished_tasks(db: Db) {
+    let stack = Stack::start(db).await;
+    let mut client = stack.client().await;
+    // A worker of `queued.kind` registered it once and is gone: its consumer stays.
+    let js = stack.nats.jetstream().await;
+    taskwire::nats::setup_kind_consumer(
+        &js,
+        "queued.kind",
+        std::time::Duration::from_secs(30),
+        101,
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        super::submit(
+            &mut client,
+            super::submit_req("queued.kind", serde_json::json!(i)),
+        )
+        .await;
+    }
+    let echo = super::submit(
+        &mut client,
+        super::submit_req("demo.echo", serde_json::json!(1)),
+    )
+    .await;
+    wait_terminal(&client, &echo).await;
+
+    let stats = eventually("the echo task is counted", || {
+        let mut c = client.clone();
+        async move {
+            let s = c
+                .get_queue_stats(GetQueueStatsRequest { window_minutes: 5 })
+                .await
+                .ok()?
+                .into_inner();
+            s.kinds
+                .iter()
+                .any(|k| k.kind == "demo.echo" && k.succeeded >= 1)
+                .then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(stats.window_minutes, 5);
+    let queued = stats
+        .kinds
+        .iter()
+        .find(|k| k.kind == "queued.kind")
+        .expect("listed");
+    assert_eq!((queued.waiting, queued.running), (3, 0), "{queued:?}");
+    let oldest = queued.oldest_waiting.expect("the oldest wait is dated");
+    assert!(oldest.seconds > 0 || oldest.nanos > 0, "{oldest:?}");
+    let echo = stats.kinds.iter().find(|k| k.kind == "demo.echo").unwrap();
+    assert_eq!(echo.finished_per_minute.len(), 5);
+    assert_eq!(
+        echo.finished_per_minute.iter().sum::<u64>(),
+        echo.succeeded + echo.failed
+    );
+    let err = client
+        .get_queue_stats(GetQueueStatsRequest { window_minutes: 61 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+both_databases!(queue_stats_show_waiting_and_finished_tasks);

@@ -14,6 +14,10 @@
 is an async iterator. Every failed call raises :class:`TaskwireError`, which carries
 the gRPC status code. ``submit`` emits a :class:`TaskwireWarning` (``warnings.warn``)
 when the server accepts a task with a warning, e.g. that no worker serves its kind.
+
+A submit starts or continues a trace: it sends ``traceparent`` (W3C trace context) as
+gRPC metadata, the one given, else the current OpenTelemetry span's when the
+``opentelemetry`` package is installed and a span is current (it is optional).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
+from . import _trace
 from .v1 import service_pb2, service_pb2_grpc, task_pb2
 from .values import JSON, from_value, to_value
 
@@ -56,6 +61,7 @@ Task = task_pb2.Task
 TaskEvent = task_pb2.TaskEvent
 TaskState = task_pb2.TaskState
 ListTasksResponse = service_pb2.ListTasksResponse
+GetQueueStatsResponse = service_pb2.GetQueueStatsResponse
 
 #: SUCCEEDED, FAILED and CANCELLED: a task in one of them never changes again.
 TERMINAL_STATES: frozenset[int] = frozenset(
@@ -162,6 +168,17 @@ def _submit_request(
         d.FromTimedelta(datetime.timedelta(seconds=_seconds(task_timeout)))
         req.timeout.CopyFrom(d)
     return req
+
+
+def _with_traceparent(
+    metadata: tuple[tuple[str, str], ...], traceparent: Optional[str]
+) -> tuple[tuple[str, str], ...]:
+    """A submit's metadata: the client's, with the trace context to continue (see
+    :func:`taskwire._trace.outgoing`) in place of any ``traceparent`` it had."""
+    tp = _trace.outgoing(traceparent)
+    if tp is None:
+        return metadata
+    return tuple(m for m in metadata if m[0].lower() != _trace.TRACEPARENT) + ((_trace.TRACEPARENT, tp),)
 
 
 def _list_request(
@@ -470,9 +487,20 @@ class Client:
             for w in list(self._watches):
                 w._connection_lost()
 
-    def _unary(self, method: str, fn: Any, req: Any, timeout: Optional[float]) -> Any:
+    def _unary(
+        self,
+        method: str,
+        fn: Any,
+        req: Any,
+        timeout: Optional[float],
+        metadata: Optional[tuple[tuple[str, str], ...]] = None,
+    ) -> Any:
         try:
-            return fn(req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+            return fn(
+                req,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata if metadata is None else metadata,
+            )
         except grpc.RpcError as e:
             raise TaskwireError.from_rpc_error(e, method) from e
 
@@ -487,11 +515,15 @@ class Client:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> str:
         """Submits a task and returns its id. ``input`` is any JSON value (plain
         Python); ``max_attempts`` 0 = the server's default; ``task_timeout`` is the
         per-attempt timeout (seconds or timedelta); ``timeout`` this call's deadline.
+        ``traceparent`` (W3C, ``00-<trace id>-<span id>-<flags>``) makes the task part
+        of that trace; when None, the current OpenTelemetry span's context is sent if
+        ``opentelemetry`` is installed and a span is current (``""``: send none).
         Emits a :class:`TaskwireWarning` when the server's answer carries a warning
         (e.g. no worker serves ``kind``); the task is accepted all the same."""
         resp = self.submit_task(
@@ -501,6 +533,7 @@ class Client:
             max_attempts=max_attempts,
             labels=labels,
             task_timeout=task_timeout,
+            traceparent=traceparent,
             timeout=timeout,
         )
         _warn_if_any(resp)
@@ -515,12 +548,14 @@ class Client:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
         """Like :meth:`submit`, but returns the whole response (``deduplicated``,
         ``warning``) and emits no warning."""
         req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
-        return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout)
+        metadata = _with_traceparent(self._metadata, traceparent)
+        return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
     def status(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
         """The task's current record."""
@@ -564,6 +599,15 @@ class Client:
             token = page.next_page_token
             if not token:
                 return
+
+    def queue_stats(self, window_minutes: int = 0, *, timeout: Optional[float] = None) -> GetQueueStatsResponse:
+        """Every kind's queue (``TaskService/GetQueueStats``, what ``taskwire kinds``
+        shows): ``kinds``, each with ``waiting``, ``running``, ``oldest_waiting`` (a
+        Duration; ``HasField`` is false when none waits), ``succeeded``, ``failed`` and
+        ``finished_per_minute`` (oldest first; the last is the current minute) over the
+        last ``window_minutes`` (1 to 60; 0 = the server's default, 15)."""
+        req = service_pb2.GetQueueStatsRequest(window_minutes=window_minutes or 0)
+        return self._unary("TaskService/GetQueueStats", self._tasks.GetQueueStats, req, timeout)
 
     # -- WatchService ---------------------------------------------------------------
 
@@ -756,9 +800,20 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _unary(self, method: str, fn: Any, req: Any, timeout: Optional[float]) -> Any:
+    async def _unary(
+        self,
+        method: str,
+        fn: Any,
+        req: Any,
+        timeout: Optional[float],
+        metadata: Optional[tuple[tuple[str, str], ...]] = None,
+    ) -> Any:
         try:
-            return await fn(req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+            return await fn(
+                req,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata if metadata is None else metadata,
+            )
         except grpc.RpcError as e:
             raise TaskwireError.from_rpc_error(e, method) from e
 
@@ -771,6 +826,7 @@ class AsyncClient:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> str:
         """See :meth:`Client.submit`."""
@@ -781,6 +837,7 @@ class AsyncClient:
             max_attempts=max_attempts,
             labels=labels,
             task_timeout=task_timeout,
+            traceparent=traceparent,
             timeout=timeout,
         )
         _warn_if_any(resp)
@@ -795,10 +852,12 @@ class AsyncClient:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
         req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
-        return await self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout)
+        metadata = _with_traceparent(self._metadata, traceparent)
+        return await self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
     async def status(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
         req = service_pb2.GetStatusRequest(task_id=task_id)
@@ -837,6 +896,11 @@ class AsyncClient:
             token = page.next_page_token
             if not token:
                 return
+
+    async def queue_stats(self, window_minutes: int = 0, *, timeout: Optional[float] = None) -> GetQueueStatsResponse:
+        """See :meth:`Client.queue_stats`."""
+        req = service_pb2.GetQueueStatsRequest(window_minutes=window_minutes or 0)
+        return await self._unary("TaskService/GetQueueStats", self._tasks.GetQueueStats, req, timeout)
 
     def watch(self, task_id: str, after_seq: int = 0, *, timeout: Optional[float] = None) -> AsyncTaskWatch:
         """See :meth:`Client.watch`; use with ``async for``."""

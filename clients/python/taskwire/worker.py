@@ -25,6 +25,11 @@ ack_wait/3) and its timeout, append every progress/log event with
 ``Nats-Expected-Last-Subject-Sequence``, and turn the outcome into SUCCEEDED / RETRYING
 + ``-NAK {"delay":ns}`` / FAILED + dead letter, acking only after the outcome is stored.
 
+Every attempt continues the task's trace (``TaskMessage.traceparent``, the submit's W3C
+trace context): each event it appends carries a ``traceparent`` header with the task's
+trace id and a span id of the attempt's own, a random one, or a real OpenTelemetry span's
+(a child of the submit's) when the ``opentelemetry`` SDK is installed and configured.
+
 A handler returns the task's output (any JSON value), raises :class:`TaskFailure` to
 fail the attempt (retryable or not), or lets :class:`Stopped` propagate when the
 attempt was cancelled. Any other exception counts as a crash (``PANIC``, retryable).
@@ -55,6 +60,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 from google.protobuf import timestamp_pb2
 
+from . import _trace
 from .internal.v1 import messages_pb2
 from .v1 import task_pb2
 from .values import JSON, from_value, to_value
@@ -153,15 +159,26 @@ def _now() -> timestamp_pb2.Timestamp:
 
 class _EventWriter:
     """Appends one attempt's events to ``taskwire.events.<task_id>``, each with the
-    expected last subject sequence, one write at a time."""
+    expected last subject sequence (and the attempt's ``traceparent``, if it has one),
+    one write at a time."""
 
-    def __init__(self, js: Any, task_id: str, kind: str, attempt: int, last_seq: int, timeout: float) -> None:
+    def __init__(
+        self,
+        js: Any,
+        task_id: str,
+        kind: str,
+        attempt: int,
+        last_seq: int,
+        timeout: float,
+        trace: Optional[_trace.AttemptTrace] = None,
+    ) -> None:
         self.js = js
         self.task_id = task_id
         self.kind = kind
         self.attempt = attempt
         self.last_seq = last_seq
         self.timeout = timeout
+        self.trace = trace or _trace.AttemptTrace(None)
         self._lock = asyncio.Lock()
 
     async def write(
@@ -192,6 +209,8 @@ class _EventWriter:
                 SCHEMA_HEADER: SCHEMA_VERSION,
                 EXPECTED_LAST_SUBJECT_SEQ: str(self.last_seq),
             }
+            if self.trace.traceparent:
+                headers[_trace.TRACEPARENT] = self.trace.traceparent
             try:
                 ack = await self.js.publish(
                     f"taskwire.events.{self.task_id}",
@@ -211,7 +230,9 @@ class _EventWriter:
 
 class TaskContext:
     """What a handler gets: the task, its attempt, and ways to report and to notice a
-    stop. ``deadline`` is on the ``time.monotonic()`` clock."""
+    stop. ``deadline`` is on the ``time.monotonic()`` clock. ``traceparent`` is the
+    attempt's W3C trace context (None when the task is not traced), e.g. to pass on to
+    the tasks a handler submits."""
 
     def __init__(
         self,
@@ -225,6 +246,7 @@ class TaskContext:
         deadline: float,
         stop: asyncio.Event,
         writer: _EventWriter,
+        traceparent: Optional[str] = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -233,6 +255,7 @@ class TaskContext:
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.deadline = deadline
+        self.traceparent = traceparent
         self._stop = stop
         self._writer = writer
 
@@ -625,14 +648,19 @@ class Worker:
             return
         stop = asyncio.Event()
         self._running[task_id] = stop
+        # The attempt's place in the task's trace (docs/protocol.md): its events carry it.
+        trace = _trace.start_attempt(
+            body.traceparent, f"attempt {body.kind}", {"task_id": task_id, "kind": body.kind, "attempt": attempt}
+        )
         try:
-            await self._run_attempt(msg, task_id, attempt, body, stop)
+            await self._run_attempt(msg, task_id, attempt, body, stop, trace)
         finally:
+            trace.end()
             if self._running.get(task_id) is stop:
                 del self._running[task_id]
 
     async def _claim(
-        self, msg: Msg, task_id: str, attempt: int, body: messages_pb2.TaskMessage
+        self, msg: Msg, task_id: str, attempt: int, body: messages_pb2.TaskMessage, trace: _trace.AttemptTrace
     ) -> Optional[_EventWriter]:
         """Steps 3-6: read the history, skip finished tasks, fail spent ones, append
         RUNNING. None: nothing to run (handled, or left for redelivery)."""
@@ -653,7 +681,9 @@ class Worker:
                 await self._ack(msg)
                 return None
             if attempt > body.max_attempts:
-                writer = _EventWriter(self._js, task_id, body.kind, body.max_attempts, last_seq, self.nats_timeout)
+                writer = _EventWriter(
+                    self._js, task_id, body.kind, body.max_attempts, last_seq, self.nats_timeout, trace
+                )
                 f = TaskFailure(
                     f"attempt {attempt - 1} of {body.max_attempts} was lost with its worker",
                     code="ATTEMPTS_EXHAUSTED",
@@ -661,7 +691,7 @@ class Worker:
                 )
                 await self._fail(msg, writer, body, f)
                 return None
-            writer = _EventWriter(self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout)
+            writer = _EventWriter(self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout, trace)
             try:
                 await writer.write(task_pb2.TASK_STATE_RUNNING)
                 return writer
@@ -675,9 +705,15 @@ class Worker:
         return None
 
     async def _run_attempt(
-        self, msg: Msg, task_id: str, attempt: int, body: messages_pb2.TaskMessage, stop: asyncio.Event
+        self,
+        msg: Msg,
+        task_id: str,
+        attempt: int,
+        body: messages_pb2.TaskMessage,
+        stop: asyncio.Event,
+        trace: _trace.AttemptTrace,
     ) -> None:
-        writer = await self._claim(msg, task_id, attempt, body)
+        writer = await self._claim(msg, task_id, attempt, body, trace)
         if writer is None:
             return
         handler = self._handlers.get(body.kind)
@@ -699,9 +735,10 @@ class Worker:
             deadline=time.monotonic() + timeout,
             stop=stop,
             writer=writer,
+            traceparent=trace.traceparent,
         )
         heartbeat = asyncio.create_task(self._heartbeat(msg))
-        running = asyncio.create_task(self._call(handler, ctx))
+        running = asyncio.create_task(self._call(handler, ctx, trace))
         stopped = asyncio.create_task(stop.wait())
         hand_back = asyncio.create_task(self._hand_back.wait())
         done: set[asyncio.Future[Any]] = set()
@@ -728,8 +765,10 @@ class Worker:
             elif isinstance(result, TaskFailure):
                 await self._retry_or_fail(msg, writer, body, attempt, result)
             else:  # _StoppedResult
+                trace.finish("stopped")
                 await self._ack_if_finished(msg, task_id)
         elif was_stopped or stopped in done:
+            trace.finish("stopped")
             await self._ack_if_finished(msg, task_id)
         elif hand_back in done:
             f = TaskFailure("the worker shut down", code="WORKER_SHUTDOWN", retryable=True)
@@ -746,10 +785,12 @@ class Worker:
             )
             await self._retry_or_fail(msg, writer, body, attempt, f)
 
-    async def _call(self, handler: Handler, ctx: TaskContext) -> "_Result":
-        """Runs the handler and turns what it did into a result."""
+    async def _call(self, handler: Handler, ctx: TaskContext, trace: _trace.AttemptTrace) -> "_Result":
+        """Runs the handler (in the attempt's span, if it has one) and turns what it
+        did into a result."""
         try:
-            value = await handler(ctx)
+            with trace.activate():
+                value = await handler(ctx)
         except Stopped:
             return _StoppedResult()
         except TaskFailure as f:
@@ -758,6 +799,7 @@ class Worker:
             raise
         except Exception as e:
             log.exception("task %s: handler crashed", ctx.task_id)
+            trace.record_exception(e)
             return TaskFailure(f"handler panicked: {type(e).__name__}: {e}", code="PANIC", retryable=True)
         try:
             return _Output(to_value(value))
@@ -777,7 +819,9 @@ class Worker:
         last: Optional[Exception] = None
         for i in range(3):
             try:
-                return await writer.write(state, **fields)
+                seq = await writer.write(state, **fields)
+                _trace_outcome(writer.trace, state, fields.get("error"))
+                return seq
             except _Conflict:
                 raise
             except _Unavailable as e:
@@ -862,6 +906,20 @@ class Worker:
             await self._ack(msg)
         else:
             log.info("task %s: taken over by another worker; leaving its message", task_id)
+
+
+def _trace_outcome(trace: _trace.AttemptTrace, state: int, error: Optional[task_pb2.TaskError]) -> None:
+    """Records a stored outcome on the attempt's span, named as the Rust worker names it."""
+    if state == task_pb2.TASK_STATE_SUCCEEDED:
+        trace.finish("succeeded")
+        return
+    why = f"{error.code}: {error.message}" if error is not None else ""
+    if state == task_pb2.TASK_STATE_FAILED:
+        trace.finish("failed", error=why)
+    elif error is not None and error.code == "WORKER_SHUTDOWN":
+        trace.finish("handed_back", error=why)
+    else:
+        trace.finish("retried", error=why)
 
 
 @dataclass

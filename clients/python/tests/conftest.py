@@ -1,5 +1,6 @@
 """Fixtures: a live `taskwire dev` on free loopback ports with a temp data dir, a
-client for it, and the example Python worker joined to its NATS.
+client for it, and the example Python worker joined to its NATS; and a second pair
+whose dev exports spans (tracing on) to an OTLP sink of the test's own.
 
 Binaries: env TASKWIRE_BIN (default <repo>/target/debug/taskwire), TASKWIRE_NATS_SERVER
 (default <repo>/.venv/bin/nats-server), GRPCURL (default <repo>/.venv/bin/grpcurl).
@@ -9,14 +10,17 @@ deadline), also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -75,8 +79,9 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> Optional[int]:
 class Dev:
     """One `taskwire dev` process; restartable on the same data dir and address."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: Optional[Mapping[str, str]] = None) -> None:
         self.data_dir = data_dir
+        self.env = dict(env or {})
         self.port = free_port()
         self.web_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -103,7 +108,8 @@ class Dev:
             "--nats-server", str(NATS_SERVER),
         ]
         # cwd = the data dir's parent, so nothing of the checkout's .taskwire is used.
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent)
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -158,9 +164,11 @@ def run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _dev(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Dev]:
+def _dev(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: Optional[Mapping[str, str]] = None
+) -> Iterator[Dev]:
     base = tmp_path_factory.mktemp(name)
-    dev = Dev(base / "data")
+    dev = Dev(base / "data", env)
     dev.start()
     try:
         # A warm-up task: proves the system runs, and takes seq 1, so that every later
@@ -207,10 +215,9 @@ class PyWorker:
 WORKER_ACK_WAIT = 5.0
 
 
-@pytest.fixture(scope="session")
-def py_worker(dev: Dev, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PyWorker]:
+@contextlib.contextmanager
+def _py_worker(dev: Dev, log_path: Path) -> Iterator[PyWorker]:
     """examples/reverse_worker.py (py.reverse, py.fail) as a subprocess on dev's NATS."""
-    log_path = tmp_path_factory.mktemp("py-worker") / "worker.log"
     env = dict(os.environ, PYTHONPATH=str(PY_ROOT), PYTHONUNBUFFERED="1")
     cmd = [
         sys.executable, str(PY_ROOT / "examples" / "reverse_worker.py"),
@@ -236,3 +243,72 @@ def py_worker(dev: Dev, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Py
     finally:
         code = stop_process(proc, 20)
         print(f"--- Python worker log (exit {code}) ---\n{worker.tail()}")
+
+
+@pytest.fixture(scope="session")
+def py_worker(dev: Dev, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PyWorker]:
+    """examples/reverse_worker.py (py.reverse, py.fail) as a subprocess on dev's NATS."""
+    with _py_worker(dev, tmp_path_factory.mktemp("py-worker") / "worker.log") as worker:
+        yield worker
+
+
+class OtlpSink:
+    """An OTLP/HTTP trace receiver that keeps the raw bodies it is sent
+    (``POST /v1/traces``, protobuf) and answers 200 with an empty
+    ExportTraceServiceResponse: enough to see a trace id arrive, with no collector."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.bodies.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="otlp-sink", daemon=True)
+        self.thread.start()
+
+    def received(self) -> bytes:
+        return b"".join(list(self.bodies))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def otlp_sink() -> Iterator[OtlpSink]:
+    sink = OtlpSink()
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+@pytest.fixture(scope="module")
+def traced_dev(tmp_path_factory: pytest.TempPathFactory, otlp_sink: OtlpSink) -> Iterator[Dev]:
+    """A `taskwire dev` with tracing on (spans over OTLP/HTTP to ``otlp_sink``): its api
+    puts the submit's trace context in TaskMessage.traceparent."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_sink.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    yield from _dev(tmp_path_factory, "traced-dev", env)
+
+
+@pytest.fixture(scope="module")
+def traced_py_worker(traced_dev: Dev, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PyWorker]:
+    """The example Python worker on traced_dev's NATS."""
+    with _py_worker(traced_dev, tmp_path_factory.mktemp("traced-py-worker") / "worker.log") as worker:
+        yield worker

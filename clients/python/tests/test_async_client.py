@@ -80,3 +80,13 @@ async def test_async_watch_can_be_closed_early(dev: Dev) -> None:
         with pytest.raises(StopAsyncIteration):
             await watch.__anext__()
         await client.cancel(task_id)
+
+
+async def test_async_queue_stats(dev: Dev) -> None:
+    async with AsyncClient(dev.address, timeout=15) as client:
+        task_id = await client.submit("demo.echo", {"queue": "async"})
+        assert state_name((await _final(client, task_id)).state) == "SUCCEEDED"
+        stats = await client.queue_stats(window_minutes=2)
+        assert stats.window_minutes == 2
+        echo = next(k for k in stats.kinds if k.kind == "demo.echo")
+        assert echo.succeeded >= 1 and len(echo.finished_per_minute) == 2

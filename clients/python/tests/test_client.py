@@ -197,3 +197,34 @@ def test_watch_tasks_live_feed(client: Client, dev: Dev) -> None:
     assert got and all(e.task_id == task_id for e in got)
     assert states(got)[-1] == "SUCCEEDED"
     assert_strictly_increasing([e.seq for e in got])
+
+
+def test_queue_stats_counts_a_kind_that_ran(client: Client) -> None:
+    before = {k.kind: k for k in client.queue_stats().kinds}
+    done_before = before["demo.echo"].succeeded if "demo.echo" in before else 0
+    task_id = client.submit("demo.echo", {"queue": "stats"})
+    assert state_name(final_status(client, task_id).state) == "SUCCEEDED"
+
+    # The finished counts come from the database: the record has the task now.
+    stats = eventually(
+        client.queue_stats,
+        lambda s: any(k.kind == "demo.echo" and k.succeeded > done_before for k in s.kinds),
+    )
+    assert stats.window_minutes == 15  # 0 = the server's default
+    assert stats.time.seconds > 0
+    assert [k.kind for k in stats.kinds] == sorted(k.kind for k in stats.kinds)
+    echo = next(k for k in stats.kinds if k.kind == "demo.echo")
+    assert echo.succeeded >= done_before + 1 and echo.failed == 0
+    assert len(echo.finished_per_minute) == 15
+    assert sum(echo.finished_per_minute) == echo.succeeded + echo.failed
+    assert sum(echo.finished_per_minute[-2:]) >= 1  # this minute's, or the last one's if it just turned
+    assert echo.waiting == 0 and not echo.HasField("oldest_waiting")
+    # Every demo kind `taskwire dev` serves is listed, run or not.
+    assert {"demo.echo", "demo.sleep", "demo.fail"} <= {k.kind for k in stats.kinds}
+
+    five = client.queue_stats(window_minutes=5)
+    assert five.window_minutes == 5
+    assert all(len(k.finished_per_minute) == 5 for k in five.kinds)
+    with pytest.raises(TaskwireError) as e:
+        client.queue_stats(window_minutes=61)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -22,6 +22,22 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return el;
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** h() for SVG elements (created in the SVG namespace): svg("rect", { x: 0, width: 4 }). */
+export function svg<K extends keyof SVGElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string | number | undefined> = {},
+  ...children: Child[]
+): SVGElementTagNameMap[K] {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value !== undefined) el.setAttribute(name, String(value));
+  }
+  append(el, ...children);
+  return el;
+}
+
 export function append(el: Node, ...children: Child[]): void {
   for (const c of children) {
     if (c === null || c === undefined || c === false) continue;

@@ -3,7 +3,7 @@
 // connections per host, so one WatchTask per row would starve the page). When that
 // stream drops, it reconnects with backoff and lists again to catch up: WatchTasks is
 // live-only, so ListTasks is its resume path. The detail drawer uses WatchTask with
-// after_seq for one task's events.
+// after_seq for one task's events. The Queues card (queues.ts) polls GetQueueStats.
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -24,6 +24,7 @@ import {
 } from "./format";
 import { SubmitTaskRequestSchema } from "./gen/taskwire/v1/service_pb";
 import { ProgressSchema, TaskState, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
+import { nudgeQueues, startQueues } from "./queues";
 
 const api = createApi();
 const UNARY_TIMEOUT_MS = 15_000;
@@ -187,6 +188,8 @@ function rememberEarly(ev: TaskEvent): void {
 
 /** Applies one event (from WatchTasks) to its row, or keeps it until the row appears. */
 function applyEvent(ev: TaskEvent): void {
+  // A task finished: the Queues card's counts changed.
+  if (isTerminal(ev.state)) nudgeQueues();
   const row = rows.get(ev.taskId);
   if (row) {
     applyToRow(row, ev);
@@ -559,6 +562,7 @@ submitForm.addEventListener("submit", async (ev) => {
     submitWarning.hidden = res.warning === "";
     // Show it now: WatchTasks sends nothing until the task starts running.
     if (pageTokens.length > 1) pageTokens = [""];
+    nudgeQueues();
     await loadPage();
   } catch (err) {
     const { code, message } = describeError(err);
@@ -737,3 +741,4 @@ window.setInterval(() => {
 }, 1000);
 void loadPage();
 startStream();
+startQueues(api);

@@ -28,6 +28,11 @@ const watchRequests = []; // every request to /taskwire.v1.WatchService/WatchTas
 const openStreams = new Set(); // those not finished or failed yet
 let maxOpenStreams = 0;
 const grpcRequests = [];
+// The Queues card polls GetQueueStats by itself, every few seconds: calls made in
+// answer to the user are the others.
+const QUEUE_STATS = "/taskwire.v1.TaskService/GetQueueStats";
+const userCalls = () => grpcRequests.filter((p) => p !== QUEUE_STATS).length;
+const echoIds = []; // every demo.echo task the tests submit (the Queues test counts them)
 const pageErrors = [];
 const offHost = []; // any request that leaves 127.0.0.1
 const consoleLines = []; // everything the page logged, saved for debugging
@@ -122,7 +127,7 @@ test("loads, reads /config.js and goes live on one WatchTasks stream", async () 
 });
 
 test("rejects malformed JSON input with a message and sends nothing", async () => {
-  const sent = grpcRequests.length;
+  const sent = userCalls();
   await page.fill('[data-testid="submit-kind"]', "demo.echo");
   await page.fill('[data-testid="submit-input"]', '{"seconds": 2,');
   await page.click('[data-testid="submit-button"]');
@@ -130,7 +135,7 @@ test("rejects malformed JSON input with a message and sends nothing", async () =
   await err.waitFor({ state: "visible" });
   assert.match(await err.textContent(), /not valid JSON/);
   assert.equal(await page.getAttribute('[data-testid="submit-input"]', "aria-invalid"), "true");
-  assert.equal(grpcRequests.length, sent, "no RPC for invalid input");
+  assert.equal(userCalls(), sent, "no RPC for invalid input");
 });
 
 test("shows the server's gRPC error for a bad kind", async () => {
@@ -231,7 +236,7 @@ test("filters by state, kind and label", async () => {
 });
 
 test("pages with next/prev page tokens", async () => {
-  for (let i = 0; i < 8; i++) await submit("demo.echo", JSON.stringify({ n: i }));
+  for (let i = 0; i < 8; i++) echoIds.push(await submit("demo.echo", JSON.stringify({ n: i })));
   // 12 tasks now exist (4 from the tests above, 8 echoes): 10 on page 1, 2 on page 2.
   await page.selectOption('[data-testid="page-size"]', "10");
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="task-row"]').length === 10);
@@ -335,6 +340,7 @@ test("after a dropped stream it reconnects with backoff and re-lists to catch up
     await p.waitForSelector('[data-testid="stream-status"][data-status="reconnecting"]');
     // While the page is offline: the task finishes, and another client submits one.
     const otherId = await submitDirect("demo.echo");
+    echoIds.push(otherId);
     await new Promise((r) => setTimeout(r, 2500));
     assert.equal(await p.getAttribute(`[data-testid="task-row"][data-task-id="${id}"]`, "data-state"), "RUNNING", "offline: nothing new arrived");
 
@@ -363,9 +369,53 @@ test("warns when no worker serves the kind; a demo kind gets no warning", async 
   assert.ok(await page.isVisible('[data-testid="submit-result"]'), "the task id shows next to the warning");
 
   // The next submit's answer has no warning: the old one is gone.
-  await submit("demo.echo", '{"warning":"none"}');
+  echoIds.push(await submit("demo.echo", '{"warning":"none"}'));
   assert.ok(await warning.isHidden(), "no warning for a demo kind");
   assert.equal(await warning.textContent(), "");
+});
+
+test("the Queues card counts what ran, live: demo.echo's successes and a throughput chart", async () => {
+  const tile = '[data-testid="queue-kind"][data-kind="demo.echo"]';
+  await page.waitForSelector(tile);
+  // Every demo.echo the tests above submitted has run (they take milliseconds).
+  await page.waitForFunction(
+    ({ sel, n }) => Number(document.querySelector(sel)?.dataset.succeeded) >= n,
+    { sel: tile, n: echoIds.length },
+  );
+  // One more, and the card follows it without a reload (it polls GetQueueStats).
+  const before = Number(await page.getAttribute(tile, "data-succeeded"));
+  const id = await submit("demo.echo", '{"queues":true}');
+  echoIds.push(id);
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${id}"][data-state="SUCCEEDED"]`);
+  await page.waitForFunction(
+    ({ sel, n }) => Number(document.querySelector(sel)?.dataset.succeeded) >= n,
+    { sel: tile, n: Math.max(before + 1, echoIds.length) },
+  );
+  const succeeded = Number(await page.getAttribute(tile, "data-succeeded"));
+  assert.ok(succeeded >= echoIds.length, `demo.echo succeeded ${succeeded} >= ${echoIds.length} run`);
+  assert.equal(await page.textContent(`${tile} [data-testid="queue-succeeded"]`), String(succeeded));
+  assert.equal(await page.getAttribute(tile, "data-failed"), "0");
+  assert.equal(await page.textContent(`${tile} [data-testid="queue-oldest"]`), "—", "nothing waits");
+
+  // The chart: one bar per minute of the window (15 by default), some of them not empty,
+  // adding up to what finished.
+  await page.waitForFunction(
+    ({ sel, n }) => Number(document.querySelector(`${sel} [data-testid="queue-chart"]`)?.dataset.total) >= n,
+    { sel: tile, n: succeeded },
+  );
+  const minutes = Number(await page.getAttribute('[data-testid="queues"]', "data-window-minutes"));
+  assert.equal(minutes, 15);
+  const bars = await page.$$eval(`${tile} [data-testid="queue-bar"]`, (rs) =>
+    rs.map((r) => ({ value: Number(r.dataset.value), height: Number(r.getAttribute("height")) })),
+  );
+  assert.equal(bars.length, minutes, "one bar per minute");
+  assert.ok(bars.some((b) => b.value > 0 && b.height > 1), `a non-empty bar: ${JSON.stringify(bars)}`);
+  assert.equal(bars.reduce((a, b) => a + b.value, 0), Number(await page.getAttribute(`${tile} [data-testid="queue-chart"]`, "data-total")));
+
+  // The other outcomes have their own tiles: demo.fail failed earlier.
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid="queue-kind"][data-kind="demo.fail"]')?.dataset.failed) >= 1);
+  assert.ok(await page.isHidden('[data-testid="queues-error"]'));
+  await page.locator('[data-testid="queues"]').screenshot({ path: join(ARTIFACTS, "queues.png") });
 });
 
 test("no page errors, and all traffic stayed on 127.0.0.1", () => {

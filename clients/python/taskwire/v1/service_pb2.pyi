@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from taskwire.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -86,6 +87,40 @@ class ListTasksResponse(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]
     next_page_token: str
     def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetQueueStatsRequest(_message.Message):
+    __slots__ = ("window_minutes",)
+    WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    window_minutes: int
+    def __init__(self, window_minutes: _Optional[int] = ...) -> None: ...
+
+class GetQueueStatsResponse(_message.Message):
+    __slots__ = ("kinds", "time", "window_minutes")
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    kinds: _containers.RepeatedCompositeFieldContainer[KindStats]
+    time: _timestamp_pb2.Timestamp
+    window_minutes: int
+    def __init__(self, kinds: _Optional[_Iterable[_Union[KindStats, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_minutes: _Optional[int] = ...) -> None: ...
+
+class KindStats(_message.Message):
+    __slots__ = ("kind", "waiting", "running", "oldest_waiting", "succeeded", "failed", "finished_per_minute")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAITING_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    waiting: int
+    running: int
+    oldest_waiting: _duration_pb2.Duration
+    succeeded: int
+    failed: int
+    finished_per_minute: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, kind: _Optional[str] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., oldest_waiting: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., finished_per_minute: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
     __slots__ = ("kind", "labels")

@@ -56,6 +56,11 @@ class TaskServiceStub:
                 request_serializer=taskwire_dot_v1_dot_service__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_service__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/taskwire.v1.TaskService/GetQueueStats',
+                request_serializer=taskwire_dot_v1_dot_service__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_service__pb2.GetQueueStatsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -110,6 +115,20 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueueStats(self, request, context):
+        """Per kind: tasks waiting for a worker and tasks unacknowledged (running, or waiting
+        out a retry's delay), how long the oldest waiting one has waited, and the tasks
+        that finished in the last `window_minutes` (SUCCEEDED and FAILED, in all and per
+        minute). For dashboards, `taskwire kinds`, and operators who would rather look than
+        query Prometheus. Kinds are those some worker has served, and those with tasks
+        finished in the window.
+        Errors: INVALID_ARGUMENT (window_minutes over 60), UNAVAILABLE (NATS or the
+        database cannot be reached).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +151,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=taskwire_dot_v1_dot_service__pb2.ListTasksRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=taskwire_dot_v1_dot_service__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_service__pb2.GetQueueStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -243,6 +267,33 @@ class TaskService:
             '/taskwire.v1.TaskService/ListTasks',
             taskwire_dot_v1_dot_service__pb2.ListTasksRequest.SerializeToString,
             taskwire_dot_v1_dot_service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskService/GetQueueStats',
+            taskwire_dot_v1_dot_service__pb2.GetQueueStatsRequest.SerializeToString,
+            taskwire_dot_v1_dot_service__pb2.GetQueueStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

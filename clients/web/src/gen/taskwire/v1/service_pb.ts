@@ -7,8 +7,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Duration, Value } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Task, TaskEventSchema, TaskSchema, TaskState } from "./task_pb";
 import { file_taskwire_v1_task } from "./task_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskwire/v1/service.proto.
  */
 export const file_taskwire_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSKOAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIUCgxkZWR1cGxpY2F0ZWQYAyABKAgSDwoHd2FybmluZxgEIAEoCSIjChBHZXRTdGF0dXNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLYAQoQTGlzdFRhc2tzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIlCgVzdGF0ZRgDIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIMCgRraW5kGAQgASgJEjkKBmxhYmVscxgFIAMoCzIpLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJOChFMaXN0VGFza3NSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLnRhc2t3aXJlLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIowBChFXYXRjaFRhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEjoKBmxhYmVscxgCIAMoCzIqLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBDKoAgoLVGFza1NlcnZpY2USTQoKU3VibWl0VGFzaxIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8udGFza3dpcmUudjEuU3VibWl0VGFza1Jlc3BvbnNlEj0KCUdldFN0YXR1cxIdLnRhc2t3aXJlLnYxLkdldFN0YXR1c1JlcXVlc3QaES50YXNrd2lyZS52MS5UYXNrEj8KCkNhbmNlbFRhc2sSHi50YXNrd2lyZS52MS5DYW5jZWxUYXNrUmVxdWVzdBoRLnRhc2t3aXJlLnYxLlRhc2sSSgoJTGlzdFRhc2tzEh0udGFza3dpcmUudjEuTGlzdFRhc2tzUmVxdWVzdBoeLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1Jlc3BvbnNlMpwBCgxXYXRjaFNlcnZpY2USRAoJV2F0Y2hUYXNrEh0udGFza3dpcmUudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudDABEkYKCldhdGNoVGFza3MSHi50YXNrd2lyZS52MS5XYXRjaFRhc2tzUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudDABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_taskwire_v1_task]);
+  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSKOAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIUCgxkZWR1cGxpY2F0ZWQYAyABKAgSDwoHd2FybmluZxgEIAEoCSIjChBHZXRTdGF0dXNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLYAQoQTGlzdFRhc2tzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIlCgVzdGF0ZRgDIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIMCgRraW5kGAQgASgJEjkKBmxhYmVscxgFIAMoCzIpLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJOChFMaXN0VGFza3NSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLnRhc2t3aXJlLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KFEdldFF1ZXVlU3RhdHNSZXF1ZXN0EhYKDndpbmRvd19taW51dGVzGAEgASgNIoABChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USJQoFa2luZHMYASADKAsyFi50YXNrd2lyZS52MS5LaW5kU3RhdHMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd2luZG93X21pbnV0ZXMYAyABKA0irgEKCUtpbmRTdGF0cxIMCgRraW5kGAEgASgJEg8KB3dhaXRpbmcYAiABKAQSDwoHcnVubmluZxgDIAEoBBIxCg5vbGRlc3Rfd2FpdGluZxgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglzdWNjZWVkZWQYBSABKAQSDgoGZmFpbGVkGAYgASgEEhsKE2ZpbmlzaGVkX3Blcl9taW51dGUYByADKAQijAEKEVdhdGNoVGFza3NSZXF1ZXN0EgwKBGtpbmQYASABKAkSOgoGbGFiZWxzGAIgAygLMioudGFza3dpcmUudjEuV2F0Y2hUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI2ChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEMoADCgtUYXNrU2VydmljZRJNCgpTdWJtaXRUYXNrEh4udGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QaHy50YXNrd2lyZS52MS5TdWJtaXRUYXNrUmVzcG9uc2USPQoJR2V0U3RhdHVzEh0udGFza3dpcmUudjEuR2V0U3RhdHVzUmVxdWVzdBoRLnRhc2t3aXJlLnYxLlRhc2sSPwoKQ2FuY2VsVGFzaxIeLnRhc2t3aXJlLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzaxJKCglMaXN0VGFza3MSHS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0Gh4udGFza3dpcmUudjEuTGlzdFRhc2tzUmVzcG9uc2USVgoNR2V0UXVldWVTdGF0cxIhLnRhc2t3aXJlLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0GiIudGFza3dpcmUudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlMpwBCgxXYXRjaFNlcnZpY2USRAoJV2F0Y2hUYXNrEh0udGFza3dpcmUudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudDABEkYKCldhdGNoVGFza3MSHi50YXNrd2lyZS52MS5XYXRjaFRhc2tzUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudDABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskwire_v1_task]);
 
 /**
  * @generated from message taskwire.v1.SubmitTaskRequest
@@ -222,6 +222,116 @@ export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE_
   messageDesc(file_taskwire_v1_service, 5);
 
 /**
+ * @generated from message taskwire.v1.GetQueueStatsRequest
+ */
+export type GetQueueStatsRequest = Message<"taskwire.v1.GetQueueStatsRequest"> & {
+  /**
+   * How many minutes of finished tasks to count: 1 to 60; 0 = 15.
+   *
+   * @generated from field: uint32 window_minutes = 1;
+   */
+  windowMinutes: number;
+};
+
+/**
+ * Describes the message taskwire.v1.GetQueueStatsRequest.
+ * Use `create(GetQueueStatsRequestSchema)` to create a new message.
+ */
+export const GetQueueStatsRequestSchema: GenMessage<GetQueueStatsRequest> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 6);
+
+/**
+ * @generated from message taskwire.v1.GetQueueStatsResponse
+ */
+export type GetQueueStatsResponse = Message<"taskwire.v1.GetQueueStatsResponse"> & {
+  /**
+   * One per kind, by kind.
+   *
+   * @generated from field: repeated taskwire.v1.KindStats kinds = 1;
+   */
+  kinds: KindStats[];
+
+  /**
+   * When these figures were read.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The window the finished counts cover, in minutes.
+   *
+   * @generated from field: uint32 window_minutes = 3;
+   */
+  windowMinutes: number;
+};
+
+/**
+ * Describes the message taskwire.v1.GetQueueStatsResponse.
+ * Use `create(GetQueueStatsResponseSchema)` to create a new message.
+ */
+export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 7);
+
+/**
+ * @generated from message taskwire.v1.KindStats
+ */
+export type KindStats = Message<"taskwire.v1.KindStats"> & {
+  /**
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * Tasks not yet delivered to any worker.
+   *
+   * @generated from field: uint64 waiting = 2;
+   */
+  waiting: bigint;
+
+  /**
+   * Tasks delivered and not yet acknowledged: running, or waiting out a retry's delay.
+   *
+   * @generated from field: uint64 running = 3;
+   */
+  running: bigint;
+
+  /**
+   * How long the oldest waiting task has waited; absent when none waits.
+   *
+   * @generated from field: google.protobuf.Duration oldest_waiting = 4;
+   */
+  oldestWaiting?: Duration | undefined;
+
+  /**
+   * Tasks that ended SUCCEEDED, and FAILED, in the window.
+   *
+   * @generated from field: uint64 succeeded = 5;
+   */
+  succeeded: bigint;
+
+  /**
+   * @generated from field: uint64 failed = 6;
+   */
+  failed: bigint;
+
+  /**
+   * Tasks that finished (either way) in each minute of the window, oldest first; the
+   * last is the current minute, so far.
+   *
+   * @generated from field: repeated uint64 finished_per_minute = 7;
+   */
+  finishedPerMinute: bigint[];
+};
+
+/**
+ * Describes the message taskwire.v1.KindStats.
+ * Use `create(KindStatsSchema)` to create a new message.
+ */
+export const KindStatsSchema: GenMessage<KindStats> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 8);
+
+/**
  * @generated from message taskwire.v1.WatchTasksRequest
  */
 export type WatchTasksRequest = Message<"taskwire.v1.WatchTasksRequest"> & {
@@ -246,7 +356,7 @@ export type WatchTasksRequest = Message<"taskwire.v1.WatchTasksRequest"> & {
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 6);
+  messageDesc(file_taskwire_v1_service, 9);
 
 /**
  * @generated from message taskwire.v1.WatchTaskRequest
@@ -270,7 +380,7 @@ export type WatchTaskRequest = Message<"taskwire.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 7);
+  messageDesc(file_taskwire_v1_service, 10);
 
 /**
  * The front door: start tasks, read them, cancel them. Served by the api process.
@@ -337,6 +447,23 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof ListTasksRequestSchema;
     output: typeof ListTasksResponseSchema;
+  },
+  /**
+   * Per kind: tasks waiting for a worker and tasks unacknowledged (running, or waiting
+   * out a retry's delay), how long the oldest waiting one has waited, and the tasks
+   * that finished in the last `window_minutes` (SUCCEEDED and FAILED, in all and per
+   * minute). For dashboards, `taskwire kinds`, and operators who would rather look than
+   * query Prometheus. Kinds are those some worker has served, and those with tasks
+   * finished in the window.
+   * Errors: INVALID_ARGUMENT (window_minutes over 60), UNAVAILABLE (NATS or the
+   * database cannot be reached).
+   *
+   * @generated from rpc taskwire.v1.TaskService.GetQueueStats
+   */
+  getQueueStats: {
+    methodKind: "unary";
+    input: typeof GetQueueStatsRequestSchema;
+    output: typeof GetQueueStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_taskwire_v1_service, 0);
