@@ -26,6 +26,14 @@ use crate::{
     store::{EventUpdate, TaskRecord},
 };
 
+/// How many times one append is sent while NATS does not answer (a leader change takes
+/// a few seconds), and the waits between: 100 ms doubling to 2 s.
+const APPEND_TRIES: u32 = 5;
+const APPEND_RETRY: crate::backoff::Backoff = crate::backoff::Backoff::new(
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(2),
+);
+
 /// How many times an append reads the history again after losing a race, before it
 /// gives up with [`Error::Conflict`]. A busy task (progress events every few ms) can
 /// make a cancel lose a few times.
@@ -95,9 +103,13 @@ struct Inner {
 impl History {
     /// Opens TASKWIRE_EVENTS (it exists once the streams are set up).
     pub async fn open(js: &Context) -> Result<Self, Error> {
+        let events = super::at_startup("opening the events stream", || {
+            super::open_stream(js, super::EVENTS_STREAM)
+        })
+        .await?;
         Ok(Self(Arc::new(Inner {
             js: js.clone(),
-            events: super::open_stream(js, super::EVENTS_STREAM).await?,
+            events,
         })))
     }
 
@@ -187,14 +199,31 @@ impl History {
     pub async fn append(&self, event: &Event, expected_last: u64) -> Result<u64, Error> {
         let id = TaskId::parse(&event.task_id)
             .map_err(|e| Error::bad_message("an event to append", e))?;
-        let mut msg = PublishMessage::build()
-            .payload(Bytes::from(event.encode_to_vec()))
-            .header(SCHEMA_HEADER, SCHEMA_VERSION)
-            .expected_last_subject_sequence(expected_last);
-        if let Some(tp) = crate::telemetry::trace::current_traceparent() {
-            msg = msg.header(crate::telemetry::trace::TRACEPARENT, tp.as_str());
+        let payload = Bytes::from(event.encode_to_vec());
+        let traceparent = crate::telemetry::trace::current_traceparent();
+        // A publish whose ack is lost (a node died, the stream's leader changed) is sent
+        // again with the same Nats-Msg-Id: if the first one was stored, JetStream
+        // answers with its seq instead of storing it twice or refusing it as a
+        // conflict. The id names this append alone (task, expected seq, a random
+        // nonce), so another writer's append can never pass for it.
+        let msg_id = format!("{id}:{expected_last}:{:016x}", rand::random::<u64>());
+        let mut retries = APPEND_RETRY.retries();
+        loop {
+            let mut msg = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(msg_id.as_str())
+                .header(SCHEMA_HEADER, SCHEMA_VERSION)
+                .expected_last_subject_sequence(expected_last);
+            if let Some(tp) = &traceparent {
+                msg = msg.header(crate::telemetry::trace::TRACEPARENT, tp.as_str());
+            }
+            match send(&self.0.js, event_subject(id), msg, "appending an event").await {
+                Err(Error::Unavailable { .. }) if retries.count() < APPEND_TRIES - 1 => {
+                    retries.wait().await;
+                }
+                other => return other,
+            }
         }
-        send(&self.0.js, event_subject(id), msg, "appending an event").await
     }
 
     /// Appends the event `next` makes from the newest one (`None`: the history is

@@ -142,16 +142,49 @@ pub async fn connect(urls: &str, name: &str, timeout: Duration) -> Result<Client
 }
 
 /// What every process does first: connect (as `name`), and create or update the
-/// streams. Returns the client and a JetStream context with the same deadline.
+/// streams. Returns the client and a JetStream context with the same deadline. Both
+/// steps are tried again while NATS is still coming up ([`at_startup`]).
 pub async fn join(
     nats: &crate::config::NatsArgs,
     streams: &crate::config::StreamArgs,
     name: &str,
 ) -> Result<(Client, Context), Error> {
-    let client = connect(&nats.nats_url, name, nats.nats_timeout).await?;
+    let client = at_startup("connecting to NATS", || {
+        connect(&nats.nats_url, name, nats.nats_timeout)
+    })
+    .await?;
     let js = jetstream(client.clone(), nats.nats_timeout);
-    setup_streams(&js, &streams.settings()).await?;
+    let settings = streams.settings();
+    at_startup("setting up the streams", || setup_streams(&js, &settings)).await?;
     Ok((client, js))
+}
+
+/// How long a process keeps trying its start-up steps against a NATS that does not
+/// answer yet (a cluster electing its stream leaders, a node restarting, every replica
+/// creating the same streams at once), before it gives up and exits.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+const STARTUP_RETRY: crate::backoff::Backoff =
+    crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+
+/// Runs a start-up step, trying it again on a retryable error for up to
+/// [`STARTUP_PATIENCE`].
+pub async fn at_startup<T, F, Fut>(what: &str, mut step: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+    let mut retries = STARTUP_RETRY.retries();
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %crate::telemetry::chain(&e), "{what}: NATS not ready; trying again");
+                retries.wait().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A JetStream context whose every request and publish ack has `timeout`.

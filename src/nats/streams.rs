@@ -201,11 +201,14 @@ async fn create_consumer(
     config: pull::Config,
 ) -> Result<Consumer<pull::Config>, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
-    open_stream(js, stream)
-        .await?
-        .create_consumer(config)
-        .await
-        .map_err(|e| Error::unavailable(format!("setting up consumer {name}"), e))
+    super::at_startup(&format!("setting up consumer {name}"), || async {
+        open_stream(js, stream)
+            .await?
+            .create_consumer(config.clone())
+            .await
+            .map_err(|e| Error::unavailable(format!("setting up consumer {name}"), e))
+    })
+    .await
 }
 
 /// Whether a worker has ever served `kind`: workers create the kind's consumer when

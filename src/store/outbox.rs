@@ -5,9 +5,10 @@
 //! held by the submitting call. After JetStream acknowledges the publish the row is
 //! deleted. If the process dies in between, the lease runs out and a relay (in any
 //! api replica) claims the row and publishes it again; JetStream drops a duplicate by
-//! its Nats-Msg-Id (the task id). If the publish fails while the lease is still the
-//! submitter's, the submitter withdraws the task ([`Store::withdraw_unpublished`]) and
-//! answers UNAVAILABLE: a caller never hears "no" about a task that will run.
+//! its Nats-Msg-Id (the task id). If the publish is not confirmed (NATS down, an ack
+//! lost), the submitter still answers OK and leaves the row: the relay publishes it
+//! when the lease runs out. A committed task is never withdrawn, so no caller hears
+//! "no" about a task that then runs.
 
 use super::{Error, Store};
 use crate::domain::TaskId;
@@ -58,41 +59,6 @@ impl Store {
                 q.execute(&self.pool).await?;
             }
             Ok(())
-        })
-        .await
-    }
-
-    /// Withdraws a task whose publish failed, but only while the submitter still
-    /// holds the lease it wrote (`lease_until_us`): once the relay has claimed the row,
-    /// the task is on its way and stays. Returns whether the task was withdrawn.
-    #[tracing::instrument(skip_all, fields(task_id = %id), err)]
-    pub async fn withdraw_unpublished(
-        &self,
-        id: TaskId,
-        lease_until_us: i64,
-    ) -> Result<bool, Error> {
-        self.deadline(async {
-            let mut tx = self.pool.begin().await?;
-            let mine = sqlx::query("DELETE FROM outbox WHERE task_id = $1 AND lease_until_us = $2")
-                .bind(id.to_string())
-                .bind(lease_until_us)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if mine == 0 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM tasks WHERE id = $1")
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(true)
         })
         .await
     }

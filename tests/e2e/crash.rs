@@ -1,5 +1,6 @@
-//! The api dies between commit and publish, or between publish and cleanup: the
-//! outbox relay still puts exactly one message in the stream (guarantee 1).
+//! The api dies between commit and publish, or between publish and cleanup, or its
+//! publish is not confirmed: the outbox relay still puts exactly one message in the
+//! stream, and no caller is told UNAVAILABLE about a task that runs (guarantee 1).
 
 use taskwire::{
     domain::TaskId,
@@ -7,8 +8,9 @@ use taskwire::{
     store::Store,
 };
 use taskwire_tests::{
-    Api, ApiProcess, Db, NatsServer, api_config, both_databases, connect, eventually,
-    tasks_in_stream, wait_outbox_cleared,
+    Api, ApiProcess, Db, NatsServer, Running, api_config, both_databases, connect, eventually,
+    recorder_config, task_events, tasks_in_stream, wait_outbox_cleared, wait_terminal,
+    worker_config,
 };
 
 use super::submit_req;
@@ -101,3 +103,42 @@ both_databases!(
     crash_after_commit_is_relayed,
     crash_after_publish_is_not_duplicated
 );
+
+/// A publish that is not confirmed, because NATS took nothing or because its ack was
+/// lost: the answer is OK, never UNAVAILABLE (a task the caller was told failed could
+/// otherwise run), and the task runs exactly once: the relay publishes it when the
+/// call's lease runs out, and JetStream drops a second copy by its id.
+async fn an_unconfirmed_publish_is_accepted_and_runs_once(db: Db) {
+    for fault in ["fail-publish", "lose-publish-ack"] {
+        let nats = NatsServer::start();
+        let db = db.create().await;
+        let api = ApiProcess::spawn(&nats.url(), &db.url, &[("TASKWIRE_FAULT", fault)]).await;
+        let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+        let _worker = Running::worker(worker_config(&nats.url()));
+        let mut client = connect(api.addr).await.unwrap();
+        let id = client
+            .submit_task(submit_req("demo.echo", serde_json::json!({"fault": fault})))
+            .await
+            .unwrap_or_else(|e| panic!("{fault}: accepted, not {e:?}"))
+            .into_inner()
+            .task_id;
+        let task = wait_terminal(&client, &id).await;
+        assert_eq!(task.state, TaskState::Succeeded as i32, "{fault}: {task:?}");
+
+        let js = nats.jetstream().await;
+        let events = task_events(&js, &id).await;
+        let runs = events
+            .iter()
+            .filter(|(_, e)| e.state == TaskState::Running as i32 && e.progress.is_none())
+            .count();
+        assert_eq!(runs, 1, "{fault}: run once: {events:?}");
+        let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+        wait_outbox_cleared(&store, TaskId::parse(&id).unwrap()).await;
+        assert!(
+            tasks_in_stream(&js).await.is_empty(),
+            "{fault}: nothing left to run"
+        );
+    }
+}
+
+both_databases!(an_unconfirmed_publish_is_accepted_and_runs_once);

@@ -34,7 +34,7 @@ use std::{
 
 pub use db::{Db, TestDb};
 pub use in_process::*;
-pub use nats_server::{NATS_CONF, NatsServer};
+pub use nats_server::{NATS_CONF, NatsCluster, NatsServer};
 pub use otlp::{OtlpReceiver, Received};
 pub use processes::{ApiProcess, DevProcess, Proc, WorkerProcess, alive, cli, nats_pid};
 pub use streams::{dlq_messages, task_events, tasks_in_stream, wait_progress};

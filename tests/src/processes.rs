@@ -123,6 +123,8 @@ impl Drop for Proc {
 #[derive(Debug)]
 pub struct WorkerProcess {
     proc: Proc,
+    /// Its admin listener (/metrics), on a free port.
+    pub admin: SocketAddr,
 }
 
 impl WorkerProcess {
@@ -132,24 +134,39 @@ impl WorkerProcess {
 
     /// As [`WorkerProcess::spawn`], with extra environment.
     pub fn spawn_with_env(nats_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(workspace_bin("taskwire-worker"));
-        cmd.args([
-            "--admin-listen",
-            "off",
-            "--nats-url",
-            nats_url,
-            "--ack-wait",
-            "2s",
-            "--backoff-base",
-            "200ms",
-        ])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null());
+        cmd.args(["--admin-listen", &admin.to_string(), "--nats-url", nats_url]);
+        // Short waits, unless the test sets its own.
+        for (flag, value) in [("--ack-wait", "2s"), ("--backoff-base", "200ms")] {
+            if !args.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null());
         Self {
             proc: Proc::spawn(&mut cmd, "taskwire-worker"),
+            admin,
         }
+    }
+
+    /// How many tasks it is running now (its `taskwire_worker_slots{state="used"}`),
+    /// or None if its /metrics does not answer in time or has no such series yet.
+    pub async fn tasks_running(&self) -> Option<u64> {
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            crate::http_get(self.admin, "/metrics"),
+        )
+        .await
+        .ok()?
+        .1;
+        body.lines()
+            .find_map(|l| l.strip_prefix("taskwire_worker_slots{state=\"used\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
     }
 
     /// SIGKILL: the process dies at once, whatever it holds.

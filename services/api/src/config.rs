@@ -66,6 +66,10 @@ pub enum Fault {
     AbortAfterCommit,
     /// After JetStream acknowledged the publish, before the outbox row is deleted.
     AbortAfterPublish,
+    /// The publish is not sent and reported failed (NATS took nothing).
+    FailPublish,
+    /// The publish is sent, then reported failed (its ack was lost).
+    LosePublishAck,
 }
 
 impl Config {

@@ -28,7 +28,7 @@ use taskwire::{
 use crate::{error::ApiError, service::TaskApi};
 
 /// The longest a terminal-state list waits for the recorder to catch up.
-const CATCH_UP: Duration = Duration::from_secs(1);
+const CATCH_UP: Duration = Duration::from_secs(5);
 /// Unseen events a read folds one by one before it folds only the newest.
 const FOLD_LIMIT: usize = 8;
 /// Stream reads in flight at once while freshening a page.

@@ -1,11 +1,10 @@
 //! SubmitTask: store the task with its outbox row, publish it, answer.
 //!
-//! The guarantee (docs/architecture.md, guarantee 1): an OK answer means the task is in the
-//! database and in TASKWIRE_TASKS. The outbox closes the crash window between commit
-//! and publish (see `taskwire::store` outbox docs); an UNAVAILABLE answer means the task
-//! was withdrawn, so a caller retrying without an idempotency key does not get a twin.
-
-use std::time::Duration;
+//! The guarantee (docs/architecture.md, guarantee 1): an OK answer means the task is
+//! committed with its outbox row, so it reaches TASKWIRE_TASKS: published by this call
+//! (normally before the answer) or, if that publish is not confirmed, by the outbox
+//! relay. UNAVAILABLE is answered only before anything is written, so a caller told
+//! UNAVAILABLE has no task, and no task it was told about can run.
 
 use bytes::Bytes;
 use prost::Message;
@@ -27,25 +26,11 @@ use crate::{config::Fault, error::ApiError, service::TaskApi};
 #[derive(Debug, Clone)]
 pub struct ValidSubmit(pub NewTask);
 
-/// How many times a submit starts over when the task its key named was withdrawn
-/// meanwhile (a concurrent identical submit whose publish failed).
-const MAX_TRIES: usize = 3;
-
 impl TaskApi {
+    /// Stores the task with its outbox row, publishes it, answers. UNAVAILABLE only
+    /// before anything is written (NATS known down, or the database failed), so a
+    /// caller told UNAVAILABLE has no task.
     pub(crate) async fn submit(&self, req: ValidSubmit) -> Result<SubmitTaskResponse, ApiError> {
-        for _ in 0..MAX_TRIES {
-            if let Some(resp) = self.try_submit(&req).await? {
-                return Ok(resp);
-            }
-        }
-        Err(
-            nats::Error::unavailable("submitting", "an identical submit kept being withdrawn")
-                .into(),
-        )
-    }
-
-    /// One try; `None` when the key named a task that has since been withdrawn.
-    async fn try_submit(&self, req: &ValidSubmit) -> Result<Option<SubmitTaskResponse>, ApiError> {
         let s = &self.shared;
         // Fail fast, before writing anything, when NATS is known to be down.
         if !nats::is_connected(&s.nats) {
@@ -55,7 +40,7 @@ impl TaskApi {
         let task = NewTask {
             id: TaskId::new(),
             created_at_us: now,
-            ..req.0.clone()
+            ..req.0
         };
         let traceparent = trace::current_traceparent();
         let outbox = OutboxEntry {
@@ -79,17 +64,16 @@ impl TaskApi {
         let warning = warning.unwrap_or_default();
         match inserted? {
             Inserted::New => {}
+            // The first task is committed with its outbox row: enqueued by its own call
+            // or by the relay, never withdrawn.
             Inserted::Duplicate(id) => {
                 metrics::task_event(metrics::TASKS_DEDUPLICATED, label);
-                return Ok(self
-                    .await_enqueued(id)
-                    .await?
-                    .then_some(SubmitTaskResponse {
-                        task_id: id.to_string(),
-                        state: TaskState::Queued as i32,
-                        deduplicated: true,
-                        warning,
-                    }));
+                return Ok(SubmitTaskResponse {
+                    task_id: id.to_string(),
+                    state: TaskState::Queued as i32,
+                    deduplicated: true,
+                    warning,
+                });
             }
         }
         if s.fault == Some(Fault::AbortAfterCommit) {
@@ -97,65 +81,55 @@ impl TaskApi {
         }
 
         let id = task.id;
-        match nats::publish_task(
-            &s.js,
-            outbox.subject,
-            &id.to_string(),
-            Bytes::from(outbox.payload),
-            traceparent.as_deref(),
-        )
-        .await
-        {
+        let published = match s.fault {
+            // Tests: NATS took nothing, or took it and the ack was lost.
+            Some(Fault::FailPublish) => {
+                Err(nats::Error::unavailable("publishing", "fault injected"))
+            }
+            _ => {
+                nats::publish_task(
+                    &s.js,
+                    outbox.subject,
+                    &id.to_string(),
+                    Bytes::from(outbox.payload),
+                    traceparent.as_deref(),
+                )
+                .await
+            }
+        };
+        let published = match (published, s.fault) {
+            (Ok(_), Some(Fault::LosePublishAck)) => Err(nats::Error::unavailable(
+                "publishing",
+                "ack lost (fault injected)",
+            )),
+            (other, _) => other,
+        };
+        match published {
             Ok(_) => {
                 if s.fault == Some(Fault::AbortAfterPublish) {
                     std::process::abort();
                 }
                 s.outbox_cleaner.forget(id);
             }
-            Err(publish_err) => match s
-                .store
-                .withdraw_unpublished(id, outbox.lease_until_us)
-                .await
-            {
-                Ok(true) => return Err(publish_err.into()),
-                // The lease ran out and the relay owns the row: the task will be
-                // enqueued, so it is accepted.
-                Ok(false) => tracing::info!(task_id = %id, "publish failed; the relay took over"),
-                Err(e) => {
-                    // Neither publish nor withdraw worked: the relay will enqueue the task
-                    // when NATS is back. The caller hears UNAVAILABLE and is told to
-                    // retry with the same key, which then finds this task.
-                    tracing::error!(task_id = %id, error = %chain(&e), "withdraw failed after publish failed");
-                    return Err(publish_err.into());
-                }
-            },
+            // The task is committed with its outbox row: the relay publishes it once
+            // this call's lease runs out (JetStream drops a second copy by its id, if
+            // the first did arrive). So the task is accepted, and the answer is OK: an
+            // UNAVAILABLE here could be followed by the task running anyway (the
+            // publish may have arrived with its ack lost), which a caller must never see.
+            Err(e) => tracing::warn!(
+                task_id = %id,
+                error = %chain(&e),
+                "publish not confirmed; the outbox relay enqueues the task"
+            ),
         }
         metrics::task_event(metrics::TASKS_SUBMITTED, label);
         tracing::info!(task_id = %id, "task accepted");
-        Ok(Some(SubmitTaskResponse {
+        Ok(SubmitTaskResponse {
             task_id: id.to_string(),
             state: TaskState::Queued as i32,
             deduplicated: false,
             warning,
-        }))
-    }
-
-    /// A repeat of a submit whose first call may still be publishing: waits until the
-    /// first task is confirmed enqueued (true) or withdrawn (false), so a repeat never
-    /// answers OK for a task that is then withdrawn.
-    async fn await_enqueued(&self, id: TaskId) -> Result<bool, ApiError> {
-        let s = &self.shared;
-        let deadline = tokio::time::Instant::now() + s.outbox_lease;
-        loop {
-            if !s.store.in_outbox(id).await? {
-                return Ok(s.store.get_task(id).await?.is_some());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                // The lease ran out: the relay owns the row and will publish it.
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
     }
 }
 

@@ -11,6 +11,8 @@ use crate::runtime::Shared;
 
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// How long past its expiry a pull may take to end before it is abandoned.
+const PULL_GRACE: Duration = Duration::from_secs(2);
 /// Waits between pulls that failed (NATS down): 100 ms doubling up to 2 s.
 const PULL_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
@@ -71,9 +73,16 @@ pub(crate) async fn pull_loop(
         // request is redelivered to another worker after ack_wait.
         let mut permit = Some(permit);
         let mut received = 0;
+        // A pull whose server went away (a node lost, a leader change) may never end:
+        // past its expiry and a grace, stop waiting and pull again.
+        let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(give_up) => {
+                    tracing::debug!("a pull did not end in time; pulling again");
+                    break;
+                }
                 m = batch.next() => match m { Some(m) => m, None => break },
             };
             match msg {
@@ -90,7 +99,16 @@ pub(crate) async fn pull_loop(
                     };
                     attempts.spawn(crate::attempt::process(shared.clone(), msg, slot));
                 }
-                Err(e) => tracing::warn!(error = %chain(&*e), "bad delivery"),
+                // The pull failed (its node went away, the consumer's leader moved):
+                // pull again after a pause rather than read more of it.
+                Err(e) => {
+                    tracing::warn!(error = %chain(&*e), "pull failed mid-way; pulling again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = failures.wait() => {}
+                    }
+                    break;
+                }
             }
         }
         busy = received >= wanted;

@@ -396,8 +396,10 @@ export const TaskService: GenService<{
    * Errors: INVALID_ARGUMENT (malformed kind, input, labels, idempotency key, timeout,
    * max_attempts or taskwire-caller header), RESOURCE_EXHAUSTED (input over the size
    * limit, 1 MiB of JSON by default), UNAVAILABLE (NATS or the database cannot be
-   * reached; the task was normally withdrawn, but retry with the same idempotency key,
-   * which returns it if it was accepted after all).
+   * reached before the task is written, so there is normally no task; retry with the
+   * same idempotency key, which returns it if its commit succeeded after all). Once the
+   * task is committed the answer is OK, even if its publish was not confirmed: it is
+   * then enqueued from the database's outbox, up to 30 s later.
    *
    * @generated from rpc taskwire.v1.TaskService.SubmitTask
    */
