@@ -26,9 +26,10 @@ use crate::{
     store::{EventUpdate, TaskRecord},
 };
 
-/// How many times one append is sent while NATS does not answer (a leader change takes
-/// a few seconds), and the waits between: 100 ms doubling to 2 s.
-const APPEND_TRIES: u32 = 5;
+/// How long one append is sent again while NATS does not answer: a stream's leader
+/// election after a node loss takes a few seconds, and an attempt whose progress
+/// append fails is stopped. The waits between tries: 100 ms doubling to 2 s.
+const APPEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 const APPEND_RETRY: crate::backoff::Backoff = crate::backoff::Backoff::new(
     std::time::Duration::from_millis(100),
     std::time::Duration::from_secs(2),
@@ -133,6 +134,26 @@ impl History {
         }
     }
 
+    /// The seq and `Nats-Msg-Id` of a task's newest event.
+    async fn last_msg_id(&self, id: TaskId) -> Result<Option<(u64, String)>, Error> {
+        match self
+            .0
+            .events
+            .get_last_raw_message_by_subject(&event_subject(id))
+            .await
+        {
+            Ok(msg) => Ok(msg
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| (msg.sequence, v.to_string()))),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::unavailable(
+                format!("reading the history of task {id}"),
+                e,
+            )),
+        }
+    }
+
     /// The first stored event of a task with seq > `after`, or `None` if there is none
     /// (yet). Reads by direct get, from any replica of the stream. An event that does
     /// not decode (no version of taskwire wrote it) is logged and skipped, so it cannot
@@ -208,6 +229,7 @@ impl History {
         // nonce), so another writer's append can never pass for it.
         let msg_id = format!("{id}:{expected_last}:{:016x}", rand::random::<u64>());
         let mut retries = APPEND_RETRY.retries();
+        let give_up = tokio::time::Instant::now() + APPEND_PATIENCE;
         loop {
             let mut msg = PublishMessage::build()
                 .payload(payload.clone())
@@ -218,8 +240,17 @@ impl History {
                 msg = msg.header(crate::telemetry::trace::TRACEPARENT, tp.as_str());
             }
             match send(&self.0.js, event_subject(id), msg, "appending an event").await {
-                Err(Error::Unavailable { .. }) if retries.count() < APPEND_TRIES - 1 => {
+                Err(Error::Unavailable { .. }) if tokio::time::Instant::now() < give_up => {
                     retries.wait().await;
+                }
+                // A retry refused as a conflict may be refused because of the first
+                // try, stored after all: if the newest event carries this append's id,
+                // it is this append's.
+                Err(Error::Conflict) if retries.count() > 0 => {
+                    return match self.last_msg_id(id).await {
+                        Ok(Some((seq, stored_id))) if stored_id == msg_id => Ok(seq),
+                        _ => Err(Error::Conflict),
+                    };
                 }
                 other => return other,
             }

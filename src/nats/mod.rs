@@ -39,7 +39,7 @@ pub use streams::{
 };
 pub use subjects::{
     ERROR_CODE_HEADER, ERROR_RETRYABLE_HEADER, LiveEvent, SCHEMA_HEADER, SCHEMA_VERSION,
-    cancel_subject, dlq_subject, event_subject, live_subject, task_subject,
+    cancel_subject, dlq_subject, event_subject, live_subject, running_subject, task_subject,
 };
 
 use crate::pb::{internal::v1::TaskMessage, v1::TaskError};
@@ -263,9 +263,12 @@ async fn send(
 ) -> Result<u64, Error> {
     let map = |e: jetstream::context::PublishError| match e.kind() {
         PublishErrorKind::WrongLastSequence => Error::Conflict,
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Error::unavailable(what, e),
-        PublishErrorKind::StreamNotFound
-        | PublishErrorKind::WrongLastMessageId
+        // "No stream" is what a cluster answers while the stream elects a leader (no
+        // responders): taskwire's streams exist from start-up on, so it is an outage.
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound => Error::unavailable(what, e),
+        PublishErrorKind::WrongLastMessageId
         | PublishErrorKind::MaxAckPending
         | PublishErrorKind::MaxPayloadExceeded
         | PublishErrorKind::Other => Error::Refused {

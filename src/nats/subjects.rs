@@ -14,6 +14,8 @@ pub const EVENTS_ALL: &str = "taskwire.events.>";
 pub const LIVE_ALL: &str = "taskwire.live.>";
 /// Every cancel signal: `taskwire.cancel.<task_id>`.
 pub const CANCEL_ALL: &str = "taskwire.cancel.>";
+/// Every "who runs this task?" request: `taskwire.running.<task_id>`.
+pub const RUNNING_ALL: &str = "taskwire.running.>";
 /// Every dead letter: `taskwire.dlq.<kind>`.
 pub const DLQ_ALL: &str = "taskwire.dlq.>";
 /// JetStream's MAX_DELIVERIES advisories for TASKWIRE_TASKS' consumers.
@@ -49,6 +51,11 @@ pub fn cancel_subject(id: TaskId) -> String {
     format!("taskwire.cancel.{id}")
 }
 
+/// Where a worker asks whether a live worker runs a task (docs/protocol.md §5).
+pub fn running_subject(id: TaskId) -> String {
+    format!("taskwire.running.{id}")
+}
+
 /// Where failed tasks of `kind` are copied.
 pub fn dlq_subject(kind: &str) -> String {
     format!("taskwire.dlq.{kind}")
@@ -57,6 +64,11 @@ pub fn dlq_subject(kind: &str) -> String {
 /// The task a cancel signal's subject names.
 pub fn task_of_cancel(subject: &str) -> Option<TaskId> {
     TaskId::parse(subject.strip_prefix("taskwire.cancel.")?).ok()
+}
+
+/// The task a "who runs this task?" request's subject names.
+pub fn task_of_running(subject: &str) -> Option<TaskId> {
+    TaskId::parse(subject.strip_prefix("taskwire.running.")?).ok()
 }
 
 /// One stored event as the events stream republished it on `taskwire.live.<task_id>`.

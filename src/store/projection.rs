@@ -11,6 +11,11 @@
 //!   has already seen any of them (a replay, or an old redelivery next to newer events),
 //!   the fold does not apply and the events are applied one by one, each with its own
 //!   guard.
+//!
+//! Several recorders may apply one task's events out of order (each takes what the
+//! shared consumer hands it). Every column but one is the newest event's, so skipping
+//! an older event is right; the start time is the *first* RUNNING's, so an older
+//! RUNNING still lowers it.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -214,6 +219,28 @@ impl Store {
                     for ev in evs.values() {
                         applied += update(&mut tx, &[(*id, Change::of(ev))]).await?.len();
                     }
+                }
+            }
+            // A RUNNING event older than the row can still be news: with several
+            // recorders a task's events may be applied out of order, and the start
+            // time is the first RUNNING's, whichever arrives last.
+            for (id, evs) in &by_task {
+                let first_run = evs
+                    .values()
+                    .filter(|ev| ev.state == TaskState::Running)
+                    .map(|ev| ev.time_us)
+                    .min();
+                if let Some(t) = first_run
+                    && !done.contains(id)
+                {
+                    sqlx::query(
+                        "UPDATE tasks SET started_at_us = $1 WHERE id = $2 \
+                         AND (started_at_us IS NULL OR started_at_us > $1)",
+                    )
+                    .bind(t)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
             tx.commit().await?;

@@ -5,6 +5,7 @@
 mod cancel;
 mod chaos;
 mod cli;
+mod cluster;
 mod crash;
 mod dev;
 mod grpc_web;

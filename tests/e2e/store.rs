@@ -200,6 +200,53 @@ async fn events_apply_once_and_in_order(db: Db) {
     assert_eq!(rec.error, None, "success clears an earlier attempt's error");
 }
 
+/// Two recorders can apply one task's events out of order (each takes what the shared
+/// consumer hands it): the newest event's columns win, and the start time is still the
+/// first RUNNING's.
+async fn events_out_of_order_keep_the_first_start(db: Db) {
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let t = new_task(None, &[]);
+    store.insert_task(&t, &outbox(0)).await.unwrap();
+    let ev = |seq: u64, state, attempt| EventUpdate {
+        seq,
+        time_us: 1_000_000 * seq as i64,
+        state,
+        attempt,
+        progress: None,
+        output: None,
+        error: None,
+    };
+    // Attempt 2's start and the end arrive first, in one batch; attempt 1's start last.
+    let newer = [
+        (t.id, ev(8, TaskState::Running, 2)),
+        (t.id, ev(9, TaskState::Succeeded, 2)),
+    ];
+    assert_eq!(store.apply_events(&newer).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .apply_events(&[(t.id, ev(3, TaskState::Running, 1))])
+            .await
+            .unwrap(),
+        0,
+        "an older event applies nothing of its own"
+    );
+    let rec = store.get_task(t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.attempt, rec.last_seq),
+        (TaskState::Succeeded, 2, 9)
+    );
+    assert_eq!(rec.started_at_us, Some(3_000_000), "the first start");
+    assert_eq!(rec.finished_at_us, Some(9_000_000));
+    // A later start arriving late changes nothing.
+    store
+        .apply_events(&[(t.id, ev(5, TaskState::Running, 1))])
+        .await
+        .unwrap();
+    let rec = store.get_task(t.id).await.unwrap().unwrap();
+    assert_eq!(rec.started_at_us, Some(3_000_000));
+}
+
 async fn outbox_leases(db: Db) {
     let db = db.create().await;
     let store = Store::connect(&db.url, &Default::default()).await.unwrap();
@@ -441,6 +488,7 @@ async fn batched_events_match_one_by_one(db: Db) {
 both_databases!(
     tasks_round_trip,
     events_apply_once_and_in_order,
+    events_out_of_order_keep_the_first_start,
     batched_events_match_one_by_one,
     outbox_leases
 );

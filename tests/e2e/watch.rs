@@ -21,11 +21,18 @@ fn terminal(e: &TaskEvent) -> bool {
 /// Checks one stream: seqs strictly increase, progress never goes back within an
 /// attempt, it ends with exactly one terminal event, and after the first (snapshot)
 /// event it is exactly the task's stored history.
-fn check_stream(events: &[TaskEvent], history: &[(u64, taskwire::pb::internal::v1::Event)]) {
+pub(super) fn check_stream(
+    events: &[TaskEvent],
+    history: &[(u64, taskwire::pb::internal::v1::Event)],
+) {
     assert!(!events.is_empty());
     assert!(
         events.windows(2).all(|w| w[0].seq < w[1].seq),
-        "seq strictly increases"
+        "seq strictly increases: {:?}",
+        events
+            .iter()
+            .map(|e| (e.seq, e.state, e.attempt))
+            .collect::<Vec<_>>()
     );
     let fractions: Vec<(u32, f64)> = events
         .iter()

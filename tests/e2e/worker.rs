@@ -370,6 +370,104 @@ async fn a_busy_kind_gets_the_slots_idle_kinds_leave(db: Db) {
     }
 }
 
+/// A redelivery of a task whose attempt still runs elsewhere (its heartbeats were
+/// lost, as when a NATS node dies) is left to that attempt; once nobody answers for
+/// it, the next redelivery takes it over with the next attempt number, counted in the
+/// history rather than in deliveries. The "attempt elsewhere" is this test, speaking
+/// the protocol (docs/protocol.md §5): it holds the first delivery without
+/// heartbeats, appends its RUNNING event and answers `taskwire.running.<id>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_is_left_to_a_live_attempt() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    use futures::StreamExt;
+    use taskwire::{domain::TaskId, nats};
+
+    let nats_server = taskwire_tests::NatsServer::start();
+    let url = nats_server.url();
+    let db = Db::Sqlite.create().await;
+    let api = taskwire_tests::Api::start(taskwire_tests::api_config(&url, &db.url)).await;
+    let _recorder =
+        taskwire_tests::Running::recorder(taskwire_tests::recorder_config(&url, &db.url));
+    let config = taskwire_tests::worker_config(&url);
+    let js = nats_server.jetstream().await;
+    let consumer = nats::setup_kind_consumer(&js, "demo.echo", config.ack_wait, config.max_deliver)
+        .await
+        .unwrap();
+    let mut client = api.client().await;
+    let id = super::submit(
+        &mut client,
+        submit_req("demo.echo", serde_json::json!("hi")),
+    )
+    .await;
+    let task = TaskId::parse(&id).unwrap();
+
+    // The attempt elsewhere: the first delivery, held without heartbeats, RUNNING.
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let _held = batch.next().await.expect("the first delivery").unwrap();
+    let history = nats::History::open(&js).await.unwrap();
+    history
+        .append(
+            &nats::new_event(task, "demo.echo", TaskState::Running, 1),
+            0,
+        )
+        .await
+        .unwrap();
+    let (alive, asked) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let nc = nats_server.client().await;
+    let mut queries = nc.subscribe(nats::running_subject(task)).await.unwrap();
+    let answering = {
+        let (alive, asked, nc) = (alive.clone(), asked.clone(), nc.clone());
+        tokio::spawn(async move {
+            while let Some(q) = queries.next().await {
+                asked.fetch_add(1, Ordering::SeqCst);
+                if alive.load(Ordering::SeqCst)
+                    && let Some(reply) = q.reply
+                {
+                    nc.publish(reply, "1".into()).await.unwrap();
+                }
+            }
+        })
+    };
+    nc.flush().await.unwrap();
+
+    // The real worker gets the redelivery after ack_wait, asks, hears "1": leaves it.
+    let _worker = taskwire_tests::Running::worker(config);
+    eventually("the redelivery asks who runs the task", || async {
+        (asked.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = task_events(&js, &id).await;
+    assert_eq!(events.len(), 1, "left to the live attempt: {events:?}");
+
+    // The attempt elsewhere dies: the next redelivery hears nothing and takes over.
+    alive.store(false, Ordering::SeqCst);
+    let t = wait_terminal(&client, &id).await;
+    assert_eq!(t.state, TaskState::Succeeded as i32, "{t:?}");
+    let events = task_events(&js, &id).await;
+    let runs: Vec<u32> = events
+        .iter()
+        .filter(|(_, e)| state_of(e) == TaskState::Running && e.progress.is_none())
+        .map(|(_, e)| e.attempt)
+        .collect();
+    assert_eq!(runs, [1, 2], "attempt 2, not delivery 3: {events:?}");
+    assert!(asked.load(Ordering::SeqCst) >= 2, "the takeover asked too");
+    answering.abort();
+}
+
 both_databases!(
     a_busy_kind_gets_the_slots_idle_kinds_leave,
     demo_kinds_succeed,

@@ -42,6 +42,28 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// PostgreSQL only: ends every session on this test database (but the caller's),
+    /// as a server restart does to its clients; returns how many. The server itself is
+    /// not this test's to restart.
+    pub async fn drop_connections(&self) -> u64 {
+        use sqlx::Connection;
+        let (server, name) = self.pg.as_ref().expect("a PostgreSQL test database");
+        let mut conn = sqlx::PgConnection::connect(server)
+            .await
+            .expect("connect to PostgreSQL");
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_all(&mut conn)
+        .await
+        .expect("terminate sessions");
+        ended.into_iter().filter(|e| *e).count() as u64
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some((server, name)) = self.pg.take() else {

@@ -36,7 +36,9 @@ pub use db::{Db, TestDb};
 pub use in_process::*;
 pub use nats_server::{NATS_CONF, NatsCluster, NatsServer};
 pub use otlp::{OtlpReceiver, Received};
-pub use processes::{ApiProcess, DevProcess, Proc, WorkerProcess, alive, cli, nats_pid};
+pub use processes::{
+    ApiProcess, DevProcess, Proc, ServiceProcess, WorkerProcess, alive, cli, nats_pid,
+};
 pub use streams::{dlq_messages, task_events, tasks_in_stream, wait_progress};
 
 /// How long any single wait in a test may take before the test fails.

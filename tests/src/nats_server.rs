@@ -90,12 +90,16 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// A client of this server.
+    pub async fn client(&self) -> async_nats::Client {
+        nats::connect(&self.url(), "test", Duration::from_secs(5))
+            .await
+            .expect("connect to test nats-server")
+    }
+
     /// A JetStream context on this server.
     pub async fn jetstream(&self) -> jetstream::Context {
-        let client = nats::connect(&self.url(), "test", Duration::from_secs(5))
-            .await
-            .expect("connect to test nats-server");
-        nats::jetstream(client, Duration::from_secs(5))
+        nats::jetstream(self.client().await, Duration::from_secs(5))
     }
 }
 
@@ -216,6 +220,14 @@ impl NatsCluster {
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
         self.nodes[i].spawn();
+    }
+
+    /// The pid of every running node.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// How many nodes run.

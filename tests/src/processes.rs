@@ -302,3 +302,88 @@ pub fn cli(args: &[&str]) -> std::process::Output {
         .output()
         .expect("taskwire runs")
 }
+
+/// A taskwire service binary (`taskwire-api`, `-watch`, `-recorder`, `-worker`) as a
+/// child process that can be killed, stopped and started again with the same
+/// arguments and ports, as an operator's supervisor would. Every one gets an admin
+/// listener on a free port; api and watch also a gRPC one. Killed on drop.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    bin: &'static str,
+    args: Vec<String>,
+    /// Its gRPC listener (api, watch).
+    pub addr: Option<SocketAddr>,
+    /// Its admin listener: /metrics, /readyz.
+    pub admin: SocketAddr,
+    proc: Option<Proc>,
+}
+
+impl ServiceProcess {
+    /// Starts `bin` with `args` after the listeners and `--nats-url`, and waits until
+    /// its /readyz says ready.
+    pub async fn start(bin: &'static str, nats_url: &str, args: &[&str]) -> Self {
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let serves_grpc = matches!(bin, "taskwire-api" | "taskwire-watch");
+        let addr = serves_grpc.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let mut all = vec![
+            "--admin-listen".to_string(),
+            admin.to_string(),
+            "--nats-url".to_string(),
+            nats_url.to_string(),
+        ];
+        if let Some(addr) = addr {
+            all.extend(["--listen".to_string(), addr.to_string()]);
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut p = Self {
+            bin,
+            args: all,
+            addr,
+            admin,
+            proc: None,
+        };
+        p.spawn().await;
+        p
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(workspace_bin(self.bin));
+        cmd.args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        self.proc = Some(Proc::spawn(&mut cmd, self.bin));
+        let admin = self.admin;
+        eventually(&format!("{} is ready", self.bin), || async move {
+            let connected = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(admin),
+            )
+            .await;
+            if !matches!(connected, Ok(Ok(_))) {
+                return None;
+            }
+            (crate::http_get(admin, "/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// kill -9: it dies at once, whatever it holds.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM, and waits for it to exit (a graceful stop).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut p = self.proc.take().expect("running");
+        p.signal("TERM");
+        p.wait_exit().await
+    }
+
+    /// Starts it again with the same arguments and ports.
+    pub async fn restart(&mut self) {
+        assert!(self.proc.is_none(), "{} still runs", self.bin);
+        self.spawn().await;
+    }
+}

@@ -1,5 +1,6 @@
-//! The deployment a run measures: its own nats-server, a fresh database and each
-//! service binary as a separate process, on free loopback ports; stopped on drop.
+//! The deployment a run measures: its own nats-server (or 3-node cluster with R3
+//! streams), a fresh database and each service binary as a separate process, on free
+//! loopback ports; stopped on drop.
 
 use std::{
     net::SocketAddr,
@@ -12,13 +13,55 @@ use taskwire::pb::v1::{
     TaskEvent, WatchTaskRequest, task_service_client::TaskServiceClient,
     watch_service_client::WatchServiceClient,
 };
-use taskwire_tests::{Db, NatsServer, Proc, TestDb, free_port, wait_serving, workspace_bin};
+use taskwire_tests::{
+    Db, NatsCluster, NatsServer, Proc, TestDb, free_port, wait_serving, workspace_bin,
+};
 use tonic::{Streaming, transport::Channel};
 
 use crate::submit_req;
 
+/// The NATS a run uses: one server, or a cluster whose streams have three replicas.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// One server for `nodes` = 1, else a cluster of `nodes`.
+    pub async fn start(nodes: usize) -> Self {
+        if nodes > 1 {
+            Self::Cluster(NatsCluster::start(nodes).await)
+        } else {
+            Self::Single(NatsServer::start())
+        }
+    }
+
+    /// The URL(s) `--nats-url` takes.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(n) => n.url(),
+            Self::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// Stream replicas: 3 on a cluster.
+    pub fn replicas(&self) -> usize {
+        match self {
+            Self::Single(_) => 1,
+            Self::Cluster(_) => 3,
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Single(n) => n.pid().into_iter().collect(),
+            Self::Cluster(c) => c.pids(),
+        }
+    }
+}
+
 pub struct Deployment {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub db: TestDb,
     pub api_addr: SocketAddr,
     pub watch_addr: SocketAddr,
@@ -43,15 +86,18 @@ fn spawn(bin: &'static str, args: &[&str]) -> Proc {
 impl Deployment {
     /// Starts everything; `metrics`: whether the processes serve (and so record)
     /// metrics, each on a free admin port.
-    pub async fn start(db: Db, workers: usize, metrics: bool) -> Self {
-        let nats = NatsServer::start();
+    pub async fn start(db: Db, workers: usize, metrics: bool, nats_nodes: usize) -> Self {
+        let nats = Nats::start(nats_nodes).await;
         let db = db.create().await;
         let url = nats.url();
+        let replicas = nats.replicas().to_string();
         let (api_addr, watch_addr) = (free_addr(), free_addr());
         let admin = if metrics { "127.0.0.1:0" } else { "off" };
         let common = [
             "--nats-url",
             url.as_str(),
+            "--stream-replicas",
+            &replicas,
             "--database-url",
             db.url.as_str(),
             "--admin-listen",
@@ -84,6 +130,8 @@ impl Deployment {
                     &[
                         "--nats-url",
                         &url,
+                        "--stream-replicas",
+                        &replicas,
                         "--concurrency",
                         "64",
                         "--admin-listen",
@@ -108,7 +156,7 @@ impl Deployment {
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         let mut v: Vec<(&'static str, u32)> =
             self.procs.iter().map(|(role, p)| (*role, p.id())).collect();
-        v.extend(self.nats.pid().map(|pid| ("nats-server", pid)));
+        v.extend(self.nats.pids().into_iter().map(|pid| ("nats-server", pid)));
         v
     }
 

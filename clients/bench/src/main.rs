@@ -78,6 +78,9 @@ pub struct Args {
     /// recorded): to measure what metrics cost.
     #[arg(long)]
     no_metrics: bool,
+    /// NATS servers: 1, or a cluster of 3 (every stream R3) for the scale-out figures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_nodes: u8,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -107,7 +110,7 @@ async fn main() {
         raw::run(&args, &mut results).await;
     }
     for (db, name) in dbs {
-        let d = Deployment::start(db, args.workers, !args.no_metrics).await;
+        let d = Deployment::start(db, args.workers, !args.no_metrics, args.nats_nodes.into()).await;
         if wants("w5") {
             w5::idle_rss(&d, name, &mut results);
         }

@@ -3,23 +3,25 @@
 
 use std::time::Instant;
 
+use crate::{Args, deployment::Nats, results::Results};
 use futures::StreamExt;
-use taskwire_tests::NatsServer;
 
-use crate::{Args, results::Results};
-
-/// R: the substrate's limit, measured the same way in the same run: publish + consume
-/// + ack on a file-backed stream, and a publish -> consume -> ack -> reply round trip.
+/// R: the substrate's limit, measured the same way in the same run: publish, consume
+/// and ack on a file-backed stream (with as many replicas as taskwire's streams get),
+/// and a publish -> consume -> ack -> reply round trip.
 pub async fn run(args: &Args, r: &mut Results) {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let nats = Nats::start(args.nats_nodes.into()).await;
+    let client = taskwire::nats::connect(&nats.url(), "bench", std::time::Duration::from_secs(5))
+        .await
+        .expect("connect");
     let js = jetstream::new(client.clone());
     let s = js
         .create_stream(stream::Config {
             name: "RAW".into(),
             subjects: vec!["raw.>".into()],
             storage: stream::StorageType::File,
+            num_replicas: nats.replicas(),
             ..Default::default()
         })
         .await

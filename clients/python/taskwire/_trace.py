@@ -120,6 +120,12 @@ class AttemptTrace:
         with trace.use_span(self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
             yield
 
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Sets an attribute of the span, if there is one (e.g. the attempt number,
+        known once the attempt has claimed its task)."""
+        if self.span is not None:
+            self.span.set_attribute(key, value)
+
     def record_exception(self, exc: BaseException) -> None:
         if self.span is not None:
             self.span.record_exception(exc)

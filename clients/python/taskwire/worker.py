@@ -17,13 +17,21 @@
 
     asyncio.run(worker.run())       # until SIGINT/SIGTERM, then a graceful drain
 
-What the runtime does for every delivery (docs/protocol.md §5): decode, take the
-attempt number from the delivery count, read the task's newest event, ack finished
-tasks (re-sending the dead letter of a FAILED one), fail tasks whose attempts are spent,
-append RUNNING conditionally, run the handler with heartbeats (``+WPI`` every
-ack_wait/3) and its timeout, append every progress/log event with
-``Nats-Expected-Last-Subject-Sequence``, and turn the outcome into SUCCEEDED / RETRYING
-+ ``-NAK {"delay":ns}`` / FAILED + dead letter, acking only after the outcome is stored.
+Before pulling, the runtime subscribes to ``taskwire.cancel.>`` (routing each signal to
+the attempt running that task here) and to ``taskwire.running.>`` (answering a request
+on ``taskwire.running.<task_id>`` with the attempt number, as decimal text, of an
+attempt of that task that runs here and has claimed it; with nothing otherwise).
+
+What it does for every delivery (docs/protocol.md §5): decode; on a redelivery, leave
+the message alone (no ack, no NAK) if the task's attempt still runs, here or on a live
+worker that answers for the newest RUNNING attempt on ``taskwire.running.<task_id>``;
+read the task's newest event, ack finished tasks (re-sending the dead letter of a
+FAILED one), take the attempt number from the history (the newest event's attempt + 1,
+or 1; never the delivery count), fail tasks whose attempts are spent, append RUNNING
+conditionally, run the handler with heartbeats (``+WPI`` every ack_wait/3) and its
+timeout, append every progress/log event with ``Nats-Expected-Last-Subject-Sequence``,
+and turn the outcome into SUCCEEDED / RETRYING + ``-NAK {"delay":ns}`` / FAILED + dead
+letter, acking only after the outcome is stored.
 
 Every attempt continues the task's trace (``TaskMessage.traceparent``, the submit's W3C
 trace context): each event it appends carries a ``traceparent`` header with the task's
@@ -84,6 +92,14 @@ SCHEMA_HEADER = "Taskwire-Schema"
 SCHEMA_VERSION = "1"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MAX_ATTEMPTS_LIMIT = 100
+
+# How many times a claim reads the history and appends RUNNING before it NAKs for a
+# second (docs/protocol.md §5 step 6).
+CLAIM_TRIES = 20
+
+# How long a redelivery waits for a live worker to say it still runs the task
+# (docs/protocol.md §5 step 2).
+ASK_WAIT = 1.0
 
 # JetStream API error codes (docs/protocol.md §1, §2).
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -302,6 +318,17 @@ class TaskContext:
 Handler = Callable[[TaskContext], Awaitable[Any]]
 
 
+@dataclass(eq=False)
+class _Registration:
+    """An attempt running in this process: how to stop it (cancel signals), and its
+    number once it has claimed the task (running-requests are answered from then on).
+    Compared by identity, so an attempt's deregistration never removes a later
+    registration of the same task."""
+
+    stop: asyncio.Event
+    attempt: Optional[int] = None
+
+
 @dataclass
 class _Slots:
     """Concurrency slots: fetch only as many messages as can start now."""
@@ -373,7 +400,8 @@ class Worker:
         self._jsm: Any = None
         self._subs: dict[str, Any] = {}
         self._cancel_sub: Any = None
-        self._running: dict[str, asyncio.Event] = {}
+        self._running_sub: Any = None
+        self._running: dict[str, _Registration] = {}
         self._attempts: set[asyncio.Task[None]] = set()
         self._hand_back = asyncio.Event()
         self._shutdown = asyncio.Event()
@@ -440,8 +468,10 @@ class Worker:
         self._js = self._nc.jetstream(timeout=self.nats_timeout)
         self._jsm = self._nc.jsm(timeout=self.nats_timeout)
         await self._wait_for_streams()
-        # Cancel signals first, so none for a task we are about to run is missed.
+        # Cancel signals and running-requests first, so none for a task we are about
+        # to run is missed.
         self._cancel_sub = await self._nc.subscribe("taskwire.cancel.>", cb=self._on_cancel)
+        self._running_sub = await self._nc.subscribe("taskwire.running.>", cb=self._on_running)
         for kind in self.kinds:
             name = kind_consumer(kind)
             config = js_api.ConsumerConfig(
@@ -547,14 +577,62 @@ class Worker:
         with contextlib.suppress(Exception):
             await nc.close()
 
-    # -- cancel signals -------------------------------------------------------------
+    # -- cancel signals and running-requests ----------------------------------------
 
     async def _on_cancel(self, msg: Msg) -> None:
         task_id = msg.subject.removeprefix("taskwire.cancel.")
-        stop = self._running.get(task_id)
-        if stop is not None:
+        reg = self._running.get(task_id)
+        if reg is not None:
             log.info("task %s: cancel signal", task_id)
-            stop.set()
+            reg.stop.set()
+
+    async def _on_running(self, msg: Msg) -> None:
+        """Answers "who runs this task?" with the attempt number, if an attempt of the
+        task runs here and has claimed it; says nothing otherwise (the asker's timeout
+        is the "no")."""
+        task_id = msg.subject.removeprefix("taskwire.running.")
+        reg = self._running.get(task_id)
+        if reg is None or reg.attempt is None or not msg.reply or self._nc is None:
+            return
+        try:
+            await self._nc.publish(msg.reply, str(reg.attempt).encode())
+        except Exception as e:
+            log.debug("task %s: cannot answer a running-request (%r)", task_id, e)
+
+    async def _ask_running(self, task_id: str) -> Optional[int]:
+        """The attempt a live worker says it runs of the task, or None if none answered
+        within ``ASK_WAIT`` (or NATS could not be asked, or the answer is no number)."""
+        if self._nc is None:
+            return None
+        try:
+            reply = await self._nc.request(f"taskwire.running.{task_id}", b"", timeout=ASK_WAIT)
+            text = reply.data.decode("ascii")
+        except Exception:  # timeout, no responders, NATS error, not ASCII
+            return None
+        return int(text) if text.isdigit() else None
+
+    async def _still_running(self, task_id: str) -> bool:
+        """Step 2, for a redelivery: whether the task's newest attempt still runs, here
+        or on a live worker that says so. JetStream redelivers a task whose heartbeats
+        did not arrive in time: its worker died, or only the heartbeats were lost; only
+        in the first case may this delivery take the task over."""
+        reg = self._running.get(task_id)
+        if reg is not None and reg.attempt is not None:
+            log.info("task %s: redelivered while its attempt %d runs here; leaving it", task_id, reg.attempt)
+            return True
+        try:
+            last = await self._last_event(task_id)
+        except _Unavailable:
+            return False  # the claim decides
+        if last is None or last[1].state != task_pb2.TASK_STATE_RUNNING:
+            return False  # not running (queued, retrying, finished): the claim decides
+        attempt = last[1].attempt
+        if await self._ask_running(task_id) != attempt:
+            return False
+        log.info(
+            "task %s: redelivered while its attempt %d runs on a live worker; leaving it", task_id, attempt
+        )
+        return True
 
     # -- pulling --------------------------------------------------------------------
 
@@ -637,7 +715,7 @@ class Worker:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            attempt = int(msg.metadata.num_delivered)
+            delivered = int(msg.metadata.num_delivered)
             body = messages_pb2.TaskMessage.FromString(msg.data)
             task_id = body.task_id
             if str(uuid.UUID(task_id)) != task_id:
@@ -646,25 +724,29 @@ class Worker:
             log.error("bad task message on %s (%r); terminating it", msg.subject, e)
             await self._term(msg)
             return
-        stop = asyncio.Event()
-        self._running[task_id] = stop
+        if delivered > 1 and await self._still_running(task_id):
+            return  # no ack, no NAK: the live attempt's heartbeats and ack go on
+        # Registered only now: a redelivery left to a live attempt here must not shadow
+        # that attempt's registration.
+        reg = _Registration(asyncio.Event())
+        self._running[task_id] = reg
         # The attempt's place in the task's trace (docs/protocol.md): its events carry it.
-        trace = _trace.start_attempt(
-            body.traceparent, f"attempt {body.kind}", {"task_id": task_id, "kind": body.kind, "attempt": attempt}
-        )
+        # Its attempt number is known once it has claimed the task.
+        trace = _trace.start_attempt(body.traceparent, f"attempt {body.kind}", {"task_id": task_id, "kind": body.kind})
         try:
-            await self._run_attempt(msg, task_id, attempt, body, stop, trace)
+            await self._run_attempt(msg, task_id, body, reg, trace)
         finally:
             trace.end()
-            if self._running.get(task_id) is stop:
+            if self._running.get(task_id) is reg:
                 del self._running[task_id]
 
     async def _claim(
-        self, msg: Msg, task_id: str, attempt: int, body: messages_pb2.TaskMessage, trace: _trace.AttemptTrace
+        self, msg: Msg, task_id: str, body: messages_pb2.TaskMessage, reg: _Registration, trace: _trace.AttemptTrace
     ) -> Optional[_EventWriter]:
-        """Steps 3-6: read the history, skip finished tasks, fail spent ones, append
-        RUNNING. None: nothing to run (handled, or left for redelivery)."""
-        for _ in range(5):
+        """Steps 3-6: read the history, skip finished tasks, number the attempt, fail
+        spent ones, append RUNNING. The returned writer carries the attempt number.
+        None: nothing to run (handled, or left for redelivery)."""
+        for _ in range(CLAIM_TRIES):
             try:
                 last = await self._last_event(task_id)
             except _Unavailable as e:
@@ -680,12 +762,18 @@ class Worker:
                 log.info("task %s: already finished; acking", task_id)
                 await self._ack(msg)
                 return None
+            # Attempts are counted in the history, not in deliveries: a redelivery left
+            # to a live attempt, or a claim that failed, spends none.
+            attempt = last[1].attempt + 1 if last is not None else 1
             if attempt > body.max_attempts:
+                # The last attempt's worker died (or handed it back): the task fails,
+                # recorded under that attempt's number.
+                trace.set_attribute("attempt", body.max_attempts)
                 writer = _EventWriter(
                     self._js, task_id, body.kind, body.max_attempts, last_seq, self.nats_timeout, trace
                 )
                 f = TaskFailure(
-                    f"attempt {attempt - 1} of {body.max_attempts} was lost with its worker",
+                    f"attempt {body.max_attempts} of {body.max_attempts} was lost with its worker",
                     code="ATTEMPTS_EXHAUSTED",
                     retryable=True,
                 )
@@ -694,28 +782,32 @@ class Worker:
             writer = _EventWriter(self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout, trace)
             try:
                 await writer.write(task_pb2.TASK_STATE_RUNNING)
-                return writer
             except _Conflict:
                 continue
             except _Unavailable as e:
                 log.warning("task %s: cannot append RUNNING (%s); retrying later", task_id, e)
                 await self._nak(msg, 1.0)
                 return None
-        # Someone keeps writing: leave the message for redelivery after ack_wait.
+            # Claimed: from now on running-requests for the task are answered.
+            reg.attempt = attempt
+            trace.set_attribute("attempt", attempt)
+            return writer
+        # Someone keeps writing: try again in a second (docs/protocol.md §5 step 6).
+        await self._nak(msg, 1.0)
         return None
 
     async def _run_attempt(
         self,
         msg: Msg,
         task_id: str,
-        attempt: int,
         body: messages_pb2.TaskMessage,
-        stop: asyncio.Event,
+        reg: _Registration,
         trace: _trace.AttemptTrace,
     ) -> None:
-        writer = await self._claim(msg, task_id, attempt, body, trace)
+        writer = await self._claim(msg, task_id, body, reg, trace)
         if writer is None:
             return
+        attempt, stop = writer.attempt, reg.stop
         handler = self._handlers.get(body.kind)
         if handler is None:
             f = TaskFailure.fatal(f"no handler for kind {body.kind}", code="NO_HANDLER")

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     events::{EventWriter, Update},
+    running::{self, Registration},
     runtime::Shared,
     sdk::{Attempt, TaskContext, TaskFailure},
 };
@@ -42,11 +43,15 @@ const OUTCOME_TRIES: u32 = 3;
 const OUTCOME_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
 /// How soon a task whose claim failed (NATS trouble, a busy history) is tried again.
 const CLAIM_RETRY: Duration = Duration::from_secs(1);
+/// How long a redelivery waits for a live worker to say it still runs the task.
+const ASK_WAIT: Duration = Duration::from_secs(1);
 
-/// One delivery: the message, its task and attempt number.
+/// One delivery: the message, its task, its delivery count, and (once it has claimed
+/// the task) its attempt number.
 struct Delivery {
     msg: jetstream::Message,
     id: TaskId,
+    delivered: u64,
     attempt: u32,
     body: TaskMessage,
 }
@@ -79,10 +84,11 @@ pub(crate) async fn process(
 ) {
     let _slot = SlotInUse::new(slot);
     let d = match Delivery::parse(&msg) {
-        Ok((id, attempt, body)) => Delivery {
+        Ok((id, delivered, body)) => Delivery {
             msg,
             id,
-            attempt,
+            delivered,
+            attempt: 0,
             body,
         },
         Err(why) => {
@@ -99,7 +105,8 @@ pub(crate) async fn process(
         otel.name = %format!("attempt {}", d.body.kind),
         task_id = %d.id,
         kind = %d.body.kind,
-        attempt = d.attempt,
+        delivered = d.delivered,
+        attempt = tracing::field::Empty,
         outcome = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
@@ -109,17 +116,17 @@ pub(crate) async fn process(
 }
 
 impl Delivery {
-    /// The task id, attempt number (the delivery count) and body of a delivery.
-    fn parse(msg: &jetstream::Message) -> Result<(TaskId, u32, TaskMessage), nats::Error> {
+    /// The task id, delivery count and body of a delivery.
+    fn parse(msg: &jetstream::Message) -> Result<(TaskId, u64, TaskMessage), nats::Error> {
         let info = msg
             .info()
             .map_err(|e| nats::Error::bad_message("a task delivery", e))?;
-        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+        let delivered = u64::try_from(info.delivered).unwrap_or(u64::MAX);
         let body = TaskMessage::decode(msg.payload.clone())
             .map_err(|e| nats::Error::bad_message("a task message", e))?;
         let id = TaskId::parse(&body.task_id)
             .map_err(|e| nats::Error::bad_message("a task message", e))?;
-        Ok((id, attempt, body))
+        Ok((id, delivered, body))
     }
 }
 
@@ -133,10 +140,9 @@ enum Outcome {
     HandBack,
 }
 
-async fn run(shared: &Arc<Shared>, d: Delivery) {
+async fn run(shared: &Arc<Shared>, mut d: Delivery) {
     let stop = CancellationToken::new();
-    let _registration = shared.cancels.register(d.id, stop.clone());
-    let Some(writer) = claim(shared, &d).await else {
+    let Some((writer, _registration)) = claim(shared, &mut d, &stop).await else {
         return;
     };
     let started = std::time::Instant::now();
@@ -163,51 +169,57 @@ async fn run(shared: &Arc<Shared>, d: Delivery) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// Checks the task's history and appends RUNNING for this attempt (or FAILED, if the
-/// attempts are spent). `None`: nothing to run, and the delivery is settled.
-async fn claim(shared: &Arc<Shared>, d: &Delivery) -> Option<Arc<EventWriter>> {
-    // The previous attempt was the last and its worker died mid-way: the task fails,
-    // recorded under the last real attempt's number.
-    let exhausted = d.attempt > d.body.max_attempts;
-    let failure = TaskFailure::retryable(format!(
-        "attempt {} of {} was lost with its worker",
-        d.attempt.saturating_sub(1),
-        d.body.max_attempts
-    ))
-    .with_code("ATTEMPTS_EXHAUSTED");
+/// Checks the task's history and appends RUNNING for a new attempt (or FAILED, if the
+/// attempts are spent); sets `d.attempt`. `None`: nothing to run here, and the
+/// delivery is settled or left to a live attempt.
+async fn claim(
+    shared: &Arc<Shared>,
+    d: &mut Delivery,
+    stop: &CancellationToken,
+) -> Option<(Arc<EventWriter>, Registration)> {
+    if d.delivered > 1 && still_running(shared, d).await {
+        return None;
+    }
+    let registration = shared.running.register(d.id, stop.clone());
     // A first delivery usually finds an empty history: append without reading first.
-    let start = if d.attempt > 1 {
+    let start = if d.delivered > 1 {
         Start::Read
     } else {
         Start::LikelyEmpty
     };
+    let (max_attempts, kind) = (d.body.max_attempts, d.body.kind.clone());
+    let mut attempt = 0;
     let appended = shared
         .history
-        .append_unless_finished(d.id, start, |_| {
-            if exhausted {
-                let mut ev =
-                    nats::new_event(d.id, &d.body.kind, TaskState::Failed, d.body.max_attempts);
-                ev.error = Some(task_error(&failure));
+        .append_unless_finished(d.id, start, |last| {
+            // Attempts are counted in the history, not in deliveries: a redelivery
+            // left to a live attempt, or a claim that failed, spends none.
+            attempt = last.map_or(1, |l| l.event.attempt + 1);
+            if attempt > max_attempts {
+                // The last attempt's worker died (or handed it back): the task fails,
+                // recorded under that attempt's number.
+                let mut ev = nats::new_event(d.id, &kind, TaskState::Failed, max_attempts);
+                ev.error = Some(task_error(&exhausted(max_attempts)));
                 ev
             } else {
-                nats::new_event(d.id, &d.body.kind, TaskState::Running, d.attempt)
+                nats::new_event(d.id, &kind, TaskState::Running, attempt)
             }
         })
         .await;
+    d.attempt = attempt.min(max_attempts);
+    tracing::Span::current().record("attempt", d.attempt);
     match appended {
-        Ok(Appended::Appended(stored)) if exhausted => {
-            tracing::warn!(error = %failure, "task failed");
+        Ok(Appended::Appended(stored)) if attempt > max_attempts => {
+            tracing::warn!(error = %exhausted(max_attempts), "task failed");
             metrics::task_event(metrics::TASKS_FAILED, &d.body.kind);
             dead_letter_and_ack(shared, d, stored.event.error.as_ref(), true).await;
             None
         }
-        Ok(Appended::Appended(Stored { seq, .. })) => Some(Arc::new(EventWriter::new(
-            shared.history.clone(),
-            d.id,
-            &d.body.kind,
-            d.attempt,
-            seq,
-        ))),
+        Ok(Appended::Appended(Stored { seq, .. })) => {
+            registration.claimed(attempt);
+            let writer = EventWriter::new(shared.history.clone(), d.id, &d.body.kind, attempt, seq);
+            Some((Arc::new(writer), registration))
+        }
         Ok(Appended::Finished(last)) => {
             // Finished already (cancelled while queued, or a redelivery after the
             // outcome was stored). A FAILED task must be in the DLQ: make sure.
@@ -224,6 +236,45 @@ async fn claim(shared: &Arc<Shared>, d: &Delivery) -> Option<Arc<EventWriter>> {
             let _ = d.msg.ack_with(AckKind::Nak(Some(CLAIM_RETRY))).await;
             None
         }
+    }
+}
+
+/// The failure of a task whose last attempt was lost with its worker.
+fn exhausted(max_attempts: u32) -> TaskFailure {
+    TaskFailure::retryable(format!(
+        "attempt {max_attempts} of {max_attempts} was lost with its worker"
+    ))
+    .with_code("ATTEMPTS_EXHAUSTED")
+}
+
+/// Whether a redelivered task's newest attempt still runs, here or on a live worker
+/// that says so. JetStream redelivers a task whose heartbeats did not arrive in time:
+/// its worker died, or only the heartbeats were lost (a NATS node died, the consumer's
+/// leader moved). Only in the first case may this delivery take the task over: in the
+/// second it leaves it (no ack, no NAK), and the live attempt's heartbeats and ack go
+/// on.
+async fn still_running(shared: &Arc<Shared>, d: &Delivery) -> bool {
+    if let Some(attempt) = shared.running.attempt_of(d.id) {
+        tracing::info!(
+            attempt,
+            "redelivered while its attempt runs here; leaving it"
+        );
+        return true;
+    }
+    let last = match shared.history.last(d.id).await {
+        Ok(Some(last)) if !last.is_terminal() && last.state() == TaskState::Running => last,
+        // Not running (queued, retrying, finished), or unreadable: the claim decides.
+        _ => return false,
+    };
+    match running::ask(&shared.client, d.id, ASK_WAIT).await {
+        Some(attempt) if attempt == last.event.attempt => {
+            tracing::info!(
+                attempt,
+                "redelivered while its attempt runs on a live worker; leaving it"
+            );
+            true
+        }
+        _ => false,
     }
 }
 

@@ -27,16 +27,16 @@
 //! - `pull`: pulling one kind's tasks as slots allow.
 //! - `attempt`: one delivery: claim, run, and the outcome (retries, dead letters).
 //! - `events`: one attempt's appends to its task's history.
-//! - `cancels`: routing `taskwire.cancel.<id>` signals to running attempts.
+//! - `running`: the attempts running here: cancel signals, and "who runs this task?".
 //! - [`kinds`]: the built-in demo kinds.
 #![forbid(unsafe_code)]
 
 mod attempt;
-mod cancels;
 pub mod config;
 mod events;
 pub mod kinds;
 mod pull;
+mod running;
 mod runtime;
 pub mod sdk;
 

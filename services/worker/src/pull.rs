@@ -56,10 +56,7 @@ pub(crate) async fn pull_loop(
             .messages()
             .await;
         let mut batch = match batch {
-            Ok(b) => {
-                failures.reset();
-                b
-            }
+            Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %chain(&e), "pull failed; retrying");
                 tokio::select! {
@@ -83,10 +80,18 @@ pub(crate) async fn pull_loop(
                     tracing::debug!("a pull did not end in time; pulling again");
                     break;
                 }
-                m = batch.next() => match m { Some(m) => m, None => break },
+                m = batch.next() => match m {
+                    Some(m) => m,
+                    // The pull ended as it should: the server answers again.
+                    None => {
+                        failures.reset();
+                        break;
+                    }
+                },
             };
             match msg {
                 Ok(msg) => {
+                    failures.reset();
                     received += 1;
                     let split = permit
                         .as_mut()

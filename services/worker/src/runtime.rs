@@ -13,7 +13,7 @@ use taskwire::{
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Config, Error, cancels::Cancels, sdk::Registry};
+use crate::{Config, Error, running::Running, sdk::Registry};
 
 /// How long a stopping worker waits for NATS to take what it published last.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,7 +25,10 @@ pub(crate) struct Shared {
     pub(crate) history: History,
     pub(crate) registry: Registry,
     pub(crate) config: Config,
-    pub(crate) cancels: Cancels,
+    /// The attempts running here: cancel signals and running-queries.
+    pub(crate) running: Running,
+    /// For running-queries to other workers.
+    pub(crate) client: async_nats::Client,
     /// One permit per task this process may run at once.
     pub(crate) permits: Arc<Semaphore>,
     /// Fires when a shutdown's grace period is over: running attempts hand their
@@ -39,7 +42,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     client: async_nats::Client,
     consumers: Vec<jetstream::consumer::Consumer<pull::Config>>,
-    /// Stops the cancel-signal router once the worker is done.
+    /// Stops answering cancel signals and running-queries once the worker is done.
     router_stop: CancellationToken,
 }
 
@@ -53,7 +56,7 @@ impl Worker {
         let (client, js) = nats::join(&config.nats, &config.streams, "taskwire-worker").await?;
         let history = History::open(&js).await?;
         let router_stop = CancellationToken::new();
-        let cancels = Cancels::start(&client, router_stop.clone()).await?;
+        let running = Running::start(&client, router_stop.clone()).await?;
         let mut consumers = Vec::new();
         for kind in registry.kinds() {
             consumers.push(
@@ -68,7 +71,8 @@ impl Worker {
             permits: Arc::new(Semaphore::new(config.concurrency as usize)),
             registry,
             config,
-            cancels,
+            running,
+            client: client.clone(),
             hand_back: CancellationToken::new(),
         });
         Ok(Self {
