@@ -26,6 +26,8 @@ pub const DLQ_STREAM: &str = "TASKWIRE_DLQ";
 pub const ADVISORIES_STREAM: &str = "TASKWIRE_ADVISORIES";
 /// The recorder's durable consumer on TASKWIRE_EVENTS.
 pub const RECORDER_CONSUMER: &str = "taskwire-recorder";
+/// Its ack_wait ([`setup_recorder_consumer`]).
+pub const RECORDER_ACK_WAIT: Duration = Duration::from_secs(10);
 /// The recorder's durable consumer on TASKWIRE_ADVISORIES.
 pub const ADVISORY_CONSUMER: &str = "taskwire-recorder-advisories";
 
@@ -162,7 +164,9 @@ pub async fn setup_kind_consumer(
 }
 
 /// The recorder's durable consumer on TASKWIRE_EVENTS: every event, acked after its
-/// batch is committed.
+/// batch is committed. Its ack_wait is how long a killed recorder's batch waits before
+/// another replica gets it: a batch is acked or NAKed within the database deadline
+/// (`--database-timeout`, 5 s), so 10 s never redelivers a batch still being applied.
 pub async fn setup_recorder_consumer(js: &Context) -> Result<Consumer<pull::Config>, Error> {
     create_consumer(
         js,
@@ -172,7 +176,7 @@ pub async fn setup_recorder_consumer(js: &Context) -> Result<Consumer<pull::Conf
             filter_subject: EVENTS_ALL.to_string(),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: RECORDER_ACK_WAIT,
             max_ack_pending: 50_000,
             ..Default::default()
         },

@@ -11,14 +11,13 @@ use crate::runtime::Shared;
 
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
-/// How long past its expiry a pull may take to end before it is abandoned.
-const PULL_GRACE: Duration = Duration::from_secs(2);
 /// Waits between pulls that failed (NATS down): 100 ms doubling up to 2 s.
 const PULL_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// Pulls one kind's tasks while permits allow, until `shutdown`. It fetches only as
 /// many messages as it holds permits for, so no fetched task waits for a slot (its
-/// ack_wait would run) and none is NAKed for lack of one (a NAK spends an attempt).
+/// ack_wait would run) and none is NAKed for lack of one (a NAK counts a delivery,
+/// toward `max_deliver`).
 ///
 /// An idle kind waits for its next task holding one slot; a busy kind (its last pull
 /// was filled) takes every free slot. A fixed share per kind left a worker serving five
@@ -70,16 +69,13 @@ pub(crate) async fn pull_loop(
         // request is redelivered to another worker after ack_wait.
         let mut permit = Some(permit);
         let mut received = 0;
-        // A pull whose server went away (a node lost, a leader change) may never end:
-        // past its expiry and a grace, stop waiting and pull again.
-        let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+        // A pull whose server went away (a node lost, a leader change) never hears its
+        // end: async-nats ends it 5 s past its expiry, and the loop pulls again. (Not
+        // sooner: under load a pull can still be delivering after its expiry, and a
+        // message sent to an abandoned pull waits out ack_wait.)
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(give_up) => {
-                    tracing::debug!("a pull did not end in time; pulling again");
-                    break;
-                }
                 m = batch.next() => match m {
                     Some(m) => m,
                     // The pull ended as it should: the server answers again.
