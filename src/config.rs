@@ -100,6 +100,86 @@ pub struct ServeArgs {
     /// any, empty for none.
     #[arg(long = "cors-origins", env = "TASKWIRE_CORS_ORIGINS", default_value = "", value_parser = crate::serve::Cors::parse)]
     pub cors: crate::serve::Cors,
+
+    /// How callers are authenticated: `off`, or `keys` (API keys made with `taskwire
+    /// keys create`, sent as `authorization: Bearer <key>`).
+    #[arg(
+        long = "auth",
+        env = "TASKWIRE_AUTH",
+        value_enum,
+        default_value = "off"
+    )]
+    pub auth: crate::auth::Mode,
+
+    /// PEM certificate chain to serve TLS with (reloaded when the file changes).
+    #[arg(long = "tls-cert", env = "TASKWIRE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", env = "TASKWIRE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA certificates: callers must present a client certificate one of them
+    /// signed (mTLS).
+    #[arg(
+        long = "tls-client-ca",
+        env = "TASKWIRE_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Serve off loopback without --auth keys and TLS (e.g. behind a proxy that
+    /// terminates TLS and checks callers). Logged as a warning.
+    #[arg(long = "insecure", env = "TASKWIRE_INSECURE")]
+    pub insecure: bool,
+}
+
+impl ServeArgs {
+    /// Refuses a non-loopback `listen` without authentication and TLS, unless
+    /// `--insecure` ([`crate::serve::check_exposure`]); checked before anything
+    /// connects, and again by [`ServeArgs::serving`] on the address bound.
+    pub fn check_exposure(&self, listen: std::net::SocketAddr) -> Result<(), ConfigError> {
+        crate::serve::check_exposure(
+            "--listen",
+            listen,
+            self.auth == crate::auth::Mode::Keys,
+            self.tls_cert.is_some(),
+            self.insecure,
+        )
+    }
+
+    /// How to serve on `listen`: these flags' CORS, authentication (keys read from
+    /// `store`) and TLS, once [`crate::serve::check_exposure`] allows it.
+    pub fn serving(
+        &self,
+        listen: std::net::SocketAddr,
+        store: &crate::store::Store,
+    ) -> Result<crate::serve::Serving, ConfigError> {
+        use crate::auth::{AuthLayer, Mode, Verifier};
+        self.check_exposure(listen)?;
+        let auth = match self.auth {
+            Mode::Off => AuthLayer::open(),
+            Mode::Keys => AuthLayer::keys(std::sync::Arc::new(Verifier::new(store.clone()))),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                };
+                Some(crate::tls::ServerTls::load(&files).map_err(|e| {
+                    ConfigError::new("--tls-cert", crate::telemetry::chain(&e).to_string())
+                })?)
+            }
+            _ => None,
+        };
+        Ok(crate::serve::Serving {
+            cors: self.cors.clone(),
+            auth,
+            tls,
+        })
+    }
 }
 
 /// Where the database is.

@@ -32,7 +32,7 @@ pub enum InvalidInput {
 }
 
 impl InvalidInput {
-    fn malformed(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn malformed(field: &'static str, reason: impl Into<String>) -> Self {
         Self::Malformed {
             field,
             reason: reason.into(),
@@ -403,5 +403,79 @@ mod tests {
         assert_eq!(parse_state_filter(1), Ok(Some(TaskState::Queued)));
         assert!(parse_state_filter(99).is_err());
         assert!(parse_state_filter(-1).is_err());
+    }
+}
+
+/// Property tests of request validation: any string a caller can send is either
+/// refused with InvalidInput or accepted only if it follows the documented rule, and
+/// nothing panics.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn kind_rule(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= TaskKind::MAX_LEN
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+            })
+            && !s.ends_with('.')
+            && !s.contains("..")
+    }
+
+    proptest! {
+        #[test]
+        fn kinds_follow_their_rule(s in "\\PC{0,140}|[a-z0-9._-]{0,140}") {
+            prop_assert_eq!(TaskKind::parse(&s).is_ok(), kind_rule(&s), "{:?}", s);
+        }
+
+        #[test]
+        fn task_ids_accept_only_uuids(s in "\\PC{0,40}|[0-9a-f-]{36}") {
+            if let Ok(id) = TaskId::parse(&s) {
+                prop_assert_eq!(s.len(), 36);
+                prop_assert_eq!(id.to_string(), s.to_ascii_lowercase());
+            }
+        }
+
+        #[test]
+        fn keys_and_callers_are_bounded_printable_ascii(s in "\\PC{0,300}") {
+            let ok = s.len() <= IdempotencyKey::MAX_LEN
+                && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            prop_assert_eq!(IdempotencyKey::parse(&s).is_ok(), ok);
+            prop_assert_eq!(Caller::parse(&s).is_ok(), ok);
+        }
+
+        #[test]
+        fn labels_are_bounded(
+            pairs in proptest::collection::hash_map("\\PC{0,70}|[a-z0-9._/-]{1,70}", "\\PC{0,300}", 0..40)
+        ) {
+            if let Ok(labels) = Labels::parse(&pairs) {
+                prop_assert!(pairs.len() <= Labels::MAX_PAIRS);
+                for (k, v) in labels.iter() {
+                    prop_assert!(k.len() <= Labels::MAX_KEY_LEN);
+                    prop_assert!(v.len() <= Labels::MAX_VALUE_LEN);
+                    prop_assert!(!v.chars().any(char::is_control));
+                }
+            }
+        }
+
+        #[test]
+        fn timeouts_are_positive_and_at_most_a_day(seconds in any::<i64>(), nanos in any::<i32>()) {
+            let d = prost_types::Duration { seconds, nanos };
+            if let Ok(Some(t)) = parse_timeout(Some(&d)) {
+                prop_assert!(t > Duration::ZERO && t <= MAX_TIMEOUT);
+            }
+        }
+
+        #[test]
+        fn state_filters_are_known_states(raw in any::<i32>()) {
+            if let Ok(Some(s)) = parse_state_filter(raw) {
+                prop_assert_eq!(s as i32, raw);
+            }
+        }
     }
 }

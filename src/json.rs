@@ -119,3 +119,53 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the protobuf <-> JSON path every input takes: JSON round-trips
+/// through `Value` unchanged, and a `Value` from any bytes converts or is refused
+/// (NaN, infinity), never panics.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value as J;
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            (-(1i64 << 53)..(1i64 << 53)).prop_map(J::from),
+            "\\PC{0,20}".prop_map(J::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(J::Array),
+                proptest::collection::btree_map("\\PC{0,10}", inner, 0..8)
+                    .prop_map(|m| J::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn has_non_finite(v: &Value) -> bool {
+        match &v.kind {
+            Some(Kind::NumberValue(n)) => !n.is_finite(),
+            Some(Kind::ListValue(l)) => l.values.iter().any(has_non_finite),
+            Some(Kind::StructValue(s)) => s.fields.values().any(has_non_finite),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn json_round_trips_through_value(j in json()) {
+            prop_assert_eq!(value_to_json(Some(&json_to_value(&j))).unwrap(), j);
+        }
+
+        #[test]
+        fn any_decoded_value_converts_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(v) = <Value as prost::Message>::decode(bytes.as_slice()) {
+                prop_assert_eq!(value_to_json(Some(&v)).is_err(), has_non_finite(&v));
+            }
+        }
+    }
+}

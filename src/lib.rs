@@ -20,12 +20,15 @@
 //!   conditional append to a task's history.
 //! - [`config`]: the command-line and `TASKWIRE_*` settings the processes share.
 //! - [`serve`]: serving gRPC and grpc-web the same way in every process.
+//! - [`auth`], [`tls`]: who is calling and what they may see; TLS with certificates
+//!   reloaded from files.
 //! - [`service`]: what every service binary shares: its error type and its `main`.
 //! - [`telemetry`], [`shutdown`]: logging (errors with their causes) and the stop
 //!   protocol.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod backoff;
 pub mod codec;
 pub mod config;
@@ -38,3 +41,4 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -1,6 +1,10 @@
 //! Serving gRPC the same way in every process: native gRPC and grpc-web (HTTP/1.1
 //! accepted, tonic-web) on one port, CORS for browser origins, server reflection (v1
-//! and v1alpha: grpcurl 1.8 speaks only v1alpha) and grpc.health.v1.
+//! and v1alpha: grpcurl 1.8 speaks only v1alpha) and grpc.health.v1; callers
+//! authenticated ([`crate::auth`]) and, when configured, TLS ([`crate::tls`]).
+//!
+//! Safe by default, as Redis's protected mode is: a server without authentication
+//! and TLS serves loopback only, unless told `--insecure` ([`check_exposure`]).
 
 use std::time::Duration;
 
@@ -11,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, service::Routes};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::pb;
+use crate::{auth::AuthLayer, config::ConfigError, pb, tls::ServerTls};
 
 /// Which browser origins may call: none (the default for servers), a list, or any
 /// (`*`, for `taskwire dev`).
@@ -120,26 +124,92 @@ pub fn with_introspection(
         .add_service(v1alpha)
 }
 
+/// How a server faces its callers: browsers' origins, authentication, TLS.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// Browser origins allowed over grpc-web.
+    pub cors: Cors,
+    /// Who may call what.
+    pub auth: AuthLayer,
+    /// TLS, or plaintext.
+    pub tls: Option<ServerTls>,
+}
+
+impl Serving {
+    /// No authentication, plaintext: `taskwire dev` and tests, on loopback.
+    pub fn open(cors: Cors) -> Self {
+        Self {
+            cors,
+            auth: AuthLayer::open(),
+            tls: None,
+        }
+    }
+}
+
+/// Refuses to serve a non-loopback address without both authentication and TLS,
+/// unless `insecure` (then it is logged as a warning).
+pub fn check_exposure(
+    setting: &'static str,
+    addr: std::net::SocketAddr,
+    auth: bool,
+    tls: bool,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    if addr.ip().is_loopback() || (auth && tls) {
+        return Ok(());
+    }
+    let missing = match (auth, tls) {
+        (false, false) => "authentication (--auth keys) and TLS (--tls-cert, --tls-key)",
+        (false, true) => "authentication (--auth keys)",
+        _ => "TLS (--tls-cert, --tls-key)",
+    };
+    if insecure {
+        tracing::warn!(%addr, "serving off loopback without {missing} (--insecure)");
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        setting,
+        format!(
+            "{addr} is not a loopback address and the server has no {missing}: anyone \
+             who reaches it could read and run tasks. Configure them, listen on \
+             127.0.0.1, or pass --insecure (e.g. behind a proxy that terminates TLS and \
+             checks callers)"
+        ),
+    ))
+}
+
 /// Serves `routes` on `listener` until `shutdown`, then drains in-flight calls.
 pub async fn serve(
     routes: Routes,
     listener: TcpListener,
-    cors: &Cors,
+    serving: &Serving,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .accept_http1(true)
-        .layer(cors.layer())
+        .layer(serving.cors.layer())
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside grpc-web's: it sees native gRPC, whatever the client spoke; outside
-        // the oversize rewrite: it counts the code the client gets.
+        // the oversize rewrite and authentication: it counts the code the client gets.
         .layer(crate::telemetry::grpc::GrpcMetricsLayer)
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
-        .await
+        .layer(serving.auth.clone())
+        .add_routes(routes);
+    let stop = shutdown.cancelled_owned();
+    match &serving.tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await
+        }
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), stop)
+                .await
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames (a submit's
@@ -192,5 +262,19 @@ mod tests {
             ]))
         );
         assert!(Cors::parse("a.example").is_err());
+    }
+
+    #[test]
+    fn off_loopback_needs_auth_and_tls_or_insecure() {
+        let lo: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let lo6: std::net::SocketAddr = "[::1]:1".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:1".parse().unwrap();
+        assert!(check_exposure("--listen", lo, false, false, false).is_ok());
+        assert!(check_exposure("--listen", lo6, false, false, false).is_ok());
+        assert!(check_exposure("--listen", any, false, false, false).is_err());
+        assert!(check_exposure("--listen", any, true, false, false).is_err());
+        assert!(check_exposure("--listen", any, false, true, false).is_err());
+        assert!(check_exposure("--listen", any, true, true, false).is_ok());
+        assert!(check_exposure("--listen", any, false, false, true).is_ok());
     }
 }

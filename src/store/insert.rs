@@ -7,6 +7,7 @@ use sqlx::{AnyConnection, Connection, pool::PoolConnection};
 
 use super::{Backend, Error, OutboxEntry, Store, placeholders, placeholders_from};
 use crate::{
+    auth::Tenant,
     domain::{Caller, IdempotencyKey, Labels, TaskId, TaskKind},
     pb::v1::TaskState,
 };
@@ -18,8 +19,11 @@ pub struct NewTask {
     pub id: TaskId,
     /// What to run.
     pub kind: TaskKind,
-    /// Who submitted it: idempotency keys are unique per caller.
+    /// Who submitted it: idempotency keys are unique per caller (with authentication,
+    /// the caller is the tenant).
     pub caller: Caller,
+    /// The tenant it belongs to (`Tenant::none()` without authentication).
+    pub tenant: Tenant,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<IdempotencyKey>,
     /// The input as JSON text.
@@ -172,13 +176,16 @@ impl Writer {
     }
 }
 
-/// The `INSERT INTO tasks` of a batch; `$1..` are its rows' 11 values each.
+/// Values a task row binds in [`insert_tasks_sql`].
+const TASK_VALUES: usize = 12;
+
+/// The `INSERT INTO tasks` of a batch; `$1..` are its rows' [`TASK_VALUES`] each.
 fn insert_tasks_sql(rows: usize) -> String {
     format!(
         "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-         max_attempts, timeout_ms, created_at_us, updated_at_us) VALUES {} \
+         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant) VALUES {} \
          ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
-        placeholders(rows, 11)
+        placeholders(rows, TASK_VALUES)
     )
 }
 
@@ -201,7 +208,8 @@ fn bind_tasks<'q, O>(
             .bind(i64::from(t.max_attempts))
             .bind(t.timeout.map(|d| d.as_millis() as i64))
             .bind(t.created_at_us)
-            .bind(t.created_at_us);
+            .bind(t.created_at_us)
+            .bind(t.tenant.as_str().to_string());
     }
     Ok(q)
 }
@@ -232,14 +240,14 @@ async fn insert_pg(
            SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {}) AS v \
            JOIN t ON t.id = v.column1)",
         insert_tasks_sql(n),
-        placeholders_from(n * 11, n, 4)
+        placeholders_from(n * TASK_VALUES, n, 4)
     );
     if !labels.is_empty() {
         sql += &format!(
             ", l AS (INSERT INTO task_labels (task_id, key, value) \
                SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
                JOIN t ON t.id = v.column1)",
-            placeholders_from(n * 15, labels.len(), 3)
+            placeholders_from(n * (TASK_VALUES + 4), labels.len(), 3)
         );
     }
     sql.push_str(" SELECT id FROM t");
@@ -313,8 +321,8 @@ async fn insert_sqlite(
     Ok(inserted)
 }
 
-/// Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's limit.
+/// Rows per multi-row INSERT: 12 parameters a row stays far below SQLite's limit.
 const INSERT_CHUNK: usize = 500;
-/// Tasks per PostgreSQL statement: with 15 values a task and up to 32 labels of 3, a
+/// Tasks per PostgreSQL statement: with 16 values a task and up to 32 labels of 3, a
 /// chunk stays under the protocol's 65,535 parameters.
 const PG_INSERT_CHUNK: usize = 250;

@@ -13,11 +13,13 @@
 //! - `read`: a task's record, pages of tasks ([`TaskRecord`], [`ListQuery`]).
 //! - `outbox`: the transactional outbox's rows and leases.
 //! - `projection`: applying task events to records ([`EventUpdate`]).
+//! - `keys`: API keys' rows (`crate::auth` makes and checks them).
 //!
 //! Every call runs under a deadline, so a database that hangs is reported as
 //! [`Error::Unavailable`] instead of hanging the caller.
 
 mod insert;
+mod keys;
 mod outbox;
 mod projection;
 mod read;

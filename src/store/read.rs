@@ -4,6 +4,7 @@ use sqlx::{Row, any::AnyRow};
 
 use super::{Error, Store};
 use crate::{
+    auth::Tenant,
     domain::{InvalidInput, Labels, TaskId, TaskKind},
     json,
     pb::v1::{Progress, Task, TaskError, TaskState},
@@ -46,6 +47,8 @@ pub struct TaskRecord {
     pub updated_at_us: i64,
     /// The seq of the newest event applied.
     pub last_seq: u64,
+    /// The tenant it belongs to.
+    pub tenant: Tenant,
 }
 
 /// The columns [`TaskRecord::from_row`] reads; a macro so queries stay `&'static str`.
@@ -53,7 +56,8 @@ macro_rules! task_columns {
     () => {
         "id, kind, state, input, labels, max_attempts, timeout_ms, attempt, \
          progress_fraction, progress_message, output, error_code, error_message, \
-         error_retryable, created_at_us, started_at_us, finished_at_us, updated_at_us, last_seq"
+         error_retryable, created_at_us, started_at_us, finished_at_us, updated_at_us, last_seq, \
+         tenant"
     };
 }
 
@@ -97,6 +101,7 @@ impl TaskRecord {
             finished_at_us: row.try_get("finished_at_us")?,
             updated_at_us: row.try_get("updated_at_us")?,
             last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+            tenant: Tenant::from_stored(row.try_get("tenant")?),
         })
     }
 
@@ -152,6 +157,8 @@ pub struct ListQuery {
     pub kind: Option<TaskKind>,
     /// Only tasks carrying every one of these labels.
     pub labels: Labels,
+    /// Only this tenant's tasks (`None`: every tenant's).
+    pub tenant: Option<Tenant>,
 }
 
 /// Where the next page starts: the (created_at_us, id) of the last task returned.
@@ -223,6 +230,10 @@ impl Store {
             let mut sql =
                 concat!("SELECT ", task_columns!(), " FROM tasks WHERE 1 = 1").to_string();
             let mut args: Vec<Arg> = Vec::new();
+            if let Some(tenant) = &q.tenant {
+                let p = param(&mut args, Arg::Text(tenant.as_str().to_string()));
+                sql += &format!(" AND tenant = {p}");
+            }
             if let Some(state) = q.state {
                 let p = param(&mut args, Arg::Int(state as i64));
                 sql += &format!(" AND state = {p}");

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::submit_req;
 
 /// One HTTP/1.1 exchange on a fresh connection; returns (status line + headers, body).
-async fn http1(addr: std::net::SocketAddr, request: Vec<u8>) -> (String, Vec<u8>) {
+pub(crate) async fn http1(addr: std::net::SocketAddr, request: Vec<u8>) -> (String, Vec<u8>) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(&request).await.unwrap();
     let mut raw = Vec::new();
@@ -54,6 +54,16 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 fn post(addr: std::net::SocketAddr, path: &str, msg: &impl Message) -> Vec<u8> {
+    post_with(addr, path, msg, "")
+}
+
+/// A grpc-web POST with `extra` header lines (each ending in CRLF).
+pub(crate) fn post_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    msg: &impl Message,
+    extra: &str,
+) -> Vec<u8> {
     let payload = msg.encode_to_vec();
     let mut body = vec![0u8];
     body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -61,7 +71,7 @@ fn post(addr: std::net::SocketAddr, path: &str, msg: &impl Message) -> Vec<u8> {
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://app.example\r\n\
          Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nAccept: application/grpc-web+proto\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -70,7 +80,7 @@ fn post(addr: std::net::SocketAddr, path: &str, msg: &impl Message) -> Vec<u8> {
 }
 
 /// Splits a grpc-web body into its data frames and its trailers frame.
-fn frames(mut b: &[u8]) -> (Vec<Vec<u8>>, String) {
+pub(crate) fn frames(mut b: &[u8]) -> (Vec<Vec<u8>>, String) {
     let mut data = Vec::new();
     let mut trailers = String::new();
     while b.len() >= 5 {

@@ -2,6 +2,7 @@
 //! PostgreSQL) and the services in-process or as child processes. One test binary of
 //! modules, so the workspace links it once.
 
+mod auth;
 mod cancel;
 mod chaos;
 mod cli;
@@ -11,6 +12,7 @@ mod dev;
 mod grpc_web;
 mod idempotency;
 mod list;
+mod malformed;
 mod metrics;
 mod outage;
 mod reads;
@@ -18,6 +20,7 @@ mod recorder;
 mod reflection;
 mod store;
 mod submit;
+mod tls;
 mod tracing;
 mod validation;
 mod watch;

@@ -61,6 +61,8 @@ async fn nats_down_is_unavailable(db: Db) {
         }
     })
     .await;
+    // A worker (this test had none) runs what was accepted while NATS was down.
+    let _worker = taskwire_tests::Running::worker(taskwire_tests::worker_config(&nats.url()));
     for id in &accepted {
         let t = taskwire_tests::wait_terminal(&client, id).await;
         assert_eq!(t.state, TaskState::Succeeded as i32, "accepted, so it runs");

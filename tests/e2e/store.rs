@@ -19,6 +19,7 @@ fn new_task(key: Option<&str>, labels: &[(&str, &str)]) -> NewTask {
         id: TaskId::new(),
         kind: TaskKind::parse("demo.echo").unwrap(),
         caller: Caller::default(),
+        tenant: taskwire::auth::Tenant::none(),
         idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap().unwrap()),
         input: r#"{"a":1}"#.into(),
         labels: Labels::parse(&labels).unwrap(),
@@ -117,6 +118,7 @@ async fn tasks_round_trip(db: Db) {
         state: None,
         kind: None,
         labels: Labels::parse(&HashMap::from([(k.to_string(), v.to_string())])).unwrap(),
+        tenant: None,
     };
     let page = store.list_tasks(&by_label("z", "2")).await.unwrap();
     assert_eq!(page.0.iter().map(|r| r.id).collect::<Vec<_>>(), [plain.id]);

@@ -62,12 +62,18 @@ impl Api {
         let addr = self.addr;
         eventually("the api answers", || async move {
             let mut c = connect(addr).await.ok()?;
-            c.list_tasks(taskwire::pb::v1::ListTasksRequest {
-                page_size: 1,
-                ..Default::default()
-            })
-            .await
-            .ok()
+            let answer = c
+                .list_tasks(taskwire::pb::v1::ListTasksRequest {
+                    page_size: 1,
+                    ..Default::default()
+                })
+                .await;
+            match answer {
+                Ok(_) => Some(()),
+                // Serving, with authentication on.
+                Err(s) if s.code() == tonic::Code::Unauthenticated => Some(()),
+                Err(_) => None,
+            }
         })
         .await;
     }
@@ -274,8 +280,13 @@ pub struct WatchServer {
 
 impl WatchServer {
     pub async fn start(nats_url: &str, db_url: &str) -> Self {
+        Self::start_with(nats_url, db_url, &[]).await
+    }
+
+    /// With `extra` flags (e.g. `--auth keys`).
+    pub async fn start_with(nats_url: &str, db_url: &str, extra: &[&str]) -> Self {
         use clap::Parser;
-        let config = taskwire_watch::Config::try_parse_from([
+        let args = [
             "taskwire-watch",
             "--admin-listen",
             "off",
@@ -285,8 +296,9 @@ impl WatchServer {
             db_url,
             "--cors-origins",
             "http://app.example",
-        ])
-        .expect("watch config");
+        ];
+        let config =
+            taskwire_watch::Config::try_parse_from(args.iter().chain(extra)).expect("watch config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -1,6 +1,6 @@
 //! The client commands: submit, status, watch, cancel, ls.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -10,7 +10,11 @@ use taskwire::pb::v1::{
     TaskEvent, TaskState, WatchTaskRequest, task_service_client::TaskServiceClient,
     watch_service_client::WatchServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
 
 use crate::{CliError, output};
 
@@ -98,20 +102,68 @@ fn parse_state(s: &str) -> Result<TaskState, String> {
     TaskState::from_str_name(&name).ok_or_else(|| format!("unknown state {s:?}"))
 }
 
-async fn channel(addr: &str) -> Result<Channel, CliError> {
-    Endpoint::from_shared(addr.to_string())
+/// Where a taskwire service is, and how to reach it: the token to send and, for an
+/// `https://` address, the CA that signed its certificate (default: the system's).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    pub token: Option<String>,
+    pub ca: Option<PathBuf>,
+}
+
+/// Sends `authorization: Bearer <token>` with every call, when there is a token.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+async fn channel(to: &Target) -> Result<Authed, CliError> {
+    let addr = &to.addr;
+    let mut endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| CliError::Usage(format!("bad address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| CliError::Unreachable(format!("{addr}: {e}")))
+        .connect_timeout(Duration::from_secs(3));
+    if addr.starts_with("https://") {
+        let tls = match &to.ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    CliError::Usage(format!("cannot read --ca {}: {e}", path.display()))
+                })?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_enabled_roots(),
+        };
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| CliError::Usage(format!("TLS for {addr}: {e}")))?;
+    }
+    let bearer = match &to.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| CliError::Usage("--token must be printable ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let channel = endpoint.connect().await.map_err(|e| {
+        CliError::Unreachable(format!("{addr}: {}", taskwire::telemetry::chain(&e)))
+    })?;
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
 }
 
-async fn tasks(addr: &str) -> Result<TaskServiceClient<Channel>, CliError> {
-    Ok(TaskServiceClient::new(channel(addr).await?))
+async fn tasks(to: &Target) -> Result<TaskServiceClient<Authed>, CliError> {
+    Ok(TaskServiceClient::new(channel(to).await?))
 }
 
-pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), CliError> {
+pub async fn submit(to: &Target, watch_to: &Target, a: SubmitArgs) -> Result<(), CliError> {
     let input: serde_json::Value = serde_json::from_str(&a.input)
         .map_err(|e| CliError::Usage(format!("--input is not JSON: {e}")))?;
     // With OTEL_EXPORTER_OTLP_ENDPOINT set, the submit starts the task's trace: its span
@@ -133,7 +185,7 @@ pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), C
             .metadata_mut()
             .insert(taskwire::telemetry::trace::TRACEPARENT, tp);
     }
-    let resp = tracing::Instrument::instrument(tasks(addr).await?.submit_task(request), span)
+    let resp = tracing::Instrument::instrument(tasks(to).await?.submit_task(request), span)
         .await?
         .into_inner();
     // A kind no worker serves waits forever: say so where a person looks.
@@ -144,7 +196,7 @@ pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), C
         if !a.json {
             eprintln!("task {}", resp.task_id);
         }
-        return follow(watch_addr, &resp.task_id, 0, a.json).await;
+        return follow(watch_to, &resp.task_id, 0, a.json).await;
     }
     if a.json {
         let mut line = serde_json::json!({"task_id": resp.task_id, "state": output::state_name(resp.state), "deduplicated": resp.deduplicated});
@@ -158,8 +210,8 @@ pub async fn submit(addr: &str, watch_addr: &str, a: SubmitArgs) -> Result<(), C
     Ok(())
 }
 
-pub async fn status(addr: &str, a: IdArgs) -> Result<(), CliError> {
-    let t = tasks(addr)
+pub async fn status(to: &Target, a: IdArgs) -> Result<(), CliError> {
+    let t = tasks(to)
         .await?
         .get_status(GetStatusRequest { task_id: a.id })
         .await?
@@ -168,8 +220,8 @@ pub async fn status(addr: &str, a: IdArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn cancel(addr: &str, a: IdArgs) -> Result<(), CliError> {
-    let t = tasks(addr)
+pub async fn cancel(to: &Target, a: IdArgs) -> Result<(), CliError> {
+    let t = tasks(to)
         .await?
         .cancel_task(CancelTaskRequest { task_id: a.id })
         .await?
@@ -178,8 +230,8 @@ pub async fn cancel(addr: &str, a: IdArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn ls(addr: &str, a: LsArgs) -> Result<(), CliError> {
-    let page = tasks(addr)
+pub async fn ls(to: &Target, a: LsArgs) -> Result<(), CliError> {
+    let page = tasks(to)
         .await?
         .list_tasks(ListTasksRequest {
             page_size: a.page_size,
@@ -199,8 +251,8 @@ pub async fn ls(addr: &str, a: LsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn kinds(addr: &str, a: KindsArgs) -> Result<(), CliError> {
-    let stats = tasks(addr)
+pub async fn kinds(to: &Target, a: KindsArgs) -> Result<(), CliError> {
+    let stats = tasks(to)
         .await?
         .get_queue_stats(GetQueueStatsRequest {
             window_minutes: a.window,
@@ -226,8 +278,8 @@ fn print_task(t: &taskwire::pb::v1::Task, json: bool) {
     }
 }
 
-pub async fn watch(watch_addr: &str, a: WatchArgs) -> Result<(), CliError> {
-    follow(watch_addr, &a.id, a.after_seq, a.json).await
+pub async fn watch(watch_to: &Target, a: WatchArgs) -> Result<(), CliError> {
+    follow(watch_to, &a.id, a.after_seq, a.json).await
 }
 
 /// How long a dropped watch keeps trying to resume without hearing anything.
@@ -237,7 +289,7 @@ const RESUME_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duratio
 
 /// Follows a task to its end, resuming after a dropped connection from the last seq,
 /// and turns its final state into the result (and so the exit code).
-async fn follow(addr: &str, id: &str, after_seq: u64, json: bool) -> Result<(), CliError> {
+async fn follow(to: &Target, id: &str, after_seq: u64, json: bool) -> Result<(), CliError> {
     let bar = if json {
         ProgressBar::hidden()
     } else {
@@ -253,7 +305,7 @@ async fn follow(addr: &str, id: &str, after_seq: u64, json: bool) -> Result<(), 
     let mut quiet_since = tokio::time::Instant::now();
     let mut retries = RESUME_BACKOFF.retries();
     loop {
-        match stream_once(addr, id, &mut last_seq, &mut last, &bar, json).await {
+        match stream_once(to, id, &mut last_seq, &mut last, &bar, json).await {
             Ok(()) => break,
             // The server refused (unknown task, bad id): resuming cannot help.
             Err(CliError::Rejected(s)) => return Err(CliError::Rejected(s)),
@@ -300,14 +352,14 @@ async fn follow(addr: &str, id: &str, after_seq: u64, json: bool) -> Result<(), 
 
 /// One WatchTask stream, until it ends (Ok: the task finished) or breaks.
 async fn stream_once(
-    addr: &str,
+    to: &Target,
     id: &str,
     last_seq: &mut u64,
     last: &mut Option<TaskEvent>,
     bar: &ProgressBar,
     json: bool,
 ) -> Result<(), CliError> {
-    let mut client = WatchServiceClient::new(channel(addr).await?);
+    let mut client = WatchServiceClient::new(channel(to).await?);
     let mut stream = client
         .watch_task(WatchTaskRequest {
             task_id: id.to_string(),

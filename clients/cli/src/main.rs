@@ -8,6 +8,7 @@
 
 mod client;
 mod dev;
+mod keys;
 mod output;
 
 use std::process::ExitCode;
@@ -31,6 +32,15 @@ struct Cli {
     #[arg(long, global = true, env = "TASKWIRE_WATCH_ADDR")]
     watch_addr: Option<String>,
 
+    /// API key to call with (a server run with --auth keys needs one).
+    #[arg(long, global = true, env = "TASKWIRE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// PEM CA certificate that signed an https:// server's certificate (default: the
+    /// system's roots).
+    #[arg(long, global = true, env = "TASKWIRE_CA")]
+    ca: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -53,20 +63,32 @@ enum Command {
     Ls(client::LsArgs),
     /// Shows each kind's queue: waiting, running, the oldest wait, recent outcomes.
     Kinds(client::KindsArgs),
+    /// Creates, lists and revokes API keys, in the database.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let watch_addr = cli.watch_addr.clone().unwrap_or_else(|| cli.addr.clone());
+    let api = client::Target {
+        addr: cli.addr.clone(),
+        token: cli.token.clone(),
+        ca: cli.ca.clone(),
+    };
+    let watch = client::Target {
+        addr: cli.watch_addr.clone().unwrap_or_else(|| cli.addr.clone()),
+        ..api.clone()
+    };
     let result = match cli.command {
         Command::Dev(args) => dev::run(args).await.map_err(CliError::from),
-        Command::Submit(args) => client::submit(&cli.addr, &watch_addr, args).await,
-        Command::Status(args) => client::status(&cli.addr, args).await,
-        Command::Watch(args) => client::watch(&watch_addr, args).await,
-        Command::Cancel(args) => client::cancel(&cli.addr, args).await,
-        Command::Ls(args) => client::ls(&cli.addr, args).await,
-        Command::Kinds(args) => client::kinds(&cli.addr, args).await,
+        Command::Submit(args) => client::submit(&api, &watch, args).await,
+        Command::Status(args) => client::status(&api, args).await,
+        Command::Watch(args) => client::watch(&watch, args).await,
+        Command::Cancel(args) => client::cancel(&api, args).await,
+        Command::Ls(args) => client::ls(&api, args).await,
+        Command::Kinds(args) => client::kinds(&api, args).await,
+        Command::Keys(cmd) => keys::run(cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,6 +111,8 @@ pub enum CliError {
     TaskCancelled(String),
     #[error("taskwire dev")]
     Dev(#[from] dev::DevError),
+    #[error("the database")]
+    Store(#[from] taskwire::store::Error),
 }
 
 impl CliError {
@@ -100,7 +124,7 @@ impl CliError {
             CliError::Rejected(_) => 4,
             CliError::Unreachable(_) => 5,
             CliError::Dev(dev::DevError::Interrupted) => 130,
-            CliError::Dev(_) => 1,
+            CliError::Dev(_) | CliError::Store(_) => 1,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use taskwire::{
+    auth::Scope,
     domain::TaskId,
     nats::{self, Appended, Start, Stored},
     pb::v1::{Task, TaskState},
@@ -19,9 +20,9 @@ use crate::{error::ApiError, service::TaskApi};
 const MAX_PROJECTED: usize = 1000;
 
 impl TaskApi {
-    pub(crate) async fn cancel(&self, id: TaskId) -> Result<Task, ApiError> {
+    pub(crate) async fn cancel(&self, id: TaskId, scope: &Scope) -> Result<Task, ApiError> {
         let s = &self.shared;
-        let record = s.store.get_task(id).await?.ok_or(ApiError::NotFound(id))?;
+        let record = self.visible(id, scope).await?;
         finished(id, record.state)?;
         if record.state == TaskState::Cancelled {
             return Ok(record.to_proto());

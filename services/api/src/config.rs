@@ -75,6 +75,7 @@ pub enum Fault {
 impl Config {
     /// Checks the relations between settings that clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.serve.check_exposure(self.listen)?;
         if self.outbox_lease <= self.nats.nats_timeout {
             return Err(ConfigError::new(
                 "--outbox-lease",
@@ -123,5 +124,23 @@ mod tests {
         assert!(c.validate().is_err());
         let c = parse(&["--outbox-lease", "20m"]).unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn off_loopback_needs_auth_and_tls_or_insecure() {
+        let c = parse(&["--listen", "0.0.0.0:50051"]).unwrap();
+        assert!(c.validate().is_err());
+        let c = parse(&["--listen", "0.0.0.0:50051", "--auth", "keys"]).unwrap();
+        assert!(c.validate().is_err());
+        let c = parse(&["--listen", "0.0.0.0:50051", "--insecure"]).unwrap();
+        c.validate().unwrap();
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let c =
+            parse(&[&["--listen", "0.0.0.0:50051", "--auth", "keys"][..], &tls].concat()).unwrap();
+        c.validate().unwrap();
+        assert!(
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "a cert needs its key"
+        );
     }
 }

@@ -149,6 +149,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     let admin = Admin::bind(config.admin_listen).await?;
     let api = Api::build(&config).await?;
+    let addr = listener.local_addr().map_err(|source| serve::BindError {
+        addr: config.listen,
+        source,
+    })?;
+    let serving = config.serve.serving(addr, &api.store)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let checks = api.checks(vec![(
         health,
@@ -160,7 +165,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "api listening");
     }
-    let served = serve::serve(routes, listener, &config.serve.cors, shutdown.clone()).await;
+    let served = serve::serve(routes, listener, &serving, shutdown.clone()).await;
     shutdown.cancel();
     let _ = relay.await;
     let _ = admin.await;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use taskwire::{
+    auth::Scope,
     domain::TaskId,
     nats,
     pb::v1::{ListTasksResponse, Task},
@@ -35,14 +36,20 @@ const FOLD_LIMIT: usize = 8;
 const PARALLEL_READS: usize = 64;
 
 impl TaskApi {
-    pub(crate) async fn status(&self, id: TaskId) -> Result<Task, ApiError> {
-        let record = self
-            .shared
+    pub(crate) async fn status(&self, id: TaskId, scope: &Scope) -> Result<Task, ApiError> {
+        let record = self.visible(id, scope).await?;
+        Ok(self.fresh(record).await.to_proto())
+    }
+
+    /// The task's record if `scope` sees it; another tenant's task is NOT_FOUND, as a
+    /// missing one is (one read either way: the answers cannot be told apart).
+    pub(crate) async fn visible(&self, id: TaskId, scope: &Scope) -> Result<TaskRecord, ApiError> {
+        self.shared
             .store
             .get_task(id)
             .await?
-            .ok_or(ApiError::NotFound(id))?;
-        Ok(self.fresh(record).await.to_proto())
+            .filter(|r| scope.sees(&r.tenant))
+            .ok_or(ApiError::NotFound(id))
     }
 
     pub(crate) async fn list(&self, q: &ListQuery) -> Result<ListTasksResponse, ApiError> {

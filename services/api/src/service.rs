@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::{Client, jetstream};
 use taskwire::{
+    auth::{self, Scope, Tenant},
     domain::{
         Caller, IdempotencyKey, InvalidInput, Labels, MAX_ATTEMPTS_LIMIT, TaskId, TaskKind,
         parse_state_filter, parse_timeout,
@@ -58,21 +59,29 @@ impl TaskService for TaskApi {
         &self,
         req: Request<SubmitTaskRequest>,
     ) -> Result<Response<SubmitTaskResponse>, Status> {
-        let caller = caller_of(&req)?;
-        let valid = self.parse_submit(caller, req.into_inner())?;
+        let principal = auth::principal(&req)?;
+        let caller = match &principal.scope {
+            // Idempotency keys are unique per tenant: a tenant's callers share them,
+            // whatever header they send.
+            Scope::Tenant(t) => Caller::parse(t.as_str()).map_err(ApiError::from)?,
+            Scope::All => caller_of(&req)?,
+        };
+        let valid = self.parse_submit(caller, principal.tenant(), req.into_inner())?;
         Ok(Response::new(self.submit(valid).await?))
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn get_status(&self, req: Request<GetStatusRequest>) -> Result<Response<Task>, Status> {
+        let scope = auth::principal(&req)?.scope;
         let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
-        Ok(Response::new(self.status(id).await?))
+        Ok(Response::new(self.status(id, &scope).await?))
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn cancel_task(&self, req: Request<CancelTaskRequest>) -> Result<Response<Task>, Status> {
+        let scope = auth::principal(&req)?.scope;
         let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
-        Ok(Response::new(self.cancel(id).await?))
+        Ok(Response::new(self.cancel(id, &scope).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -80,6 +89,8 @@ impl TaskService for TaskApi {
         &self,
         req: Request<GetQueueStatsRequest>,
     ) -> Result<Response<GetQueueStatsResponse>, Status> {
+        // Admin only (the auth layer): the queues span every tenant.
+        auth::principal(&req)?;
         let GetQueueStatsRequest { window_minutes } = req.into_inner();
         Ok(Response::new(self.queue_stats(window_minutes).await?))
     }
@@ -89,7 +100,9 @@ impl TaskService for TaskApi {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let q = parse_list(req.into_inner()).map_err(ApiError::from)?;
+        let scope = auth::principal(&req)?.scope;
+        let mut q = parse_list(req.into_inner()).map_err(ApiError::from)?;
+        q.tenant = scope.tenant().cloned();
         Ok(Response::new(self.list(&q).await?))
     }
 }
@@ -99,6 +112,7 @@ impl TaskApi {
     fn parse_submit(
         &self,
         caller: Caller,
+        tenant: Tenant,
         req: SubmitTaskRequest,
     ) -> Result<ValidSubmit, ApiError> {
         let SubmitTaskRequest {
@@ -137,6 +151,7 @@ impl TaskApi {
             created_at_us: 0,
             kind,
             caller,
+            tenant,
             idempotency_key: IdempotencyKey::parse(&idempotency_key)?,
             input,
             labels: Labels::parse(&labels)?,
@@ -184,6 +199,7 @@ fn parse_list(req: ListTasksRequest) -> Result<ListQuery, InvalidInput> {
             Some(TaskKind::parse(&kind)?)
         },
         labels: Labels::parse(&labels)?,
+        tenant: None,
     })
 }
 

@@ -39,6 +39,6 @@ impl Config {
     /// Checks the relations between settings that clap cannot express (none yet: each
     /// flag is checked as it is parsed).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
+        self.serve.check_exposure(self.listen)
     }
 }

@@ -107,6 +107,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     let admin = Admin::bind(config.admin_listen).await?;
     let watch = Watch::build(&config).await?;
+    let addr = listener.local_addr().map_err(|source| serve::BindError {
+        addr: config.listen,
+        source,
+    })?;
+    let serving = config.serve.serving(addr, &watch.api.store)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let checks = watch.checks(vec![(
         health,
@@ -118,7 +123,7 @@ pub async fn run(
         tracing::info!(%addr, "watch listening");
     }
     let running = tokio::spawn(watch.run(shutdown.clone()));
-    let served = serve::serve(routes, listener, &config.serve.cors, shutdown.clone()).await;
+    let served = serve::serve(routes, listener, &serving, shutdown.clone()).await;
     shutdown.cancel();
     let _ = running.await;
     let _ = admin.await;

@@ -13,6 +13,7 @@
 use std::{collections::HashMap, pin::Pin};
 
 use taskwire::{
+    auth::{self, Scope},
     domain::{Labels, TaskId, TaskKind},
     json,
     nats::History,
@@ -75,6 +76,7 @@ impl WatchService for WatchApi {
         &self,
         req: Request<WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let scope = auth::principal(&req)?.scope;
         let WatchTasksRequest { kind, labels } = req.into_inner();
         let kind = if kind.is_empty() {
             None
@@ -90,7 +92,7 @@ impl WatchService for WatchApi {
         tokio::spawn(firehose(
             open,
             sub,
-            labels,
+            Filter { labels, scope },
             self.store.clone(),
             tx,
             self.stop.clone(),
@@ -103,6 +105,7 @@ impl WatchService for WatchApi {
         &self,
         req: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let scope = auth::principal(&req)?.scope;
         let WatchTaskRequest { task_id, after_seq } = req.into_inner();
         let id = TaskId::parse(&task_id).map_err(WatchError::from)?;
         // Join the hub first: whatever is stored after this is also queued for us.
@@ -112,6 +115,8 @@ impl WatchService for WatchApi {
             .get_task(id)
             .await
             .map_err(WatchError::from)?
+            // Another tenant's task is NOT_FOUND, as a missing one is.
+            .filter(|r| scope.sees(&r.tenant))
             .ok_or(WatchError::NotFound(id))?;
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         let watcher = Watcher {
@@ -277,12 +282,33 @@ impl Watcher {
     }
 }
 
-/// One WatchTasks stream: forwards the feed, filtered by labels (which events do not
-/// carry: each task's are read once from its record).
+/// Which tasks' events a WatchTasks stream forwards, besides its kind.
+struct Filter {
+    labels: Labels,
+    scope: Scope,
+}
+
+impl Filter {
+    /// Whether every task passes without reading its record.
+    fn passes_all(&self) -> bool {
+        self.labels.is_empty() && self.scope == Scope::All
+    }
+
+    fn admits(&self, r: &TaskRecord) -> bool {
+        if !self.scope.sees(&r.tenant) {
+            return false;
+        }
+        let have: HashMap<String, String> = serde_json::from_str(&r.labels).unwrap_or_default();
+        self.labels.iter().all(|(k, v)| have.get(k) == Some(v))
+    }
+}
+
+/// One WatchTasks stream: forwards the feed, filtered by tenant and labels (which
+/// events do not carry: each task's are read once from its record).
 async fn firehose(
     _open: OpenStream,
     mut sub: crate::hub::FirehoseSubscription,
-    labels: Labels,
+    filter: Filter,
     store: Store,
     tx: mpsc::Sender<Outgoing>,
     stop: tokio_util::sync::CancellationToken,
@@ -302,16 +328,12 @@ async fn firehose(
             let _ = tx.send(Err(WatchError::FellBehind.into())).await;
             return;
         };
-        if !labels.is_empty() {
+        if !filter.passes_all() {
             let wanted = match matches.get(&id) {
                 Some(m) => *m,
                 None => match store.get_task(id).await {
                     Ok(record) => {
-                        let m = record.is_some_and(|r| {
-                            let have: HashMap<String, String> =
-                                serde_json::from_str(&r.labels).unwrap_or_default();
-                            labels.iter().all(|(k, v)| have.get(k) == Some(v))
-                        });
+                        let m = record.is_some_and(|r| filter.admits(&r));
                         if matches.len() > 100_000 {
                             matches.clear();
                         }
@@ -320,7 +342,7 @@ async fn firehose(
                     }
                     // Not remembered: the task's next event asks again.
                     Err(e) => {
-                        tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "labels unknown; event skipped");
+                        tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "task unknown; event skipped");
                         false
                     }
                 },

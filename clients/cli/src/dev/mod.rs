@@ -60,6 +60,10 @@ pub struct DevArgs {
         default_value = "127.0.0.1:50090"
     )]
     admin_listen: taskwire::admin::Listen,
+    /// Serve --listen or --web-listen off loopback although dev has no
+    /// authentication or TLS (anyone who reaches it can read and run tasks).
+    #[arg(long, env = "TASKWIRE_INSECURE")]
+    insecure: bool,
     #[command(flatten)]
     log: taskwire::telemetry::LogArgs,
 }
@@ -86,6 +90,9 @@ pub enum DevError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A listener would be exposed without authentication.
+    #[error(transparent)]
+    Exposed(#[from] taskwire::config::ConfigError),
     /// The nats-server could not be found or started.
     #[error("{0}")]
     Nats(String),
@@ -139,6 +146,9 @@ pub async fn run(a: DevArgs) -> Result<(), DevError> {
         .data_dir
         .canonicalize()
         .map_err(|e| DevError::io("finding the data dir", e))?;
+    // dev serves without authentication or TLS: loopback only, unless told.
+    serve::check_exposure("--listen", a.listen, false, false, a.insecure)?;
+    serve::check_exposure("--web-listen", a.web_listen, false, false, a.insecure)?;
     // Bind first: a busy address fails before anything is started.
     let listener = serve::bind(a.listen).await?;
     let addr = listener
@@ -262,7 +272,8 @@ impl System {
         background.close();
         self.banner(dashboard.as_deref(), admin_url.as_deref());
 
-        let served = serve::serve(routes, listener, &Cors::Any, shutdown.clone()).await;
+        let serving = serve::Serving::open(Cors::Any);
+        let served = serve::serve(routes, listener, &serving, shutdown.clone()).await;
         shutdown.cancel();
         background.wait().await;
         served.map_err(DevError::Serve)

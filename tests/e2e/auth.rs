@@ -1,0 +1,336 @@
+//! Principals and tenants end to end, over gRPC and grpc-web (docs/security.md): no
+//! token is UNAUTHENTICATED, a reader cannot submit or cancel, tenant B cannot read,
+//! list, cancel or watch tenant A's tasks (NOT_FOUND, as a missing task), idempotency
+//! keys are per tenant, and a revoked key stops working within seconds. Nothing a
+//! refused call sent is written.
+
+use std::time::{Duration, Instant};
+
+use taskwire::{
+    auth::{ApiKey, Role, Tenant},
+    domain::{Caller, TaskId},
+    pb::v1::{
+        CancelTaskRequest, GetQueueStatsRequest, GetStatusRequest, ListTasksRequest,
+        SubmitTaskRequest, TaskState, WatchTaskRequest, WatchTasksRequest,
+    },
+    store::{ListQuery, Store},
+};
+use taskwire_tests::{
+    Api, Db, NatsServer, Running, WatchServer, api_config, both_databases, eventually,
+    recorder_config, watch_client, worker_config,
+};
+use tonic::{Code, Request};
+
+use super::submit_req;
+
+/// `msg` with `authorization: Bearer <token>`.
+fn as_key<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn key(store: &Store, tenant: &str, role: Role) -> (ApiKey, String) {
+    let (key, token) = ApiKey::create("test", Tenant::parse(tenant).unwrap(), role);
+    store.insert_key(&key).await.unwrap();
+    (key, token.reveal())
+}
+
+fn sleep_req() -> SubmitTaskRequest {
+    submit_req(
+        "demo.sleep",
+        serde_json::json!({"seconds": 0.3, "steps": 3}),
+    )
+}
+
+async fn keys_roles_and_tenants(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let (_, a_sub) = key(&store, "acme", Role::Submitter).await;
+    let (_, a_read) = key(&store, "acme", Role::Reader).await;
+    let (_, a_admin) = key(&store, "acme", Role::Admin).await;
+    let (b_key, b_sub) = key(&store, "bravo", Role::Submitter).await;
+
+    let mut config = api_config(&nats.url(), &db.url);
+    config.serve.auth = taskwire::auth::Mode::Keys;
+    let api = Api::start(config).await;
+    let watch = WatchServer::start_with(&nats.url(), &db.url, &["--auth", "keys"]).await;
+    let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+    let _worker = Running::worker(worker_config(&nats.url()));
+    let mut c = api.client().await;
+    let mut w = watch_client(watch.addr).await;
+
+    // No token, a malformed one, an unknown one, another scheme: UNAUTHENTICATED, and
+    // nothing is written.
+    let unknown = taskwire::auth::Token::generate().reveal();
+    for token in [None, Some("nonsense"), Some(unknown.as_str())] {
+        let req = match token {
+            None => Request::new(sleep_req()),
+            Some(t) => as_key(t, sleep_req()),
+        };
+        let e = c.submit_task(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{token:?}: {e:?}");
+        let e = w
+            .watch_task(Request::new(WatchTaskRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    let mut basic = Request::new(ListTasksRequest::default());
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic YTpi".parse().unwrap());
+    assert_eq!(
+        c.list_tasks(basic).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let all = ListQuery {
+        page_size: 100,
+        ..Default::default()
+    };
+    assert!(store.list_tasks(&all).await.unwrap().0.is_empty());
+
+    // A submitter of acme submits; its reader reads but cannot submit or cancel.
+    let a_task = c
+        .submit_task(as_key(&a_sub, sleep_req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let status = |id: &str| GetStatusRequest {
+        task_id: id.to_string(),
+    };
+    let seen = c
+        .get_status(as_key(&a_read, status(&a_task)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.id, a_task);
+    let e = c
+        .submit_task(as_key(&a_read, sleep_req()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let cancel = |id: &str| CancelTaskRequest {
+        task_id: id.to_string(),
+    };
+    let e = c
+        .cancel_task(as_key(&a_read, cancel(&a_task)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Queue statistics span tenants: admins only.
+    let e = c
+        .get_queue_stats(as_key(&a_sub, GetQueueStatsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    c.get_queue_stats(as_key(&a_admin, GetQueueStatsRequest::default()))
+        .await
+        .unwrap();
+
+    // bravo cannot see acme's task: exactly what a missing task gets.
+    let missing = TaskId::new().to_string();
+    let anonymise = |e: tonic::Status, id: &str| (e.code(), e.message().replace(id, "<id>"));
+    let theirs = c
+        .get_status(as_key(&b_sub, status(&a_task)))
+        .await
+        .unwrap_err();
+    let nobody = c
+        .get_status(as_key(&b_sub, status(&missing)))
+        .await
+        .unwrap_err();
+    assert_eq!(theirs.code(), Code::NotFound);
+    assert_eq!(anonymise(theirs, &a_task), anonymise(nobody, &missing));
+    let e = c
+        .cancel_task(as_key(&b_sub, cancel(&a_task)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = w
+        .watch_task(as_key(
+            &b_sub,
+            WatchTaskRequest {
+                task_id: a_task.clone(),
+                after_seq: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let listed = c
+        .list_tasks(as_key(&b_sub, ListTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tasks.is_empty(), "{listed:?}");
+
+    // bravo's firehose carries bravo's tasks only, while acme's run beside them.
+    let mut firehose = w
+        .watch_tasks(as_key(&b_sub, WatchTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let a_second = c
+        .submit_task(as_key(&a_sub, sleep_req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let b_task = c
+        .submit_task(as_key(&b_sub, sleep_req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let mut b_events = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = firehose.message().await.unwrap() {
+            assert_eq!(e.task_id, b_task, "bravo saw another tenant's event: {e:?}");
+            b_events += 1;
+            if e.state == TaskState::Succeeded as i32 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("bravo's task finishes on its firehose");
+    assert!(b_events >= 2, "RUNNING .. SUCCEEDED: {b_events}");
+    // acme's reader lists acme's two tasks, never bravo's.
+    let listed = c
+        .list_tasks(as_key(&a_read, ListTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<String> = listed.tasks.into_iter().map(|t| t.id).collect();
+    ids.sort();
+    let mut want = vec![a_task.clone(), a_second];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // Idempotency keys are per tenant, whatever caller header is sent.
+    let keyed = |token: &str, caller: &str| {
+        let mut r = as_key(
+            token,
+            SubmitTaskRequest {
+                idempotency_key: "order-1".into(),
+                ..sleep_req()
+            },
+        );
+        r.metadata_mut()
+            .insert(Caller::METADATA_KEY, caller.parse().unwrap());
+        r
+    };
+    let a1 = c
+        .submit_task(keyed(&a_sub, "x"))
+        .await
+        .unwrap()
+        .into_inner();
+    let a2 = c
+        .submit_task(keyed(&a_sub, "y"))
+        .await
+        .unwrap()
+        .into_inner();
+    let b1 = c
+        .submit_task(keyed(&b_sub, "x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a2.deduplicated && a2.task_id == a1.task_id, "{a1:?} {a2:?}");
+    assert!(!b1.deduplicated && b1.task_id != a1.task_id, "{b1:?}");
+
+    // A revoked key stops working within seconds, on both services.
+    let revoked_at = Instant::now();
+    assert!(store.revoke_key(&b_key.id, 1).await.unwrap());
+    eventually("the revoked key is refused", || {
+        let mut c = c.clone();
+        let mut w = w.clone();
+        let b_sub = b_sub.clone();
+        let b_task = b_task.clone();
+        async move {
+            let api = c
+                .list_tasks(as_key(&b_sub, ListTasksRequest::default()))
+                .await
+                .err()?;
+            let watch = w
+                .watch_task(as_key(
+                    &b_sub,
+                    WatchTaskRequest {
+                        task_id: b_task,
+                        after_seq: 0,
+                    },
+                ))
+                .await
+                .err()?;
+            (api.code() == Code::Unauthenticated && watch.code() == Code::Unauthenticated)
+                .then_some(())
+        }
+    })
+    .await;
+    let took = revoked_at.elapsed();
+    assert!(
+        took <= taskwire::auth::keys::CACHE_TTL + Duration::from_secs(3),
+        "refused after {took:?}"
+    );
+
+    // Everything written is what was accepted: 2 acme + 1 bravo sleeps, 2 keyed.
+    let (rows, _) = store.list_tasks(&all).await.unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let tenants = |t: &str| rows.iter().filter(|r| r.tenant.as_str() == t).count();
+    assert_eq!((tenants("acme"), tenants("bravo")), (3, 2));
+}
+
+/// grpc-web (HTTP/1.1) meets the same checks as native gRPC.
+async fn grpc_web_carries_the_key(db: Db) {
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let (_, a_sub) = key(&store, "acme", Role::Submitter).await;
+    let (_, b_read) = key(&store, "bravo", Role::Reader).await;
+    let mut config = api_config(&nats.url(), &db.url);
+    config.serve.auth = taskwire::auth::Mode::Keys;
+    let api = Api::start(config).await;
+    let id = api
+        .client()
+        .await
+        .submit_task(as_key(&a_sub, sleep_req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let get = GetStatusRequest {
+        task_id: id.clone(),
+    };
+    let call = |token: Option<&str>| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        super::grpc_web::post_with(api.addr, "/taskwire.v1.TaskService/GetStatus", &get, &auth)
+    };
+    let status_of = |head: &str, body: &[u8]| {
+        let (_, trailers) = super::grpc_web::frames(body);
+        let all = format!("{}\n{trailers}", head.to_ascii_lowercase());
+        all.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("grpc-status:")
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let (head, body) = super::grpc_web::http1(api.addr, call(None)).await;
+    assert_eq!(status_of(&head, &body), "16", "{head}");
+    let (head, body) = super::grpc_web::http1(api.addr, call(Some(&b_read))).await;
+    assert_eq!(status_of(&head, &body), "5", "{head}");
+    let (head, body) = super::grpc_web::http1(api.addr, call(Some(&a_sub))).await;
+    assert_eq!(status_of(&head, &body), "0", "{head}");
+}
+
+both_databases!(keys_roles_and_tenants);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_auth() {
+    grpc_web_carries_the_key(Db::Sqlite).await
+}
