@@ -128,6 +128,11 @@ pub struct ServeArgs {
     )]
     pub tls_client_ca: Option<std::path::PathBuf>,
 
+    /// The longest a call may take to be answered (a stream: to start), and the
+    /// longest `grpc-timeout` a caller may ask for.
+    #[arg(long = "request-timeout", env = "TASKWIRE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Serve off loopback without --auth keys and TLS (e.g. behind a proxy that
     /// terminates TLS and checks callers). Logged as a warning.
     #[arg(long = "insecure", env = "TASKWIRE_INSECURE")]
@@ -178,6 +183,7 @@ impl ServeArgs {
             cors: self.cors.clone(),
             auth,
             tls,
+            request_timeout: self.request_timeout,
         })
     }
 }

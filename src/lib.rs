@@ -14,6 +14,7 @@
 //! - [`domain`]: `TaskId`, `TaskKind`, labels, states and limits; everything a request
 //!   carries is parsed here before any side effect.
 //! - [`json`]: `google.protobuf.Value` <-> JSON, and time conversions.
+//! - [`limits`]: per-tenant rates and per-key stream quotas (RESOURCE_EXHAUSTED).
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx interface):
 //!   tasks, labels and the transactional outbox.
 //! - [`nats`]: the wire protocol: subjects, headers, streams, consumers, and the one
@@ -34,6 +35,7 @@ pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod json;
+pub mod limits;
 pub mod nats;
 pub mod pb;
 pub mod serve;

@@ -133,6 +133,8 @@ pub struct Serving {
     pub auth: AuthLayer,
     /// TLS, or plaintext.
     pub tls: Option<ServerTls>,
+    /// The longest a call may take to be answered (a stream: to start).
+    pub request_timeout: std::time::Duration,
 }
 
 impl Serving {
@@ -142,6 +144,7 @@ impl Serving {
             cors,
             auth: AuthLayer::open(),
             tls: None,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -187,6 +190,9 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
+        // Also caps a caller's grpc-timeout; a stream's handler returns once it has
+        // started, so this never ends a long watch.
+        .timeout(serving.request_timeout)
         .layer(serving.cors.layer())
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside grpc-web's: it sees native gRPC, whatever the client spoke; outside

@@ -334,3 +334,111 @@ both_databases!(keys_roles_and_tenants);
 async fn grpc_web_auth() {
     grpc_web_carries_the_key(Db::Sqlite).await
 }
+
+/// Per-tenant submit rate and stream quotas: RESOURCE_EXHAUSTED with when to retry,
+/// for the tenant over its limit only, and nothing written for a refused submit.
+async fn limits_hold_per_tenant_and_key(db: Db) {
+    use tonic_types::StatusExt;
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let (_, a_sub) = key(&store, "acme", Role::Submitter).await;
+    let (_, a_sub2) = key(&store, "acme", Role::Submitter).await;
+    let (_, b_sub) = key(&store, "bravo", Role::Submitter).await;
+    let mut config = api_config(&nats.url(), &db.url);
+    config.serve.auth = taskwire::auth::Mode::Keys;
+    config.tenant_submit_rate = 3;
+    let api = Api::start(config).await;
+    let watch = WatchServer::start_with(
+        &nats.url(),
+        &db.url,
+        &[
+            "--auth",
+            "keys",
+            "--tenant-max-streams",
+            "2",
+            "--max-watch-all-per-key",
+            "1",
+        ],
+    )
+    .await;
+    let mut c = api.client().await;
+    let mut w = watch_client(watch.addr).await;
+
+    // acme's burst of 3 passes; the 4th, on another of acme's keys, is refused.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = c.submit_task(as_key(&a_sub, sleep_req())).await.unwrap();
+        ids.push(r.into_inner().task_id);
+    }
+    let e = c
+        .submit_task(as_key(&a_sub2, sleep_req()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let retry = e
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    assert!(
+        retry.is_some_and(|d| d > Duration::ZERO && d <= Duration::from_secs(1)),
+        "{retry:?}"
+    );
+    assert!(e.metadata().get("retry-after").is_some(), "{e:?}");
+    // bravo has its own budget.
+    c.submit_task(as_key(&b_sub, sleep_req())).await.unwrap();
+    // After the hint, acme may submit again.
+    tokio::time::sleep(retry.unwrap()).await;
+    c.submit_task(as_key(&a_sub, sleep_req())).await.unwrap();
+    let (rows, _) = store
+        .list_tasks(&ListQuery {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5, "the refused submit wrote nothing");
+
+    // Streams: one WatchTasks per key, two streams per tenant.
+    let watch_one = |token: &str, id: &str| {
+        as_key(
+            token,
+            WatchTaskRequest {
+                task_id: id.to_string(),
+                after_seq: 0,
+            },
+        )
+    };
+    let all = w
+        .watch_tasks(as_key(&a_sub, WatchTasksRequest::default()))
+        .await
+        .unwrap();
+    let e = w
+        .watch_tasks(as_key(&a_sub, WatchTasksRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let one = w.watch_task(watch_one(&a_sub2, &ids[0])).await.unwrap();
+    let e = w.watch_task(watch_one(&a_sub2, &ids[1])).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::ResourceExhausted,
+        "acme's third stream: {e:?}"
+    );
+    // bravo is not held back by acme's streams.
+    let _b = w
+        .watch_tasks(as_key(&b_sub, WatchTasksRequest::default()))
+        .await
+        .unwrap();
+    // A closed stream gives its place back.
+    drop(all);
+    drop(one);
+    eventually("closed streams free their places", || {
+        let mut w = w.clone();
+        let req = as_key(&a_sub, WatchTasksRequest::default());
+        async move { w.watch_tasks(req).await.ok().map(|_| ()) }
+    })
+    .await;
+}
+
+both_databases!(limits_hold_per_tenant_and_key);

@@ -16,7 +16,12 @@ use taskwire::pb::v1::{
 use taskwire_tests::{
     Db, NatsCluster, NatsServer, Proc, TestDb, free_port, wait_serving, workspace_bin,
 };
-use tonic::{Streaming, transport::Channel};
+use tonic::{
+    Streaming,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 use crate::submit_req;
 
@@ -65,6 +70,8 @@ pub struct Deployment {
     pub db: TestDb,
     pub api_addr: SocketAddr,
     pub watch_addr: SocketAddr,
+    /// With `--secure`: the CA and key clients use.
+    secure: Option<Arc<Secure>>,
     /// (role, process): api, watch, recorder, then the workers.
     procs: Vec<(&'static str, Proc)>,
 }
@@ -83,12 +90,121 @@ fn spawn(bin: &'static str, args: &[&str]) -> Proc {
     Proc::spawn(&mut cmd, bin)
 }
 
+/// What a `--secure` run's clients need: the CA that signed the services'
+/// certificate, and an API key (submitter, one tenant).
+pub struct Secure {
+    ca_pem: String,
+    bearer: MetadataValue<Ascii>,
+    /// The certificate and key files the services read.
+    dir: tempfile::TempDir,
+}
+
+impl Secure {
+    /// A CA, a certificate for 127.0.0.1 it signed, and a key in `db`.
+    async fn make(db_url: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("cert");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("tls.crt"), cert.pem()).expect("write cert");
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write key");
+        let store = taskwire::store::Store::connect(db_url, &Default::default())
+            .await
+            .expect("database");
+        let (api_key, token) = taskwire::auth::ApiKey::create(
+            "bench",
+            taskwire::auth::Tenant::parse("bench").expect("tenant"),
+            taskwire::auth::Role::Submitter,
+        );
+        store.insert_key(&api_key).await.expect("insert key");
+        store.close().await;
+        Self {
+            ca_pem: ca.pem(),
+            bearer: format!("Bearer {}", token.reveal())
+                .parse()
+                .expect("ascii token"),
+            dir,
+        }
+    }
+
+    /// The services' flags: keys and TLS.
+    fn flags(&self) -> Vec<String> {
+        let file = |n: &str| self.dir.path().join(n).display().to_string();
+        vec![
+            "--auth".into(),
+            "keys".into(),
+            "--tls-cert".into(),
+            file("tls.crt"),
+            "--tls-key".into(),
+            file("tls.key"),
+        ]
+    }
+}
+
+/// Where a client connects, and how.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    secure: Option<Arc<Secure>>,
+}
+
+/// Sends the run's API key with every call (nothing when the run is not secure).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection the workloads call through.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
 impl Deployment {
+    /// The api, as clients reach it.
+    pub fn api(&self) -> Target {
+        Target {
+            addr: self.api_addr,
+            secure: self.secure.clone(),
+        }
+    }
+
+    /// The watch service, as clients reach it.
+    pub fn watch(&self) -> Target {
+        Target {
+            addr: self.watch_addr,
+            secure: self.secure.clone(),
+        }
+    }
+
     /// Starts everything; `metrics`: whether the processes serve (and so record)
-    /// metrics, each on a free admin port.
-    pub async fn start(db: Db, workers: usize, metrics: bool, nats_nodes: usize) -> Self {
+    /// metrics, each on a free admin port; `secure`: API keys and TLS on the api and
+    /// watch.
+    pub async fn start(
+        db: Db,
+        workers: usize,
+        metrics: bool,
+        nats_nodes: usize,
+        secure: bool,
+    ) -> Self {
         let nats = Nats::start(nats_nodes).await;
         let db = db.create().await;
+        let secure = match secure {
+            true => Some(Arc::new(Secure::make(&db.url).await)),
+            false => None,
+        };
+        let extra = secure.as_ref().map(|s| s.flags()).unwrap_or_default();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let url = nats.url();
         let replicas = nats.replicas().to_string();
         let (api_addr, watch_addr) = (free_addr(), free_addr());
@@ -113,12 +229,13 @@ impl Deployment {
                     "--database-max-connections",
                     "32",
                 ],
+                &extra,
             ]
             .concat(),
         );
         let watch = spawn(
             "taskwire-watch",
-            &[&common[..], &["--listen", &watch_addr.to_string()]].concat(),
+            &[&common[..], &["--listen", &watch_addr.to_string()], &extra].concat(),
         );
         let recorder = spawn("taskwire-recorder", &common);
         let mut procs = vec![("api", api), ("watch", watch), ("recorder", recorder)];
@@ -140,16 +257,35 @@ impl Deployment {
                 ),
             ));
         }
-        for addr in [api_addr, watch_addr] {
-            wait_serving(addr).await;
-        }
-        Self {
+        let d = Self {
             nats,
             db,
             api_addr,
             watch_addr,
+            secure,
             procs,
+        };
+        if d.secure.is_none() {
+            for addr in [api_addr, watch_addr] {
+                wait_serving(addr).await;
+            }
+        } else {
+            // Health over TLS: the first call that is answered.
+            let api = d.api();
+            taskwire_tests::eventually("the secure api answers", || {
+                let api = api.clone();
+                async move {
+                    let c = try_channel(&api).await.ok()?;
+                    TaskServiceClient::new(c)
+                        .list_tasks(taskwire::pb::v1::ListTasksRequest::default())
+                        .await
+                        .ok()
+                }
+            })
+            .await;
+            try_channel(&d.watch()).await.expect("watch connects");
         }
+        d
     }
 
     /// (role, pid) of every process of the deployment, nats-server included.
@@ -170,17 +306,33 @@ impl Deployment {
     }
 }
 
-/// `n` connections to `addr`, for clients to share.
-pub async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
-    let mut v = Vec::new();
-    for _ in 0..n {
-        v.push(
-            Channel::from_shared(format!("http://{addr}"))
+/// One connection to `to`: TLS with the run's CA and its key when secure.
+async fn try_channel(to: &Target) -> Result<Conn, tonic::transport::Error> {
+    let channel = match &to.secure {
+        None => {
+            Channel::from_shared(format!("http://{}", to.addr))
                 .expect("uri")
                 .connect()
-                .await
-                .expect("connect"),
-        );
+                .await?
+        }
+        Some(s) => {
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&s.ca_pem));
+            Channel::from_shared(format!("https://{}", to.addr))
+                .expect("uri")
+                .tls_config(tls)?
+                .connect()
+                .await?
+        }
+    };
+    let bearer = to.secure.as_ref().map(|s| s.bearer.clone());
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
+}
+
+/// `n` connections to `to`, for clients to share.
+pub async fn channels(to: &Target, n: usize) -> Vec<Conn> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(try_channel(to).await.expect("connect"));
     }
     v
 }
@@ -188,12 +340,12 @@ pub async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
 /// `clients` clients each submitting `per` tasks of `kind`, back to back, over 8 shared
 /// connections to `addr`; returns every submit's latency.
 pub async fn closed_loop(
-    addr: SocketAddr,
+    to: &Target,
     kind: &'static str,
     clients: usize,
     per: usize,
 ) -> Vec<Duration> {
-    let chans = Arc::new(channels(addr, 8).await);
+    let chans = Arc::new(channels(to, 8).await);
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
             let chans = chans.clone();
@@ -219,10 +371,7 @@ pub async fn closed_loop(
 }
 
 /// A WatchTask stream of `task_id` from its current state.
-pub async fn watch(
-    client: &mut WatchServiceClient<Channel>,
-    task_id: String,
-) -> Streaming<TaskEvent> {
+pub async fn watch(client: &mut WatchServiceClient<Conn>, task_id: String) -> Streaming<TaskEvent> {
     client
         .watch_task(WatchTaskRequest {
             task_id,

@@ -81,6 +81,10 @@ pub struct Args {
     /// NATS servers: 1, or a cluster of 3 (every stream R3) for the scale-out figures.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     nats_nodes: u8,
+    /// API keys and TLS on the api and watch (a CA and a key made for the run): what
+    /// authentication and encryption cost.
+    #[arg(long)]
+    secure: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -110,7 +114,14 @@ async fn main() {
         raw::run(&args, &mut results).await;
     }
     for (db, name) in dbs {
-        let d = Deployment::start(db, args.workers, !args.no_metrics, args.nats_nodes.into()).await;
+        let d = Deployment::start(
+            db,
+            args.workers,
+            !args.no_metrics,
+            args.nats_nodes.into(),
+            args.secure,
+        )
+        .await;
         if wants("w5") {
             w5::idle_rss(&d, name, &mut results);
         }

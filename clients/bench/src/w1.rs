@@ -15,7 +15,7 @@ use crate::{
 pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results) {
     let per = args.n / args.concurrency;
     let started = Instant::now();
-    let lat = closed_loop(d.api_addr, "bench.submit", args.concurrency, per).await;
+    let lat = closed_loop(&d.api(), "bench.submit", args.concurrency, per).await;
     let secs = started.elapsed().as_secs_f64();
     r.add(
         "W1",
@@ -27,7 +27,7 @@ pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results)
     r.latencies("W1", db, "submit latency (closed loop)", lat);
 
     // Open loop: a fixed offered rate, whatever the answers do.
-    let chans = channels(d.api_addr, 8).await;
+    let chans = channels(&d.api(), 8).await;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
     let end = Instant::now() + Duration::from_secs(args.open_loop_secs);
     let mut pending = Vec::new();

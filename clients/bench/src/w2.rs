@@ -22,7 +22,7 @@ pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results)
     let per = args.n / args.concurrency;
     let total = per * args.concurrency;
     let started = Instant::now();
-    closed_loop(d.api_addr, "demo.echo", args.concurrency, per).await;
+    closed_loop(&d.api(), "demo.echo", args.concurrency, per).await;
     let submitted = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {

@@ -15,8 +15,8 @@ use crate::{
 
 /// W3: one at a time, submit then follow WatchTask to the terminal event.
 pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results) {
-    let mut tasks = TaskServiceClient::new(channels(d.api_addr, 1).await.remove(0));
-    let mut watch = WatchServiceClient::new(channels(d.watch_addr, 1).await.remove(0));
+    let mut tasks = TaskServiceClient::new(channels(&d.api(), 1).await.remove(0));
+    let mut watch = WatchServiceClient::new(channels(&d.watch(), 1).await.remove(0));
     let (mut lat, mut submitted) = (Vec::new(), Vec::new());
     for i in 0..args.round_trips {
         let t = Instant::now();

@@ -22,7 +22,7 @@ use crate::{
 
 /// W4: many WatchTask streams over a few tasks that emit progress at a set rate.
 pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results) {
-    let mut tasks = TaskServiceClient::new(channels(d.api_addr, 1).await.remove(0));
+    let mut tasks = TaskServiceClient::new(channels(&d.api(), 1).await.remove(0));
     // Each stream should receive rate/streams events a second, so each task emits that.
     let delay_ms = (args.w4_streams as u64 * 1000 / args.w4_rate.max(1)).max(1);
     let tokens = args.w4_secs * 1000 / delay_ms;
@@ -43,7 +43,7 @@ pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results)
                 .task_id,
         );
     }
-    let chans = Arc::new(channels(d.watch_addr, 32).await);
+    let chans = Arc::new(channels(&d.watch(), 32).await);
     let started = Instant::now();
     let streams: Vec<_> = (0..args.w4_streams)
         .map(|i| {

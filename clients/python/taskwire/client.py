@@ -15,6 +15,12 @@ is an async iterator. Every failed call raises :class:`TaskwireError`, which car
 the gRPC status code. ``submit`` emits a :class:`TaskwireWarning` (``warnings.warn``)
 when the server accepts a task with a warning, e.g. that no worker serves its kind.
 
+A server run with ``--auth keys`` wants an API key: ``Client(address, token=...)``
+(default: the ``TASKWIRE_TOKEN`` environment variable) sends ``authorization: Bearer
+<token>`` with every call, watches included. ``https://`` addresses use TLS, checked
+against the system's roots or the PEM CA file given as ``ca=`` (default: the
+``TASKWIRE_CA`` environment variable), as the ``taskwire`` CLI does.
+
 A submit starts or continues a trace: it sends ``traceparent`` (W3C trace context) as
 gRPC metadata, the one given, else the current OpenTelemetry span's when the
 ``opentelemetry`` package is installed and a span is current (it is optional).
@@ -25,11 +31,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import random
 import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import grpc
@@ -146,6 +154,78 @@ def _target(address: str) -> tuple[str, bool]:
     if address.startswith("http://"):
         return address[len("http://") :].rstrip("/"), False
     return address, False
+
+
+#: The environment variables that ``token`` and ``ca`` default to (the CLI reads them too).
+TOKEN_ENV = "TASKWIRE_TOKEN"
+CA_ENV = "TASKWIRE_CA"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _read_ca(path: PathLike, source: str) -> bytes:
+    """The PEM bytes of a CA file (``source``: where the path came from, for errors)."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read the CA file ({source}): {e.strerror}", str(path)) from e
+    if b"-----BEGIN" not in pem:
+        raise ValueError(f"the CA file {str(path)!r} ({source}) is not PEM (no -----BEGIN line)")
+    return pem
+
+
+def _channel_credentials(
+    address: str,
+    credentials: Optional[grpc.ChannelCredentials],
+    ca: Optional[PathLike],
+) -> Optional[grpc.ChannelCredentials]:
+    """The credentials of a secure channel, or None for a plaintext one.
+
+    TLS when ``credentials`` is given (used as is), the address is ``https://``, or a
+    ``ca`` is given for a bare ``host:port``. The roots: ``ca`` if given, else
+    ``$TASKWIRE_CA`` if set, else the system's. ``$TASKWIRE_CA`` never turns TLS on
+    by itself (a plaintext address stays plaintext, as with the CLI); ``ca=`` with an
+    ``http://`` address, or with ``credentials``, is a contradiction (ValueError)."""
+    explicit = ca is not None and os.fspath(ca) != ""
+    if credentials is not None:
+        if explicit:
+            raise ValueError("give either credentials= or ca=, not both (credentials carry their own roots)")
+        return credentials
+    _, https = _target(address)
+    if explicit and address.startswith("http://"):
+        raise ValueError(f"ca= given for the plaintext address {address!r}: use https://")
+    if not (https or explicit):
+        return None
+    if explicit:
+        assert ca is not None
+        return grpc.ssl_channel_credentials(root_certificates=_read_ca(ca, "ca="))
+    env_ca = os.environ.get(CA_ENV, "") if ca is None else ""
+    if env_ca:
+        return grpc.ssl_channel_credentials(root_certificates=_read_ca(env_ca, f"${CA_ENV}"))
+    return grpc.ssl_channel_credentials()
+
+
+def _call_metadata(token: Optional[str], metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The metadata every call sends: ``metadata``, plus ``authorization: Bearer
+    <token>`` when there is a token (``token``, else ``$TASKWIRE_TOKEN``; ``""`` = none).
+    An ``authorization`` entry in ``metadata`` wins over the environment variable and
+    may not be combined with ``token=``."""
+    md = tuple(metadata)
+    has_auth = any(k.lower() == "authorization" for k, _ in md)
+    if token is None:
+        token = "" if has_auth else os.environ.get(TOKEN_ENV, "")
+        source = f"${TOKEN_ENV}"
+    else:
+        source = "token="
+        if token and has_auth:
+            raise ValueError("give either token= or an authorization entry in metadata=, not both")
+    token = token.strip()
+    if not token:
+        return md
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        # (The token itself stays out of the message.)
+        raise ValueError(f"the API key in {source} must be printable ASCII without spaces (just the key, no 'Bearer ')")
+    return md + (("authorization", f"Bearer {token}"),)
 
 
 def _submit_request(
@@ -421,11 +501,35 @@ class TaskWatch(Iterator[task_pb2.TaskEvent]):
 class Client:
     """Blocking client for taskwire's TaskService and WatchService.
 
-    ``address`` is ``host:port``, ``http://host:port`` (plaintext) or
-    ``https://host:port`` (TLS with the system roots, unless ``credentials`` is given).
-    ``timeout`` is each unary call's deadline in seconds. A watch resumes up to
-    ``watch_retries`` times in a row without receiving an event, waiting
-    ``watch_backoff_base * 2^n`` seconds (at most ``watch_backoff_max``) in between.
+    ``address`` is ``host:port`` or ``http://host:port`` (plaintext), or
+    ``https://host:port`` (TLS). ``timeout`` is each unary call's deadline in seconds.
+    A watch resumes up to ``watch_retries`` times in a row without receiving an event,
+    waiting ``watch_backoff_base * 2^n`` seconds (at most ``watch_backoff_max``) in
+    between.
+
+    Authentication and TLS:
+
+    - ``token``: the API key (``twk_...``, from ``taskwire keys create``) of a server
+      run with ``--auth keys``. Default: the ``TASKWIRE_TOKEN`` environment variable;
+      ``token=""`` sends none. When there is one, every call, unary and watch, sends
+      ``authorization: Bearer <token>``. Without TLS it travels in clear text: use
+      ``https://`` off loopback. (An ``authorization`` entry in ``metadata`` is sent
+      as is instead of ``$TASKWIRE_TOKEN``.)
+    - ``ca``: the path of a PEM file with the CA certificate(s) that signed the
+      server's certificate, instead of the system's roots. Default: the
+      ``TASKWIRE_CA`` environment variable, used for ``https://`` addresses only. An
+      explicit ``ca=`` turns TLS on for a bare ``host:port`` too; with an ``http://``
+      address it is a ValueError; ``ca=""`` uses the system's roots whatever
+      ``$TASKWIRE_CA`` says. The file is read once, here.
+    - ``credentials``: ``grpc.ChannelCredentials`` to use as they are (e.g. with a
+      client certificate for mTLS: ``grpc.ssl_channel_credentials(root, key,
+      chain)``); always TLS. Not together with ``ca``.
+    - ``metadata``: more ``(key, value)`` pairs sent with every call.
+
+    With neither a token nor TLS asked for, the channel is plaintext and calls carry
+    no credentials, as before. A server's refusal is a :class:`TaskwireError` with
+    ``code`` UNAUTHENTICATED (no or an unknown key), PERMISSION_DENIED (the key's role
+    may not do that) or NOT_FOUND (another tenant's task).
     """
 
     def __init__(
@@ -439,13 +543,15 @@ class Client:
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Sequence[tuple[str, Any]] = (),
         metadata: Sequence[tuple[str, str]] = (),
+        token: Optional[str] = None,
+        ca: Optional[PathLike] = None,
     ) -> None:
-        target, tls = _target(address)
+        target, _ = _target(address)
         opts = list(_DEFAULT_CHANNEL_OPTIONS) + list(options)
-        if credentials is not None or tls:
-            self._channel = grpc.secure_channel(
-                target, credentials or grpc.ssl_channel_credentials(), options=opts
-            )
+        creds = _channel_credentials(address, credentials, ca)
+        self._metadata = _call_metadata(token, metadata)
+        if creds is not None:
+            self._channel = grpc.secure_channel(target, creds, options=opts)
         else:
             self._channel = grpc.insecure_channel(target, options=opts)
         self.address = address
@@ -453,7 +559,6 @@ class Client:
         self.watch_retries = watch_retries
         self.watch_backoff_base = watch_backoff_base
         self.watch_backoff_max = watch_backoff_max
-        self._metadata = tuple(metadata)
         self._tasks = service_pb2_grpc.TaskServiceStub(self._channel)
         self._watch_stub = service_pb2_grpc.WatchServiceStub(self._channel)
         self._watches: set[TaskWatch] = set()
@@ -759,8 +864,10 @@ class _CancelledByClient(grpc.RpcError):
 
 
 class AsyncClient:
-    """asyncio client (``grpc.aio``) with the same methods as :class:`Client`; create
-    it inside a running event loop. ``watch`` returns an async iterator."""
+    """asyncio client (``grpc.aio``) with the same methods and arguments as
+    :class:`Client` (``token``/``TASKWIRE_TOKEN``, ``ca``/``TASKWIRE_CA``,
+    ``credentials``, ``metadata``: see there); create it inside a running event loop.
+    ``watch`` returns an async iterator."""
 
     def __init__(
         self,
@@ -773,13 +880,15 @@ class AsyncClient:
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Sequence[tuple[str, Any]] = (),
         metadata: Sequence[tuple[str, str]] = (),
+        token: Optional[str] = None,
+        ca: Optional[PathLike] = None,
     ) -> None:
-        target, tls = _target(address)
+        target, _ = _target(address)
         opts = list(_DEFAULT_CHANNEL_OPTIONS) + list(options)
-        if credentials is not None or tls:
-            self._channel = grpc.aio.secure_channel(
-                target, credentials or grpc.ssl_channel_credentials(), options=opts
-            )
+        creds = _channel_credentials(address, credentials, ca)
+        self._metadata = _call_metadata(token, metadata)
+        if creds is not None:
+            self._channel = grpc.aio.secure_channel(target, creds, options=opts)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
         self.address = address
@@ -787,7 +896,6 @@ class AsyncClient:
         self.watch_retries = watch_retries
         self.watch_backoff_base = watch_backoff_base
         self.watch_backoff_max = watch_backoff_max
-        self._metadata = tuple(metadata)
         self._tasks = service_pb2_grpc.TaskServiceStub(self._channel)
         self._watch_stub = service_pb2_grpc.WatchServiceStub(self._channel)
 

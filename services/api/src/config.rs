@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "TASKWIRE_OUTBOX_POLL", default_value = "1s", value_parser = parse_duration)]
     pub outbox_poll: Duration,
 
+    /// SubmitTask calls one tenant may make per second on this replica, in bursts of
+    /// as many (0: no limit); past it, RESOURCE_EXHAUSTED with a retry hint.
+    #[arg(long, env = "TASKWIRE_TENANT_SUBMIT_RATE", default_value_t = 0)]
+    pub tenant_submit_rate: u32,
+
     /// Test-only fault injection: the process aborts at the named point of SubmitTask.
     #[arg(long, env = "TASKWIRE_FAULT", hide = true)]
     pub fault: Option<Fault>,

@@ -95,6 +95,7 @@ impl Api {
                 outbox_lease: config.outbox_lease,
                 fault: config.fault,
                 inserter: batch::Inserter::spawn(store.clone()),
+                submit_rate: taskwire::limits::RateLimit::per_second(config.tenant_submit_rate),
                 outbox_cleaner: batch::OutboxCleaner::spawn(store.clone()),
             }),
         };

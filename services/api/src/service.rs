@@ -43,6 +43,8 @@ pub struct Shared {
     pub fault: Option<Fault>,
     /// Group commit of concurrent submits.
     pub inserter: crate::batch::Inserter,
+    /// Each tenant's submits per second, if limited.
+    pub submit_rate: Option<taskwire::limits::RateLimit>,
     pub outbox_cleaner: crate::batch::OutboxCleaner,
 }
 
@@ -66,7 +68,16 @@ impl TaskService for TaskApi {
             Scope::Tenant(t) => Caller::parse(t.as_str()).map_err(ApiError::from)?,
             Scope::All => caller_of(&req)?,
         };
-        let valid = self.parse_submit(caller, principal.tenant(), req.into_inner())?;
+        let tenant = principal.tenant();
+        if let Some(limit) = &self.shared.submit_rate {
+            limit.take(tenant.as_str(), 1).map_err(|retry_after| {
+                taskwire::limits::exhausted(
+                    "this tenant is over its submit rate; retry later",
+                    retry_after,
+                )
+            })?;
+        }
+        let valid = self.parse_submit(caller, tenant, req.into_inner())?;
         Ok(Response::new(self.submit(valid).await?))
     }
 

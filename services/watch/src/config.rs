@@ -33,6 +33,16 @@ pub struct Config {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// Most WatchTask and WatchTasks streams one tenant may have open on this
+    /// replica (0: no limit); past it, RESOURCE_EXHAUSTED with a retry hint.
+    #[arg(long, env = "TASKWIRE_TENANT_MAX_STREAMS", default_value_t = 50_000)]
+    pub tenant_max_streams: usize,
+
+    /// Most WatchTasks streams (every task's events) one API key may have open on this
+    /// replica (0: no limit). Without authentication all callers share one key.
+    #[arg(long, env = "TASKWIRE_MAX_WATCH_ALL_PER_KEY", default_value_t = 16)]
+    pub max_watch_all_per_key: usize,
 }
 
 impl Config {

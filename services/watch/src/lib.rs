@@ -65,9 +65,14 @@ impl Watch {
             stop,
             store,
             history: History::open(&js).await?,
+            quotas: service::Quotas {
+                tenant_streams: taskwire::limits::Quota::new(config.tenant_max_streams),
+                watch_all_per_key: taskwire::limits::Quota::new(config.max_watch_all_per_key),
+            },
         };
         Ok(Self {
-            service: WatchServiceServer::new(api.clone()),
+            // Requests are a task id or a filter: a few KiB at most.
+            service: WatchServiceServer::new(api.clone()).max_decoding_message_size(64 * 1024),
             api,
             client,
         })

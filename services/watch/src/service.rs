@@ -13,9 +13,10 @@
 use std::{collections::HashMap, pin::Pin};
 
 use taskwire::{
-    auth::{self, Scope},
+    auth::{self, Principal, Scope},
     domain::{Labels, TaskId, TaskKind},
     json,
+    limits::{self, Permit, Quota},
     nats::History,
     pb::{
         internal::v1::Event,
@@ -50,6 +51,50 @@ pub struct WatchApi {
     pub(crate) stop: tokio_util::sync::CancellationToken,
     pub(crate) store: Store,
     pub(crate) history: History,
+    pub(crate) quotas: Quotas,
+}
+
+/// How many streams a tenant, and WatchTasks streams a key, may hold open.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    pub tenant_streams: Quota,
+    pub watch_all_per_key: Quota,
+}
+
+impl Quotas {
+    /// A place for one more stream of `principal`'s (both quotas for WatchTasks).
+    fn admit(&self, principal: &Principal, watch_all: bool) -> Result<Vec<Permit>, Status> {
+        let retry = std::time::Duration::from_secs(1);
+        let mut permits = vec![
+            self.tenant_streams
+                .acquire(principal.tenant().as_str())
+                .ok_or_else(|| {
+                    limits::exhausted(
+                        format!(
+                            "this tenant has {} streams open on this replica; close one or retry later",
+                            self.tenant_streams.max()
+                        ),
+                        retry,
+                    )
+                })?,
+        ];
+        if watch_all {
+            permits.push(
+                self.watch_all_per_key
+                    .acquire(&principal.key_id)
+                    .ok_or_else(|| {
+                        limits::exhausted(
+                            format!(
+                                "this key has {} WatchTasks streams open on this replica; close one or retry later",
+                                self.watch_all_per_key.max()
+                            ),
+                            retry,
+                        )
+                    })?,
+            );
+        }
+        Ok(permits)
+    }
 }
 
 /// What a stream's task queues for tonic. Boxed because tokio allocates a channel's
@@ -76,7 +121,9 @@ impl WatchService for WatchApi {
         &self,
         req: Request<WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
-        let scope = auth::principal(&req)?.scope;
+        let principal = auth::principal(&req)?;
+        let permits = self.quotas.admit(&principal, true)?;
+        let scope = principal.scope;
         let WatchTasksRequest { kind, labels } = req.into_inner();
         let kind = if kind.is_empty() {
             None
@@ -88,7 +135,7 @@ impl WatchService for WatchApi {
             .hub
             .subscribe_all(kind.map(|k| k.to_string()), FIREHOSE_BUFFER);
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
-        let open = OpenStream::new("WatchTasks");
+        let open = OpenStream::new("WatchTasks", permits);
         tokio::spawn(firehose(
             open,
             sub,
@@ -105,7 +152,9 @@ impl WatchService for WatchApi {
         &self,
         req: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let scope = auth::principal(&req)?.scope;
+        let principal = auth::principal(&req)?;
+        let permits = self.quotas.admit(&principal, false)?;
+        let scope = principal.scope;
         let WatchTaskRequest { task_id, after_seq } = req.into_inner();
         let id = TaskId::parse(&task_id).map_err(WatchError::from)?;
         // Join the hub first: whatever is stored after this is also queued for us.
@@ -128,7 +177,12 @@ impl WatchService for WatchApi {
         if after_seq > 0 {
             metrics::counter!(metrics::WATCH_RESUMES).increment(1);
         }
-        tokio::spawn(watcher.run(OpenStream::new("WatchTask"), record, after_seq, sub));
+        tokio::spawn(watcher.run(
+            OpenStream::new("WatchTask", permits),
+            record,
+            after_seq,
+            sub,
+        ));
         Ok(Response::new(event_stream(rx)))
     }
 }
@@ -362,19 +416,26 @@ async fn firehose(
     }
 }
 
-/// An open stream, counted in the streams gauge while it lives.
-struct OpenStream(&'static str);
+/// An open stream, counted in the streams gauge and holding its quota places while it
+/// lives.
+struct OpenStream {
+    rpc: &'static str,
+    _permits: Vec<Permit>,
+}
 
 impl OpenStream {
-    fn new(rpc: &'static str) -> Self {
+    fn new(rpc: &'static str, permits: Vec<Permit>) -> Self {
         metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => rpc).increment(1.0);
-        Self(rpc)
+        Self {
+            rpc,
+            _permits: permits,
+        }
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => self.0).decrement(1.0);
+        metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => self.rpc).decrement(1.0);
     }
 }
 
