@@ -27,8 +27,8 @@ impl ConfigError {
     }
 }
 
-/// Where NATS is.
-#[derive(Debug, Clone, Args)]
+/// Where NATS is, and how to prove who we are to it (docs/security.md, "NATS").
+#[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL (JetStream enabled), or a comma-separated list of a cluster's
     /// servers: the process starts while any one of them is up.
@@ -43,6 +43,78 @@ pub struct NatsArgs {
     /// Deadline for every NATS request and publish acknowledgement, e.g. 5s, 500ms.
     #[arg(long = "nats-timeout", env = "TASKWIRE_NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub nats_timeout: Duration,
+
+    /// NATS credentials file (a user JWT and its nkey seed, as `nsc` writes them).
+    #[arg(long = "nats-creds", env = "TASKWIRE_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(
+        long = "nats-user",
+        env = "TASKWIRE_NATS_USER",
+        requires = "nats_password"
+    )]
+    pub nats_user: Option<String>,
+
+    /// NATS password of --nats-user.
+    #[arg(
+        long = "nats-password",
+        env = "TASKWIRE_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+
+    /// File holding a NATS nkey seed (`SU…`) to sign the server's challenge with.
+    #[arg(long = "nats-nkey", env = "TASKWIRE_NATS_NKEY")]
+    pub nats_nkey: Option<std::path::PathBuf>,
+
+    /// PEM CA that signed the NATS servers' certificates: connect with TLS.
+    #[arg(long = "nats-tls-ca", env = "TASKWIRE_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients (with
+    /// --nats-tls-key).
+    #[arg(
+        long = "nats-tls-cert",
+        env = "TASKWIRE_NATS_TLS_CERT",
+        requires = "nats_tls_key"
+    )]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM key of --nats-tls-cert.
+    #[arg(
+        long = "nats-tls-key",
+        env = "TASKWIRE_NATS_TLS_KEY",
+        requires = "nats_tls_cert"
+    )]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+
+    /// Create or update the streams at start-up. Under NATS permissions that confine
+    /// each role (deploy/nats/permissions.conf), only the api may: run the others with
+    /// `false`, and they wait for the streams to exist.
+    #[arg(long = "nats-manage-streams", env = "TASKWIRE_NATS_MANAGE_STREAMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub nats_manage_streams: bool,
+}
+
+// The password is a secret: Debug shows whether there is one, not what it is.
+impl fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("nats_url", &self.nats_url)
+            .field("nats_timeout", &self.nats_timeout)
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_user", &self.nats_user)
+            .field(
+                "nats_password",
+                &self.nats_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("nats_nkey", &self.nats_nkey)
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_manage_streams", &self.nats_manage_streams)
+            .finish_non_exhaustive()
+    }
 }
 
 /// NATS's default address, where `--nats-url` points unless told otherwise.

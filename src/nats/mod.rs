@@ -16,8 +16,11 @@
 //! - [`subjects`]: subject names and parsers, headers, the live (republished) message.
 //! - [`streams`]: the four streams and the three kinds of durable consumer.
 //! - [`history`]: a task's event history and the one way to append to it.
+//! - [`permissions`]: what each role may publish and subscribe to (a nats-server
+//!   `authorization` block).
 
 pub mod history;
+pub mod permissions;
 pub mod streams;
 pub mod subjects;
 
@@ -131,14 +134,53 @@ pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
 /// the rest of a cluster from them) with a deadline; the client reconnects by itself
 /// afterwards, to any server of the cluster.
 pub async fn connect(urls: &str, name: &str, timeout: Duration) -> Result<Client, Error> {
+    connect_with(ConnectOptions::new(), urls, name, timeout).await
+}
+
+async fn connect_with(
+    options: ConnectOptions,
+    urls: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Client, Error> {
     let servers = servers(urls).map_err(|e| Error::unavailable("connecting to NATS", e))?;
-    ConnectOptions::new()
+    options
         .name(name)
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
         .connect(servers)
         .await
         .map_err(|e| Error::unavailable(format!("connecting to {urls}"), e))
+}
+
+/// The credentials and TLS `nats` asks for, and the process's own inbox prefix
+/// (`_INBOX_<name>`): replies to its requests and its pulls' messages arrive there, so
+/// a permissions file can let each role subscribe to its own replies only.
+async fn options(nats: &crate::config::NatsArgs, name: &str) -> Result<ConnectOptions, Error> {
+    let refused = |what: &str, e: std::io::Error| Error::Refused {
+        what: what.to_string(),
+        source: Box::new(e),
+    };
+    let mut o = match &nats.nats_creds {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| refused("reading --nats-creds", e))?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&nats.nats_user, &nats.nats_password) {
+        o = o.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(path) = &nats.nats_nkey {
+        let seed = std::fs::read_to_string(path).map_err(|e| refused("reading --nats-nkey", e))?;
+        o = o.nkey(seed.trim().to_string());
+    }
+    if let Some(ca) = &nats.nats_tls_ca {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&nats.nats_tls_cert, &nats.nats_tls_key) {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(o.custom_inbox_prefix(format!("_INBOX_{name}")))
 }
 
 /// What every process does first: connect (as `name`), and create or update the
@@ -149,13 +191,29 @@ pub async fn join(
     streams: &crate::config::StreamArgs,
     name: &str,
 ) -> Result<(Client, Context), Error> {
-    let client = at_startup("connecting to NATS", || {
-        connect(&nats.nats_url, name, nats.nats_timeout)
+    let client = at_startup("connecting to NATS", || async {
+        connect_with(
+            options(nats, name).await?,
+            &nats.nats_url,
+            name,
+            nats.nats_timeout,
+        )
+        .await
     })
     .await?;
     let js = jetstream(client.clone(), nats.nats_timeout);
-    let settings = streams.settings();
-    at_startup("setting up the streams", || setup_streams(&js, &settings)).await?;
+    if nats.nats_manage_streams {
+        let settings = streams.settings();
+        at_startup("setting up the streams", || setup_streams(&js, &settings)).await?;
+    } else {
+        at_startup("waiting for the streams", || async {
+            for name in [TASKS_STREAM, EVENTS_STREAM, DLQ_STREAM, ADVISORIES_STREAM] {
+                open_stream(&js, name).await?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
     Ok((client, js))
 }
 

@@ -14,6 +14,7 @@ mod idempotency;
 mod list;
 mod malformed;
 mod metrics;
+mod nats_auth;
 mod outage;
 mod reads;
 mod recorder;

@@ -21,25 +21,47 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store_dir: tempfile::TempDir,
+    /// Appended to [`NATS_CONF`].
+    extra_conf: String,
+    /// Set in the server's environment.
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with("", Vec::new())
+    }
+
+    /// With `extra_conf` appended to its config and `env` in its environment (e.g. an
+    /// `authorization` block and the passwords it names); it logs to
+    /// [`NatsServer::log`].
+    pub fn start_with(extra_conf: &str, env: Vec<(String, String)>) -> Self {
         let store_dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut s = Self {
             child: None,
             port,
             store_dir,
+            extra_conf: extra_conf.to_string(),
+            env,
         };
         s.spawn();
         s
     }
 
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store_dir.path().join("nats.log")).unwrap_or_default()
+    }
+
     fn spawn(&mut self) {
         let conf = self.store_dir.path().join("nats.conf");
-        std::fs::write(&conf, NATS_CONF).expect("write nats.conf");
+        std::fs::write(&conf, format!("{NATS_CONF}\n{}", self.extra_conf))
+            .expect("write nats.conf");
         let child = Command::new(venv_bin("nats-server"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("-l")
+            .arg(self.store_dir.path().join("nats.log"))
             .args([
                 "-a",
                 "127.0.0.1",

@@ -9,6 +9,7 @@
 mod client;
 mod dev;
 mod keys;
+mod nats_permissions;
 mod output;
 
 use std::process::ExitCode;
@@ -66,6 +67,8 @@ enum Command {
     /// Creates, lists and revokes API keys, in the database.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Prints the nats-server users that confine each service to its NATS subjects.
+    NatsPermissions(nats_permissions::NatsPermissionsArgs),
 }
 
 #[tokio::main]
@@ -89,6 +92,10 @@ async fn main() -> ExitCode {
         Command::Ls(args) => client::ls(&api, args).await,
         Command::Kinds(args) => client::kinds(&api, args).await,
         Command::Keys(cmd) => keys::run(cmd).await,
+        Command::NatsPermissions(args) => {
+            nats_permissions::run(args);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
