@@ -183,6 +183,43 @@ pub struct ServeArgs {
     )]
     pub auth: crate::auth::Mode,
 
+    /// With --auth keys, also accept JWTs signed by a key in this JWKS file (an
+    /// identity provider's public keys); `exp` is required.
+    #[arg(long = "jwt-jwks", env = "TASKWIRE_JWT_JWKS")]
+    pub jwt_jwks: Option<std::path::PathBuf>,
+
+    /// The issuer (`iss`) JWTs must name.
+    #[arg(
+        long = "jwt-issuer",
+        env = "TASKWIRE_JWT_ISSUER",
+        requires = "jwt_jwks"
+    )]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience (`aud`) JWTs must name.
+    #[arg(
+        long = "jwt-audience",
+        env = "TASKWIRE_JWT_AUDIENCE",
+        requires = "jwt_jwks"
+    )]
+    pub jwt_audience: Option<String>,
+
+    /// The JWT claim that names the caller's tenant.
+    #[arg(
+        long = "jwt-tenant-claim",
+        env = "TASKWIRE_JWT_TENANT_CLAIM",
+        default_value = "tenant"
+    )]
+    pub jwt_tenant_claim: String,
+
+    /// The JWT claim that names the caller's role (reader, submitter or admin).
+    #[arg(
+        long = "jwt-role-claim",
+        env = "TASKWIRE_JWT_ROLE_CLAIM",
+        default_value = "role"
+    )]
+    pub jwt_role_claim: String,
+
     /// PEM certificate chain to serve TLS with (reloaded when the file changes).
     #[arg(long = "tls-cert", env = "TASKWIRE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -236,7 +273,23 @@ impl ServeArgs {
         self.check_exposure(listen)?;
         let auth = match self.auth {
             Mode::Off => AuthLayer::open(),
-            Mode::Keys => AuthLayer::keys(std::sync::Arc::new(Verifier::new(store.clone()))),
+            Mode::Keys => {
+                let mut verifier = Verifier::new(store.clone());
+                if let Some(jwks) = &self.jwt_jwks {
+                    let jwt = crate::auth::jwt::JwtVerifier::load(crate::auth::jwt::JwtSettings {
+                        jwks: jwks.clone(),
+                        issuer: self.jwt_issuer.clone(),
+                        audience: self.jwt_audience.clone(),
+                        tenant_claim: self.jwt_tenant_claim.clone(),
+                        role_claim: self.jwt_role_claim.clone(),
+                    })
+                    .map_err(|e| {
+                        ConfigError::new("--jwt-jwks", crate::telemetry::chain(&e).to_string())
+                    })?;
+                    verifier = verifier.with_jwt(jwt);
+                }
+                AuthLayer::keys(std::sync::Arc::new(verifier))
+            }
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {

@@ -177,6 +177,8 @@ pub enum Refused {
 pub struct Verifier {
     store: store::Store,
     cache: Mutex<HashMap<[u8; 32], Remembered>>,
+    /// JWTs are accepted too, when a JWKS is configured.
+    jwt: Option<super::jwt::JwtVerifier>,
 }
 
 /// When a token was checked, and what it stood for (`None`: refused).
@@ -188,13 +190,25 @@ impl Verifier {
         Self {
             store,
             cache: Mutex::new(HashMap::new()),
+            jwt: None,
         }
     }
 
-    /// The principal a bearer token stands for.
+    /// Also accepts JWTs `jwt` verifies.
+    pub fn with_jwt(mut self, jwt: super::jwt::JwtVerifier) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    /// The principal a bearer token stands for: an API key (`twk_…`), or a JWT when
+    /// a JWKS is configured. JWTs are not cached: checking one is a signature check,
+    /// no I/O, and its `exp` is checked on every call.
     pub async fn verify(&self, bearer: &str) -> Result<Principal, Refused> {
         let Some(token) = Token::parse(bearer) else {
-            return Err(Refused::Invalid);
+            return match &self.jwt {
+                Some(jwt) => jwt.verify(bearer),
+                None => Err(Refused::Invalid),
+            };
         };
         let cache_key: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
         if let Some((at, answer)) = self.cache.lock().expect("not poisoned").get(&cache_key)

@@ -10,9 +10,11 @@
 //!
 //! # Layout
 //! - `keys`: tokens (making, parsing, hashing) and the verifying cache.
+//! - `jwt`: JWTs from an external issuer, checked against a JWKS file.
 //! - `layer`: the tower layer every gRPC server runs: authenticate, authorize by
 //!   method, attach the principal.
 
+pub mod jwt;
 pub mod keys;
 pub mod layer;
 

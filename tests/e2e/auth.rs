@@ -442,3 +442,112 @@ async fn limits_hold_per_tenant_and_key(db: Db) {
 }
 
 both_databases!(limits_hold_per_tenant_and_key);
+
+/// JWTs from an external issuer map to the same tenants and roles: a good token
+/// works, and an expired one, another issuer's, one signed by another key, or an HMAC
+/// token made with the public key (algorithm confusion) is UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_from_an_issuer() {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+
+    let signer = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+    let point = signer.public_key_raw(); // 0x04 || x || y
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+    }]});
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+
+    let nats = NatsServer::start();
+    let db = Db::Sqlite.create().await;
+    let mut config = api_config(&nats.url(), &db.url);
+    config.serve.auth = taskwire::auth::Mode::Keys;
+    config.serve.jwt_jwks = Some(jwks_file);
+    config.serve.jwt_issuer = Some("https://idp.example".into());
+    config.serve.jwt_audience = Some("taskwire".into());
+    let api = Api::start(config).await;
+    let mut c = api.client().await;
+
+    let now = taskwire::json::now_micros() / 1_000_000;
+    let sign = |key: &rcgen::KeyPair, claims: serde_json::Value| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_der(&key.serialize_der()),
+        )
+        .unwrap()
+    };
+    let claims = |tenant: &str, role: &str, iss: &str, exp: i64| {
+        serde_json::json!({"sub": "user-1", "tenant": tenant, "role": role,
+            "iss": iss, "aud": "taskwire", "exp": exp})
+    };
+    let idp = "https://idp.example";
+    let good = sign(&signer, claims("acme", "submitter", idp, now + 300));
+    let id = c
+        .submit_task(as_key(&good, sleep_req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let get = |id: &str| GetStatusRequest {
+        task_id: id.to_string(),
+    };
+    c.get_status(as_key(&good, get(&id))).await.unwrap();
+
+    let reader = sign(&signer, claims("acme", "reader", idp, now + 300));
+    let e = c
+        .submit_task(as_key(&reader, sleep_req()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let bravo = sign(&signer, claims("bravo", "admin", idp, now + 300));
+    let e = c.get_status(as_key(&bravo, get(&id))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let stranger = rcgen::KeyPair::generate().unwrap();
+    let hmac = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims("acme", "admin", idp, now + 300),
+            &EncodingKey::from_secret(point),
+        )
+        .unwrap()
+    };
+    let refused = [
+        (
+            "expired",
+            sign(&signer, claims("acme", "submitter", idp, now - 120)),
+        ),
+        (
+            "another issuer",
+            sign(
+                &signer,
+                claims("acme", "submitter", "https://evil.example", now + 300),
+            ),
+        ),
+        (
+            "another key",
+            sign(&stranger, claims("acme", "submitter", idp, now + 300)),
+        ),
+        ("HMAC with the public key", hmac),
+        (
+            "no role",
+            sign(
+                &signer,
+                serde_json::json!({"tenant": "acme", "iss": idp, "aud": "taskwire", "exp": now + 300}),
+            ),
+        ),
+    ];
+    for (what, token) in refused {
+        let e = c.get_status(as_key(&token, get(&id))).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
+    }
+}
