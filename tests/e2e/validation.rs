@@ -185,4 +185,123 @@ async fn bad_ids_and_pages(db: Db) {
     }
 }
 
-both_databases!(bad_submits_change_nothing, bad_ids_and_pages);
+/// Unicode, hostile and out-of-range values on the RPCs the tables above do not cover
+/// (WatchTask, WatchTasks, GetQueueStats), and hostile values that are valid: stored
+/// verbatim, never interpreted.
+async fn hostile_values_everywhere(db: Db) {
+    use taskwire::pb::v1::{GetQueueStatsRequest, WatchTaskRequest, WatchTasksRequest};
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let watch = taskwire_tests::WatchServer::start(&nats.url(), &db.url).await;
+    let mut client = api.client().await;
+    let mut w = watch.client().await;
+
+    for bad in [
+        "",
+        "ü",
+        "0192f4e2-6c1a-7d3e-9a4b-1f2e3d4c5b6ä",
+        "'; DROP TABLE tasks;--",
+    ] {
+        let e = w
+            .watch_task(WatchTaskRequest {
+                task_id: bad.into(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "WatchTask {bad:?}");
+    }
+    let e = w
+        .watch_task(WatchTaskRequest {
+            task_id: uuid::Uuid::now_v7().to_string(),
+            after_seq: u64::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "an unknown task, however far resumed"
+    );
+    let all = |kind: &str, labels: &[(&str, &str)]| WatchTasksRequest {
+        kind: kind.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    for (what, req) in [
+        ("unicode kind", all("démo.echo", &[])),
+        ("wildcard kind", all("demo.*", &[])),
+        ("emoji label key", all("", &[("🔥", "v")])),
+        ("control char in label value", all("", &[("k", "a\u{0}b")])),
+        ("300-byte label value", all("", &[("k", &"v".repeat(300))])),
+    ] {
+        let e = w.watch_tasks(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "WatchTasks {what}: {e:?}");
+    }
+    let e = client
+        .get_queue_stats(GetQueueStatsRequest {
+            window_minutes: u32::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "GetQueueStats window: {e:?}"
+    );
+
+    // Unicode kinds, keys and labels are refused on submit, and nothing is written.
+    for (what, req) in [
+        ("unicode kind", with(|r| r.kind = "démo.echo".into())),
+        (
+            "emoji idempotency key",
+            with(|r| r.idempotency_key = "🔑".into()),
+        ),
+        (
+            "emoji label key",
+            with(|r| r.labels = HashMap::from([("🔥".into(), "v".into())])),
+        ),
+    ] {
+        let e = client.submit_task(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+    }
+    // Hostile but valid: kept verbatim as data (every value is a bind parameter).
+    let hostile = "x'); DROP TABLE tasks;-- ✓ \"<script>\"";
+    let id = super::submit(
+        &mut client,
+        with(|r| {
+            r.labels = HashMap::from([("note".into(), hostile.into())]);
+            r.input = Some(taskwire::json::json_to_value(
+                &serde_json::json!({"s": hostile}),
+            ));
+        }),
+    )
+    .await;
+    let listed = client
+        .list_tasks(ListTasksRequest {
+            labels: HashMap::from([("note".into(), hostile.into())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.tasks.len(),
+        1,
+        "the one task, found by its hostile label"
+    );
+    assert_eq!(listed.tasks[0].id, id);
+    assert_eq!(
+        listed.tasks[0].labels.get("note").map(String::as_str),
+        Some(hostile)
+    );
+}
+
+both_databases!(
+    bad_submits_change_nothing,
+    bad_ids_and_pages,
+    hostile_values_everywhere
+);
