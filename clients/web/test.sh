@@ -10,7 +10,9 @@
 #   5. `taskwire dev` on free loopback ports, a temp data dir, no --web-dir; fails when
 #      the binary has no dashboard built in, or one that differs from dist/ (a binary
 #      compiled before the last change to src/: rebuild it)
-#   6. node --test test/ driving chromium with playwright-core
+#   6. node --test test/ driving chromium with playwright-core; test/auth.test.mjs starts
+#      its own nats-server, taskwire-api and taskwire-watch with --auth keys (the
+#      binaries beside $TASKWIRE_BIN) and serves dist/ itself, to test the API key field
 # Exits non-zero on any failure; always stops taskwire dev and removes its temp dir.
 # Env: TASKWIRE_BIN (default <repo>/target/debug/taskwire), TASKWIRE_NATS_SERVER
 # (default <repo>/.venv/bin/nats-server), CHROMIUM (default /usr/bin/chromium).
@@ -29,7 +31,7 @@ started=$SECONDS
 say() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - started)); }
 die() { echo "test.sh: $*" >&2; exit 1; }
 
-for bin in "$TASKWIRE_BIN" "$NATS_SERVER"; do
+for bin in "$TASKWIRE_BIN" "$(dirname "$TASKWIRE_BIN")/taskwire-api" "$(dirname "$TASKWIRE_BIN")/taskwire-watch" "$NATS_SERVER"; do
   [[ -x "$bin" ]] || die "missing $bin (build taskwire with cargo and run scripts/setup first)"
 done
 command -v node >/dev/null || die "node is not installed"
@@ -163,8 +165,10 @@ console.log("served = dist/");
 
 say "browser test"
 mkdir -p "$ARTIFACTS_DIR"
+# auth.test.mjs also reads TASKWIRE_BIN and TASKWIRE_NATS_SERVER (its own backend).
 TASKWIRE_WEB_URL="$web_url" TASKWIRE_GRPC_URL="$grpc_url" CHROMIUM="$CHROMIUM" ARTIFACTS_DIR="$ARTIFACTS_DIR" \
-  timeout 300 node --test --test-reporter=tap --test-timeout=240000 --test-concurrency=1 test/
+  TASKWIRE_BIN="$TASKWIRE_BIN" TASKWIRE_NATS_SERVER="$NATS_SERVER" \
+  timeout 360 node --test --test-reporter=tap --test-timeout=240000 --test-concurrency=1 test/
 
 say "stop taskwire dev"
 kill -INT "$tw_pid"

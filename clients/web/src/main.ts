@@ -4,10 +4,13 @@
 // stream drops, it reconnects with backoff and lists again to catch up: WatchTasks is
 // live-only, so ListTasks is its resume path. The detail drawer uses WatchTask with
 // after_seq for one task's events. The Queues card (queues.ts) polls GetQueueStats.
+// An API key pasted into the header (auth.ts) goes with every call; changing it starts
+// the page over: list, stream and queues.
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createApi } from "./api";
+import { authProblem, initApiKeyControl, onApiKeyChange } from "./auth";
 import { $, append, clear, h } from "./dom";
 import {
   FILTER_STATES,
@@ -24,7 +27,7 @@ import {
 } from "./format";
 import { SubmitTaskRequestSchema } from "./gen/taskwire/v1/service_pb";
 import { ProgressSchema, TaskState, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
-import { nudgeQueues, startQueues } from "./queues";
+import { nudgeQueues, restartQueues, startQueues } from "./queues";
 
 const api = createApi();
 const UNARY_TIMEOUT_MS = 15_000;
@@ -292,8 +295,12 @@ async function loadPage(): Promise<void> {
   } catch (err) {
     if (generation !== listGeneration) return;
     const { code, message } = describeError(err);
-    listError.textContent = `Could not list tasks — ${code}: ${message}`;
+    const auth = authProblem(err, "ListTasks");
+    listError.textContent = auth ? `Could not list tasks. ${auth.text}` : `Could not list tasks — ${code}: ${message}`;
+    listError.dataset.kind = auth?.kind ?? "";
     listError.hidden = false;
+    // What was shown belongs to a key the server no longer takes: show nothing.
+    if (auth && auth.kind !== "forbidden") showTasks([]);
   } finally {
     if (generation === listGeneration) document.body.classList.remove("loading");
     prevBtn.disabled = pageTokens.length <= 1;
@@ -426,6 +433,13 @@ async function watchLoop(signal: AbortSignal, req: { kind: string; labels: Recor
         // The filter itself is refused (e.g. a malformed kind): retrying cannot help.
         // The list shows the same error; a new filter starts a new stream.
         setStreamStatus("error", "not watching", reason);
+        return;
+      }
+      const auth = authProblem(err, "WatchTasks");
+      if (auth) {
+        // Neither can retrying with the same key: a new key starts a new stream, and
+        // the notice by the API key field says why.
+        setStreamStatus("error", auth.kind === "forbidden" ? "not allowed to watch" : "needs an API key", auth.text);
         return;
       }
     }
@@ -566,7 +580,7 @@ submitForm.addEventListener("submit", async (ev) => {
     await loadPage();
   } catch (err) {
     const { code, message } = describeError(err);
-    showSubmitError("grpc", `${code}: ${message}`);
+    showSubmitError("grpc", authProblem(err, "SubmitTask")?.text ?? `${code}: ${message}`);
   } finally {
     submitButton.disabled = false;
     submitButton.textContent = "Submit task";
@@ -591,7 +605,8 @@ async function cancelTask(id: string, button?: HTMLButtonElement): Promise<void>
     toast(`Cancelled ${shortId(id)}`, "ok");
   } catch (err) {
     const { code, message } = describeError(err);
-    toast(`Cancel ${shortId(id)} failed — ${code}: ${message}`, "error");
+    const auth = authProblem(err, "CancelTask");
+    toast(auth ? `Cancel ${shortId(id)} failed: ${auth.text}` : `Cancel ${shortId(id)} failed — ${code}: ${message}`, "error");
     if (button) {
       button.disabled = false;
       button.textContent = "Cancel";
@@ -696,7 +711,7 @@ function openDetail(id: string): void {
     } catch (err) {
       if (abort.signal.aborted) return;
       const { code, message } = describeError(err);
-      summary.textContent = `${code}: ${message}`;
+      summary.textContent = authProblem(err, "GetStatus")?.text ?? `${code}: ${message}`;
       return;
     }
     // WatchTask: after_seq = 0 first sends the current state; after a drop, resume
@@ -723,6 +738,11 @@ function openDetail(id: string): void {
           streamNote.textContent = `${describeError(ce).code}: ${ce.rawMessage}`;
           return;
         }
+        const auth = authProblem(ce, "WatchTask");
+        if (auth) {
+          streamNote.textContent = auth.text;
+          return;
+        }
         failures++;
         const delay = Math.min(10_000, 500 * 2 ** Math.min(failures - 1, 5));
         streamNote.textContent = `disconnected (${describeError(ce).code}); resuming after #${lastSeq} in ${Math.ceil(delay / 1000)}s`;
@@ -736,6 +756,22 @@ function openDetail(id: string): void {
 // Start
 
 $('[data-testid="grpc-url"]').textContent = api.baseUrl;
+if (api.watchUrl !== api.baseUrl) $('[data-testid="grpc-url"]').title = `TaskService: ${api.baseUrl}\nWatchService: ${api.watchUrl}`;
+initApiKeyControl();
+// Another key can mean another tenant (other tasks) or another role: start over.
+onApiKeyChange(() => {
+  closeDetail();
+  rows = new Map();
+  early.clear();
+  pageTokens = [""];
+  nextPageToken = "";
+  clear(tbody);
+  listError.hidden = true;
+  for (const el of [submitError, submitResult, submitWarning]) el.hidden = true;
+  void loadPage();
+  startStream();
+  restartQueues();
+});
 window.setInterval(() => {
   for (const row of rows.values()) if (row.task.startedAt && !isTerminal(row.task.state)) renderDuration(row);
 }, 1000);

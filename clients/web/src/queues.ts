@@ -2,14 +2,20 @@
 // waited, what finished in the window, and a bar per minute of throughput, from
 // TaskService/GetQueueStats. Polled every few seconds while the page is visible (one
 // unary call at a time; it never holds a connection), and sooner after something
-// finished (see nudgeQueues).
+// finished (see nudgeQueues). GetQueueStats spans every tenant, so a server with
+// `--auth keys` answers it to admin keys only: with another key the card says so, and
+// asks again only now and then (or at once when the key changes).
 import { durationMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Api } from "./api";
+import { authProblem } from "./auth";
 import { $, h, svg } from "./dom";
 import { describeError, formatClock, formatDuration, tsMillis } from "./format";
 import type { GetQueueStatsResponse, KindStats } from "./gen/taskwire/v1/service_pb";
 
 const REFRESH_MS = 3_000;
+/** How often to ask again while the key may not read the stats. */
+const REFUSED_REFRESH_MS = 30_000;
 const NUDGE_MS = 600;
 const TIMEOUT_MS = 10_000;
 
@@ -39,6 +45,9 @@ let inFlight = false;
 /** Asked to read while a read was in flight: read again right after it. */
 let again = false;
 let windowMinutes = 15;
+/** Bumped by restartQueues: an answer to a read made before it is dropped. */
+let generation = 0;
+let refused = false;
 const tiles = new Map<string, Tile>();
 
 const card = $('[data-testid="queues"]');
@@ -64,7 +73,19 @@ export function startQueues(client: Api): void {
 
 /** Reads again soon (e.g. a task just finished) instead of at the next tick. */
 export function nudgeQueues(): void {
-  if (api) schedule(NUDGE_MS);
+  if (api && !refused) schedule(NUDGE_MS);
+}
+
+/** Forgets what was shown and reads at once (the API key changed). */
+export function restartQueues(): void {
+  if (!api) return;
+  generation++;
+  refused = false;
+  tiles.clear();
+  list.replaceChildren();
+  errorBox.hidden = true;
+  updated.textContent = "";
+  schedule(0);
 }
 
 /** Reads in `delayMs`, unless a read is already due sooner (so bursts of nudges never
@@ -90,18 +111,43 @@ async function refresh(): Promise<void> {
   }
   inFlight = true;
   again = false;
+  const asked = generation;
   try {
     const res = await api.tasks.getQueueStats({ windowMinutes }, { timeoutMs: TIMEOUT_MS });
+    if (asked !== generation) return;
+    refused = false;
     render(res);
     errorBox.hidden = true;
   } catch (err) {
-    const { code, message } = describeError(err);
-    errorBox.textContent = `Could not read queue stats — ${code}: ${message}`;
-    errorBox.hidden = false;
+    if (asked !== generation) return;
+    showError(err);
   } finally {
     inFlight = false;
-    schedule(again ? 0 : REFRESH_MS);
+    schedule(again || asked !== generation ? 0 : refused ? REFUSED_REFRESH_MS : REFRESH_MS);
   }
+}
+
+function showError(err: unknown): void {
+  const auth = authProblem(err, "GetQueueStats");
+  refused = auth !== undefined;
+  errorBox.dataset.kind = auth?.kind ?? "";
+  errorBox.classList.toggle("warn", auth !== undefined);
+  errorBox.classList.toggle("error", auth === undefined);
+  if (auth) {
+    // Stats from before (another key's) are not this key's to see.
+    tiles.clear();
+    list.replaceChildren();
+    updated.textContent = "";
+    const ce = ConnectError.from(err);
+    errorBox.textContent =
+      ce.code === Code.PermissionDenied
+        ? `Queue statistics need an admin key: they span every tenant, and this key may not read them.`
+        : `Queue statistics need an admin key. ${auth.text}`;
+  } else {
+    const { code, message } = describeError(err);
+    errorBox.textContent = `Could not read queue stats — ${code}: ${message}`;
+  }
+  errorBox.hidden = false;
 }
 
 function render(res: GetQueueStatsResponse): void {
