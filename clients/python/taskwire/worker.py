@@ -17,10 +17,18 @@
 
     asyncio.run(worker.run())       # until SIGINT/SIGTERM, then a graceful drain
 
-Before pulling, the runtime subscribes to ``taskwire.cancel.>`` (routing each signal to
-the attempt running that task here) and to ``taskwire.running.>`` (answering a request
+Before pulling, the runtime subscribes to ``taskwire.cancel.*`` (routing each signal to
+the attempt running that task here) and to ``taskwire.running.*`` (answering a request
 on ``taskwire.running.<task_id>`` with the attempt number, as decimal text, of an
 attempt of that task that runs here and has claimed it; with nothing otherwise).
+
+It connects as the Rust workers do (docs/security.md, "NATS"): with a user and password,
+a credentials file or an nkey seed file, over TLS with a CA and optionally a client
+certificate (each a :class:`Worker` argument that defaults to the same ``TASKWIRE_NATS_*``
+environment variable as the Rust workers' flag), and with the inbox prefix
+``_INBOX_taskwire-worker``, so that NATS's per-role users (deploy/nats-permissions.conf)
+confine it like a Rust worker. It never creates or updates a stream, and it creates
+(or updates) and pulls only its own kinds' consumers.
 
 What it does for every delivery (docs/protocol.md §5): decode; on a redelivery, leave
 the message alone (no ack, no NAK) if the task's attempt still runs, here or on a live
@@ -49,16 +57,20 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import math
+import os
 import random
 import re
 import signal
+import ssl
 import time
 import uuid
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import nats
 import nats.errors
@@ -74,6 +86,7 @@ from .v1 import task_pb2
 from .values import JSON, from_value, to_value
 
 __all__ = [
+    "INBOX_PREFIX",
     "Handler",
     "Stopped",
     "TaskContext",
@@ -92,6 +105,21 @@ SCHEMA_HEADER = "Taskwire-Schema"
 SCHEMA_VERSION = "1"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MAX_ATTEMPTS_LIMIT = 100
+
+# Where replies to the worker's requests and its pulls' messages arrive, as for the Rust
+# workers (`_INBOX_<process name>`): the only inbox deploy/nats-permissions.conf lets the
+# worker's user subscribe to.
+INBOX_PREFIX = "_INBOX_taskwire-worker"
+
+# The environment variables the NATS connection options default to: the same as the
+# Rust workers' flags (--nats-user, --nats-password, ...).
+NATS_USER_ENV = "TASKWIRE_NATS_USER"
+NATS_PASSWORD_ENV = "TASKWIRE_NATS_PASSWORD"
+NATS_CREDS_ENV = "TASKWIRE_NATS_CREDS"
+NATS_NKEY_ENV = "TASKWIRE_NATS_NKEY"
+NATS_TLS_CA_ENV = "TASKWIRE_NATS_TLS_CA"
+NATS_TLS_CERT_ENV = "TASKWIRE_NATS_TLS_CERT"
+NATS_TLS_KEY_ENV = "TASKWIRE_NATS_TLS_KEY"
 
 # How many times a claim reads the history and appends RUNNING before it NAKs for a
 # second (docs/protocol.md §5 step 6).
@@ -165,6 +193,191 @@ class _Conflict(Exception):
 
 class _Unavailable(Exception):
     """NATS did not answer or refused for another reason."""
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _setting(value: Optional[PathLike], env: str, arg: str) -> tuple[str, str]:
+    """An option's value and where it came from: the argument when given (``""`` =
+    none), else the environment variable (unset or empty = none)."""
+    if value is None:
+        return os.environ.get(env, ""), f"${env}"
+    return os.fspath(value), f"{arg}="
+
+
+def _readable(path: str, what: str, source: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot read the {what} {path!r} (from {source}): {e.strerror}") from None
+
+
+@dataclass(frozen=True)
+class _NatsAuth:
+    """How the worker proves who it is to NATS, and its TLS: the options of the Rust
+    workers' ``--nats-*`` flags, resolved against their environment variables."""
+
+    user: str = ""
+    password: str = field(default="", repr=False)
+    creds: str = ""
+    nkey: str = ""
+    tls: Optional[ssl.SSLContext] = None
+    # A CA was given: connect only to a server that requires TLS (as the Rust
+    # services' --nats-tls-ca does), never sending credentials in clear.
+    tls_required: bool = False
+    tls_source: str = ""
+
+    def describe(self) -> str:
+        if self.creds:
+            return f"credentials file {self.creds}"
+        if self.nkey:
+            return f"nkey seed file {self.nkey}"
+        if self.user:
+            return f"user {self.user!r}"
+        return "no credentials"
+
+    def connect_options(self) -> dict[str, Any]:
+        o: dict[str, Any] = {}
+        if self.user:
+            o.update(user=self.user, password=self.password)
+        if self.creds:
+            o["user_credentials"] = self.creds
+        if self.nkey:
+            o["nkeys_seed"] = self.nkey
+        if self.tls is not None:
+            o["tls"] = self.tls
+        return o
+
+    @classmethod
+    def resolve(
+        cls,
+        user: Optional[str],
+        password: Optional[str],
+        creds: Optional[PathLike],
+        nkey: Optional[PathLike],
+        tls_ca: Optional[PathLike],
+        tls_cert: Optional[PathLike],
+        tls_key: Optional[PathLike],
+    ) -> "_NatsAuth":
+        user_v, user_src = _setting(user, NATS_USER_ENV, "nats_user")
+        password_v, password_src = _setting(password, NATS_PASSWORD_ENV, "nats_password")
+        creds_v, creds_src = _setting(creds, NATS_CREDS_ENV, "nats_creds")
+        nkey_v, nkey_src = _setting(nkey, NATS_NKEY_ENV, "nats_nkey")
+        ca_v, ca_src = _setting(tls_ca, NATS_TLS_CA_ENV, "nats_tls_ca")
+        cert_v, cert_src = _setting(tls_cert, NATS_TLS_CERT_ENV, "nats_tls_cert")
+        key_v, key_src = _setting(tls_key, NATS_TLS_KEY_ENV, "nats_tls_key")
+
+        if user_v and not password_v:
+            raise ValueError(f"a NATS user ({user_src}) needs its password (nats_password= or ${NATS_PASSWORD_ENV})")
+        if password_v and not user_v:
+            raise ValueError(f"a NATS password ({password_src}) needs its user (nats_user= or ${NATS_USER_ENV})")
+        if creds_v and nkey_v:
+            raise ValueError(
+                f"give either a NATS credentials file ({creds_src}) or an nkey seed file ({nkey_src}), not both"
+            )
+        if creds_v:
+            _readable(creds_v, "NATS credentials file", creds_src)
+        if nkey_v:
+            _readable(nkey_v, "NATS nkey seed file", nkey_src)
+        if creds_v or nkey_v:
+            try:
+                import nkeys
+            except ImportError:
+                raise ImportError(
+                    "NATS credentials and nkey files need the nkeys package: pip install 'taskwire[worker]' "
+                    "(or nkeys)"
+                ) from None
+            if nkey_v:
+                with open(nkey_v, "rb") as f:
+                    seed = bytearray(f.read().strip())
+                try:
+                    nkeys.from_seed(seed).wipe()
+                except Exception as e:
+                    raise ValueError(f"{nkey_v} (from {nkey_src}) holds no valid nkey seed: {e!r}") from None
+                finally:
+                    seed[:] = b"\0" * len(seed)
+
+        if bool(cert_v) != bool(key_v):
+            which = cert_src if cert_v else key_src
+            raise ValueError(
+                f"a NATS TLS client certificate needs its key and the key its certificate ({which} given alone; "
+                f"nats_tls_cert=/${NATS_TLS_CERT_ENV} and nats_tls_key=/${NATS_TLS_KEY_ENV})"
+            )
+        ctx: Optional[ssl.SSLContext] = None
+        if ca_v or cert_v:
+            if ca_v:
+                _readable(ca_v, "NATS TLS CA", ca_src)
+            try:
+                ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_v or None)
+            except ssl.SSLError as e:
+                raise ValueError(f"the NATS TLS CA {ca_v!r} (from {ca_src}) is not a PEM certificate: {e}") from None
+            if cert_v:
+                _readable(cert_v, "NATS TLS client certificate", cert_src)
+                _readable(key_v, "NATS TLS client key", key_src)
+                try:
+                    ctx.load_cert_chain(cert_v, key_v)
+                except ssl.SSLError as e:
+                    raise ValueError(
+                        f"the NATS TLS client certificate {cert_v!r} ({cert_src}) and key {key_v!r} ({key_src}) "
+                        f"do not load: {e}"
+                    ) from None
+        return cls(
+            user=user_v,
+            password=password_v,
+            creds=creds_v,
+            nkey=nkey_v,
+            tls=ctx,
+            tls_required=bool(ca_v),
+            tls_source=ca_src if ca_v else "",
+        )
+
+
+def _refusal(e: BaseException) -> bool:
+    """Whether a connection error will not go away by trying again: the server refused
+    the credentials, or TLS failed (e.g. a certificate the CA did not sign)."""
+    if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return False  # the connection went away mid-handshake: may be a restart
+    if isinstance(e, (nats.errors.AuthorizationError, ssl.SSLError)):
+        return True
+    return "authorization violation" in str(e).lower()
+
+
+async def _server_requires_tls(url: str, tls: ssl.SSLContext, timeout: float) -> Optional[bool]:
+    """Whether the NATS server at ``url`` requires TLS, read from the INFO line it
+    sends first, before any credentials would be sent; None if it cannot be asked now.
+    When it does, the TLS handshake is made too (so the server sees a whole one, and a
+    certificate ``tls`` does not trust is an ``ssl.SSLError`` here), then the
+    connection closed."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.scheme == "wss":
+        return True
+    if parts.scheme not in ("nats", "tls") or not parts.hostname:
+        return None
+    host = parts.hostname
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, parts.port or 4222), timeout=timeout)
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
+    transport: Any = writer.transport
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout=timeout)
+        if not line.startswith(b"INFO "):
+            return None
+        if not json.loads(line[5:]).get("tls_required"):
+            return False
+        transport = await asyncio.get_running_loop().start_tls(
+            transport, transport.get_protocol(), tls, server_hostname=host, ssl_handshake_timeout=timeout
+        )
+        return True
+    except ssl.SSLError:
+        raise
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
+    finally:
+        if transport is not None:
+            transport.close()
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -362,6 +575,30 @@ class Worker:
     the streams (the worker does not create them: an api, Rust worker or recorder does).
     ``max_deliver`` is the consumer's backstop (docs/protocol.md §3: 101); like
     ``ack_wait``, it must match the other workers of the same kinds.
+
+    Connecting to a NATS that checks who connects (docs/security.md, "NATS"), as the
+    Rust workers' flags do; each argument defaults to the same environment variable
+    (``None``: read it; ``""``: none, whatever it says):
+
+    - ``nats_user`` / ``nats_password`` (``TASKWIRE_NATS_USER`` /
+      ``TASKWIRE_NATS_PASSWORD``): a user and its password, e.g. the ``worker`` user of
+      deploy/nats-permissions.conf; one needs the other.
+    - ``nats_creds`` (``TASKWIRE_NATS_CREDS``): a credentials file (a user JWT and its
+      nkey seed, as ``nsc`` writes them), or ``nats_nkey`` (``TASKWIRE_NATS_NKEY``): a
+      file holding an nkey seed (``SU...``); not both. Both need the ``nkeys`` package
+      (``pip install 'taskwire[worker]'``).
+    - ``nats_tls_ca`` (``TASKWIRE_NATS_TLS_CA``): the PEM CA that signed the servers'
+      certificates; with it the worker connects only to a server that requires TLS.
+      ``nats_tls_cert`` + ``nats_tls_key`` (``TASKWIRE_NATS_TLS_CERT`` /
+      ``TASKWIRE_NATS_TLS_KEY``): a client certificate and its key, for servers that
+      verify clients.
+
+    The files are checked (and the TLS files loaded) here; a missing or unreadable one
+    is an ``OSError`` naming it, a contradiction a ``ValueError``. Replies and pulled
+    messages arrive under ``inbox_prefix`` (``_INBOX_taskwire-worker``, the inbox the
+    worker's user may subscribe to). :meth:`start` raises ``PermissionError`` at once
+    when the server refuses the credentials, rather than trying again for
+    ``stream_wait``.
     """
 
     def __init__(
@@ -378,6 +615,14 @@ class Worker:
         stream_wait: float = 30.0,
         max_deliver: int = MAX_ATTEMPTS_LIMIT + 1,
         name: str = "taskwire-worker-py",
+        nats_user: Optional[str] = None,
+        nats_password: Optional[str] = None,
+        nats_creds: Optional[PathLike] = None,
+        nats_nkey: Optional[PathLike] = None,
+        nats_tls_ca: Optional[PathLike] = None,
+        nats_tls_cert: Optional[PathLike] = None,
+        nats_tls_key: Optional[PathLike] = None,
+        inbox_prefix: str = INBOX_PREFIX,
     ) -> None:
         if ack_wait < 0.3:
             raise ValueError("ack_wait must be at least 0.3 seconds")
@@ -394,6 +639,10 @@ class Worker:
         self.stream_wait = float(stream_wait)
         self.max_deliver = int(max_deliver)
         self.name = name
+        self.inbox_prefix = inbox_prefix
+        self._auth = _NatsAuth.resolve(
+            nats_user, nats_password, nats_creds, nats_nkey, nats_tls_ca, nats_tls_cert, nats_tls_key
+        )
         self._handlers: dict[str, Handler] = {}
         self._nc: Optional[NATS] = None
         self._js: Any = None
@@ -439,29 +688,101 @@ class Worker:
         durable pull consumer per registered kind."""
         if not self._handlers:
             raise ValueError("no task kinds registered")
-        try:
-            # Reconnects forever once connected; the first connection is bounded.
-            self._nc = await asyncio.wait_for(
-                nats.connect(
-                    self.nats_url,
-                    name=self.name,
-                    connect_timeout=self.nats_timeout,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    error_cb=self._on_nats_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                ),
-                timeout=self.stream_wait,
-            )
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"cannot connect to NATS at {self.nats_url} within {self.stream_wait:g}s") from None
+        self._nc = await self._connect()
         try:
             await self._setup()
         except BaseException:
             await self.close()
             raise
-        log.info("worker connected to %s; kinds %s", self.nats_url, self.kinds)
+        log.info("worker connected to %s (%s); kinds %s", self.nats_url, self._auth.describe(), self.kinds)
+
+    async def _connect(self) -> NATS:
+        """The first connection, within ``stream_wait`` (it reconnects forever once
+        connected). Tried again while NATS does not answer; not when it refuses the
+        credentials or TLS fails, which raise at once."""
+        deadline = time.monotonic() + self.stream_wait
+        auth = self._auth
+        if auth.tls_required:
+            await self._require_tls(deadline)
+        nc = NATS()
+        first = True
+        refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        last: list[BaseException] = []
+
+        async def on_error(e: Exception) -> None:
+            if first:
+                last[:] = [e]
+                if _refusal(e) and not refused.done():
+                    refused.set_result(e)
+            await self._on_nats_error(e)
+
+        connecting = asyncio.create_task(
+            nc.connect(
+                self.nats_url,
+                name=self.name,
+                connect_timeout=self.nats_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                inbox_prefix=self.inbox_prefix,
+                **auth.connect_options(),
+            )
+        )
+        try:
+            await asyncio.wait(
+                {connecting, refused}, timeout=max(deadline - time.monotonic(), 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            first = False
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    await nc.close()
+        if connecting.done() and not connecting.cancelled():
+            failed = connecting.exception()
+            if failed is None:
+                return nc
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise failed  # what connect() raised, e.g. for a bad credentials file
+        if refused.done():
+            e = refused.result()
+            if isinstance(e, ssl.SSLError):
+                raise ConnectionError(self._tls_failed(e)) from e
+            raise PermissionError(
+                f"NATS at {self.nats_url} refused the worker's credentials ({auth.describe()}): {e}"
+            ) from e
+        why = f" (last error: {last[0]!r})" if last else ""
+        raise RuntimeError(f"cannot connect to NATS at {self.nats_url} within {self.stream_wait:g}s{why}")
+
+    def _tls_failed(self, e: BaseException) -> str:
+        return (
+            f"TLS with NATS at {self.nats_url} failed: {e} (the CA is nats_tls_ca= or ${NATS_TLS_CA_ENV}; "
+            f"a server that verifies clients also wants nats_tls_cert= and nats_tls_key=)"
+        )
+
+    async def _require_tls(self, deadline: float) -> None:
+        """With a CA, asks the server whether it requires TLS before connecting: nats-py
+        would otherwise send the credentials in clear to a server that does not."""
+        while True:
+            assert self._auth.tls is not None
+            try:
+                requires = await _server_requires_tls(self.nats_url, self._auth.tls, self.nats_timeout)
+            except ssl.SSLError as e:
+                raise ConnectionError(self._tls_failed(e)) from e
+            if requires:
+                return
+            if requires is False:
+                raise ConnectionError(
+                    f"NATS at {self.nats_url} does not require TLS, but a TLS CA is set "
+                    f"({self._auth.tls_source}): not connecting without TLS"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot connect to NATS at {self.nats_url} within {self.stream_wait:g}s")
+            await asyncio.sleep(0.5)
 
     async def _setup(self) -> None:
         assert self._nc is not None
@@ -470,9 +791,13 @@ class Worker:
         await self._wait_for_streams()
         # Cancel signals and running-requests first, so none for a task we are about
         # to run is missed.
-        self._cancel_sub = await self._nc.subscribe("taskwire.cancel.>", cb=self._on_cancel)
-        self._running_sub = await self._nc.subscribe("taskwire.running.>", cb=self._on_running)
+        # A task id is one subject token: `*` gets every signal, and is what a worker's
+        # NATS user may subscribe to (deploy/nats-permissions.conf).
+        self._cancel_sub = await self._nc.subscribe("taskwire.cancel.*", cb=self._on_cancel)
+        self._running_sub = await self._nc.subscribe("taskwire.running.*", cb=self._on_running)
         for kind in self.kinds:
+            # Only the kinds' own consumers: created (or updated to these settings) by
+            # name, then pulled; no other JetStream call (no stream, no other consumer).
             name = kind_consumer(kind)
             config = js_api.ConsumerConfig(
                 durable_name=name,
@@ -483,7 +808,16 @@ class Worker:
                 max_deliver=self.max_deliver,
                 max_ack_pending=10_000,
             )
-            await self._js.add_consumer(TASKS_STREAM, config=config)
+            try:
+                await self._js.add_consumer(TASKS_STREAM, config=config)
+            except nats.errors.TimeoutError as e:
+                # A request NATS's permissions refuse is dropped: it times out.
+                raise RuntimeError(
+                    f"creating the consumer {name} of kind {kind} on {TASKS_STREAM} got no answer from "
+                    f"{self.nats_url} within {self.nats_timeout:g}s; if NATS confines the worker's user "
+                    f"({self._auth.describe()}), its permissions must name the kind: "
+                    f"`taskwire nats-permissions --kind {kind} ...`"
+                ) from e
             self._subs[kind] = await self._js.pull_subscribe_bind(durable=name, stream=TASKS_STREAM)
         self._slots = _Slots(self.concurrency)
 
@@ -498,7 +832,8 @@ class Worker:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"taskwire's streams do not exist on {self.nats_url} ({e!r}); start the "
-                        "api, a Rust worker or the recorder first (they create them)"
+                        "api first (it creates them; so do Rust services run without "
+                        "--nats-manage-streams false)"
                     ) from e
                 await asyncio.sleep(0.5)
 
@@ -1056,6 +1391,15 @@ def main_args(argv: Optional[list[str]] = None, description: str = "taskwire Pyt
     p.add_argument("--backoff-max", type=float, default=300.0, help="seconds")
     p.add_argument("--default-timeout", type=float, default=3600.0, help="seconds per attempt")
     p.add_argument("--shutdown-grace", type=float, default=20.0, help="seconds")
+    # NATS credentials and TLS, as the Rust workers take them; unset flags fall back to
+    # the same environment variables (in Worker), so a password need not be a flag.
+    p.add_argument("--nats-user", help=f"NATS user, with --nats-password [env: {NATS_USER_ENV}]")
+    p.add_argument("--nats-password", help=f"NATS password of --nats-user [env: {NATS_PASSWORD_ENV}]")
+    p.add_argument("--nats-creds", help=f"NATS credentials file (user JWT and nkey seed) [env: {NATS_CREDS_ENV}]")
+    p.add_argument("--nats-nkey", help=f"file holding a NATS nkey seed (SU...) [env: {NATS_NKEY_ENV}]")
+    p.add_argument("--nats-tls-ca", help=f"PEM CA of the NATS servers' certificates: TLS [env: {NATS_TLS_CA_ENV}]")
+    p.add_argument("--nats-tls-cert", help=f"PEM client certificate, with --nats-tls-key [env: {NATS_TLS_CERT_ENV}]")
+    p.add_argument("--nats-tls-key", help=f"PEM key of --nats-tls-cert [env: {NATS_TLS_KEY_ENV}]")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -1071,4 +1415,11 @@ def from_args(args: argparse.Namespace) -> Worker:
         backoff_max=args.backoff_max,
         default_timeout=args.default_timeout,
         shutdown_grace=args.shutdown_grace,
+        nats_user=getattr(args, "nats_user", None),
+        nats_password=getattr(args, "nats_password", None),
+        nats_creds=getattr(args, "nats_creds", None),
+        nats_nkey=getattr(args, "nats_nkey", None),
+        nats_tls_ca=getattr(args, "nats_tls_ca", None),
+        nats_tls_cert=getattr(args, "nats_tls_cert", None),
+        nats_tls_key=getattr(args, "nats_tls_key", None),
     )

@@ -76,6 +76,49 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> Optional[int]:
         return None
 
 
+class Procs:
+    """Processes a fixture started (each with its own log), stopped newest first."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=log_path.parent)
+        self.procs.append((name, proc, log_path))
+        return proc
+
+    def stop_all(self) -> None:
+        for name, proc, log_path in reversed(self.procs):
+            code = stop_process(proc, 15)
+            print(f"--- {name} (exit {code}) log, last lines ---\n{_tail(log_path, 15)}")
+        self.procs.clear()
+
+
+def wait_for_log(
+    proc: subprocess.Popen,
+    log_path: Path,
+    needle: bytes,
+    what: str,
+    timeout: float = 30.0,
+    watch: Optional[Path] = None,
+) -> None:
+    """Waits until ``needle`` is in ``watch`` (default: the process's log); fails the
+    test if the process exits first or it takes longer than ``timeout``."""
+    watch = watch or log_path
+
+    def logs() -> str:
+        return _tail(log_path) if watch == log_path else f"{_tail(log_path)}\n{_tail(watch)}"
+
+    deadline = time.monotonic() + timeout
+    while not (watch.exists() and needle in watch.read_bytes()):
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{logs()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready within {timeout}s:\n{logs()}")
+        time.sleep(0.05)
+
+
 class Dev:
     """One `taskwire dev` process; restartable on the same data dir and address."""
 

@@ -30,7 +30,9 @@ from typing import Optional
 import grpc
 import pytest
 
-from conftest import NATS_SERVER, TASKWIRE_BIN, _tail, free_port, stop_process
+from conftest import NATS_SERVER, TASKWIRE_BIN, _tail, free_port
+from conftest import Procs as _Procs
+from conftest import wait_for_log as _wait_for
 from taskwire import AsyncClient, Client, TaskwireError, TaskwireWarning
 from taskwire.client import _call_metadata, state_name
 from taskwire.v1 import task_pb2
@@ -54,35 +56,6 @@ class AuthStack:
 
     def tail(self, name: str) -> str:
         return _tail(self.logs[name])
-
-
-class _Procs:
-    """The processes the fixture started, stopped newest first."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
-
-    def start(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=log_path.parent)
-        self.procs.append((name, proc, log_path))
-        return proc
-
-    def stop_all(self) -> None:
-        for name, proc, log_path in reversed(self.procs):
-            code = stop_process(proc, 15)
-            print(f"--- {name} (exit {code}) log, last lines ---\n{_tail(log_path, 15)}")
-        self.procs.clear()
-
-
-def _wait_for(proc: subprocess.Popen, log_path: Path, needle: bytes, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in log_path.read_bytes():
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{_tail(log_path)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not ready within {timeout}s:\n{_tail(log_path)}")
-        time.sleep(0.05)
 
 
 def _make_ca_and_cert(d: Path) -> Optional[tuple[Path, Path, Path]]:
