@@ -81,6 +81,22 @@ pub fn free_addr() -> SocketAddr {
     ([127, 0, 0, 1], free_port()).into()
 }
 
+/// `n` distinct free loopback addresses. Every listener of a deployment gets one up
+/// front: a process binding port 0 could otherwise be given a port picked (and
+/// released) for another, which then answers in its place (an admin listener serves
+/// gRPC health too, so the mix-up passed the readiness check: a 404 in W3).
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let a = free_addr();
+        if seen.insert(a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
 fn spawn(bin: &'static str, args: &[&str]) -> Proc {
     let mut cmd = Command::new(workspace_bin(bin));
     // Errors only: under load, sqlx's slow-acquire warnings would drown the table.
@@ -207,8 +223,13 @@ impl Deployment {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let url = nats.url();
         let replicas = nats.replicas().to_string();
-        let (api_addr, watch_addr) = (free_addr(), free_addr());
-        let admin = if metrics { "127.0.0.1:0" } else { "off" };
+        let mut addrs = free_addrs(2 + 3 + workers).into_iter();
+        let (api_addr, watch_addr) = (addrs.next().unwrap(), addrs.next().unwrap());
+        // Each process's admin listener, or "off".
+        let mut admin = move || match metrics {
+            true => addrs.next().expect("picked enough").to_string(),
+            false => "off".to_string(),
+        };
         let common = [
             "--nats-url",
             url.as_str(),
@@ -216,8 +237,6 @@ impl Deployment {
             &replicas,
             "--database-url",
             db.url.as_str(),
-            "--admin-listen",
-            admin,
         ];
         let api = spawn(
             "taskwire-api",
@@ -228,6 +247,8 @@ impl Deployment {
                     &api_addr.to_string(),
                     "--database-max-connections",
                     "32",
+                    "--admin-listen",
+                    &admin(),
                 ],
                 &extra,
             ]
@@ -235,9 +256,22 @@ impl Deployment {
         );
         let watch = spawn(
             "taskwire-watch",
-            &[&common[..], &["--listen", &watch_addr.to_string()], &extra].concat(),
+            &[
+                &common[..],
+                &[
+                    "--listen",
+                    &watch_addr.to_string(),
+                    "--admin-listen",
+                    &admin(),
+                ],
+                &extra,
+            ]
+            .concat(),
         );
-        let recorder = spawn("taskwire-recorder", &common);
+        let recorder = spawn(
+            "taskwire-recorder",
+            &[&common[..], &["--admin-listen", &admin()]].concat(),
+        );
         let mut procs = vec![("api", api), ("watch", watch), ("recorder", recorder)];
         for _ in 0..workers {
             procs.push((
@@ -252,7 +286,7 @@ impl Deployment {
                         "--concurrency",
                         "64",
                         "--admin-listen",
-                        admin,
+                        &admin(),
                     ],
                 ),
             ));
@@ -284,6 +318,12 @@ impl Deployment {
             })
             .await;
             try_channel(&d.watch()).await.expect("watch connects");
+        }
+        for (role, p) in &d.procs {
+            assert!(
+                taskwire_tests::alive(p.id()),
+                "{role} exited during start-up (its error is above)"
+            );
         }
         d
     }
