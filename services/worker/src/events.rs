@@ -32,6 +32,10 @@ impl Update {
     }
 }
 
+/// How many times a write continues after an event of its own attempt it did not know
+/// was stored (one cut-off append at most, in practice).
+const OWN_EVENT_RESYNCS: usize = 3;
+
 /// One attempt's writer of its task's history.
 #[derive(Debug)]
 pub(crate) struct EventWriter {
@@ -70,8 +74,31 @@ impl EventWriter {
         event.error = u.error;
         event.message = u.message;
         let mut last = self.last_seq.lock().await;
-        let seq = self.history.append(&event, *last).await?;
-        *last = seq;
-        Ok(seq)
+        for _ in 0..OWN_EVENT_RESYNCS {
+            match self.history.append(&event, *last).await {
+                Ok(seq) => {
+                    *last = seq;
+                    return Ok(seq);
+                }
+                // An append of this attempt's own may have been stored without `last`
+                // learning of it: a handler stopped mid-append (hand-back, timeout,
+                // cancel) leaves its progress event in the history. If the newest
+                // event is still this attempt running, it is ours: continue after it.
+                // Another worker's claim carries a higher attempt and a cancel is
+                // terminal, so those stay conflicts.
+                Err(nats::Error::Conflict) => match self.history.last(self.task_id).await? {
+                    Some(newest)
+                        if newest.seq > *last
+                            && newest.event.attempt == self.attempt
+                            && newest.state() == TaskState::Running =>
+                    {
+                        *last = newest.seq;
+                    }
+                    _ => return Err(nats::Error::Conflict),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        Err(nats::Error::Conflict)
     }
 }
