@@ -91,7 +91,7 @@ pub struct NatsArgs {
     pub nats_tls_key: Option<std::path::PathBuf>,
 
     /// Create or update the streams at start-up. Under NATS permissions that confine
-    /// each role (deploy/nats/permissions.conf), only the api may: run the others with
+    /// each role (deploy/nats-permissions.conf), only the api may: run the others with
     /// `false`, and they wait for the streams to exist.
     #[arg(long = "nats-manage-streams", env = "TASKWIRE_NATS_MANAGE_STREAMS", default_value_t = true, action = clap::ArgAction::Set)]
     pub nats_manage_streams: bool,

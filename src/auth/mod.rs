@@ -11,9 +11,11 @@
 //! # Layout
 //! - `keys`: tokens (making, parsing, hashing) and the verifying cache.
 //! - `jwt`: JWTs from an external issuer, checked against a JWKS file.
+//! - `bearer`: the client side: sends a token with every call.
 //! - `layer`: the tower layer every gRPC server runs: authenticate, authorize by
 //!   method, attach the principal.
 
+mod bearer;
 pub mod jwt;
 pub mod keys;
 pub mod layer;
@@ -22,6 +24,7 @@ use std::fmt;
 
 use crate::domain::InvalidInput;
 
+pub use bearer::Bearer;
 pub use keys::{ApiKey, KeyId, Token, Verifier};
 pub use layer::{AuthLayer, Mode};
 

@@ -48,7 +48,8 @@ impl Decoder for Raw {
     }
 }
 
-async fn call(addr: std::net::SocketAddr, path: &'static str, body: Vec<u8>) -> tonic::Status {
+/// A client that sends and reads raw bytes, ready.
+async fn raw_client(addr: std::net::SocketAddr) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -56,6 +57,11 @@ async fn call(addr: std::net::SocketAddr, path: &'static str, body: Vec<u8>) -> 
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
+    grpc
+}
+
+async fn call(addr: std::net::SocketAddr, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = raw_client(addr).await;
     let path = http::uri::PathAndQuery::from_static(path);
     let streaming = path.as_str().contains("Watch");
     let req = tonic::Request::new(body);
@@ -124,20 +130,15 @@ async fn malformed_messages_are_invalid_argument_everywhere() {
     assert!(s.message().contains("nested too deeply"), "{s:?}");
     assert!(s.message().len() < 120, "{s:?}");
     // 20 levels are fine.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", api.addr))
-        .unwrap()
-        .connect()
+    raw_client(api.addr)
         .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    grpc.unary(
-        tonic::Request::new(nested(20)),
-        http::uri::PathAndQuery::from_static("/taskwire.v1.TaskService/SubmitTask"),
-        Raw,
-    )
-    .await
-    .expect("a 20-level input is accepted");
+        .unary(
+            tonic::Request::new(nested(20)),
+            http::uri::PathAndQuery::from_static("/taskwire.v1.TaskService/SubmitTask"),
+            Raw,
+        )
+        .await
+        .expect("a 20-level input is accepted");
 
     let store = Store::connect(&db.url, &Default::default()).await.unwrap();
     let (rows, _) = store

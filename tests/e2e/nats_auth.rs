@@ -175,28 +175,15 @@ async fn stream_messages(nats: &NatsServer, stream: &str) -> u64 {
 /// CA a client cannot connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_reach_nats_over_tls() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let file = |name: &str, pem: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, pem).unwrap();
-        p
-    };
-    let ca_file = file("ca.pem", ca.pem());
-    let cert_file = file("server.crt", cert.pem());
-    let key_file = file("server.key", key.serialize_pem());
+    let ca = taskwire_tests::TestCa::new("nats ca");
+    ca.issue_server(dir.path());
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
     let tls = format!(
         "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
-        cert_file.display(),
-        key_file.display()
+        dir.path().join("server.crt").display(),
+        dir.path().join("server.key").display()
     );
     let nats = NatsServer::start_with(&tls, Vec::new());
     let db = Db::Sqlite.create().await;

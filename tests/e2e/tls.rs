@@ -4,52 +4,10 @@
 
 use std::{path::Path, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use taskwire::pb::v1::{ListTasksRequest, task_service_client::TaskServiceClient};
-use taskwire_tests::{Db, NatsServer, api_config, eventually};
+use taskwire_tests::{Db, NatsServer, TestCa, api_config, eventually};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// A CA that signs certificates for 127.0.0.1 and localhost.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A leaf certificate and its key, PEM.
-    fn leaf(&self, name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// Writes a server certificate it signed to `dir`/server.{crt,key}, each file
-    /// replaced at once (written aside, then renamed), as cert-manager does.
-    fn issue_server(&self, dir: &Path) {
-        let (cert, key) = self.leaf("taskwire-api");
-        for (name, pem) in [("server.key", key), ("server.crt", cert)] {
-            let tmp = dir.join(format!("{name}.new"));
-            std::fs::write(&tmp, pem).unwrap();
-            std::fs::rename(&tmp, dir.join(name)).unwrap();
-        }
-    }
-}
 
 async fn connect(
     port: u16,
@@ -88,15 +46,18 @@ async fn answered(
         .map_err(|e| format!("{e:?}"))
 }
 
-/// Starts the api with TLS flags; returns its port and its stop token.
-async fn start_api(nats: &NatsServer, db_url: &str, tls: &[String]) -> (u16, CancellationToken) {
+/// Starts the api serving TLS with `dir`/server.{crt,key} and, with `mtls`, asking for
+/// client certificates `dir`/clients.pem signed; returns its port and its stop token.
+async fn start_api(
+    nats: &NatsServer,
+    db_url: &str,
+    dir: &Path,
+    mtls: bool,
+) -> (u16, CancellationToken) {
     let mut config = api_config(&nats.url(), db_url);
-    let flags = taskwire::config::ServeArgs::augment_args(clap::Command::new("x"))
-        .no_binary_name(true)
-        .try_get_matches_from(tls)
-        .unwrap();
-    config.serve =
-        <taskwire::config::ServeArgs as clap::FromArgMatches>::from_arg_matches(&flags).unwrap();
+    config.serve.tls_cert = Some(dir.join("server.crt"));
+    config.serve.tls_key = Some(dir.join("server.key"));
+    config.serve.tls_client_ca = mtls.then(|| dir.join("clients.pem"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let stop = CancellationToken::new();
@@ -104,28 +65,15 @@ async fn start_api(nats: &NatsServer, db_url: &str, tls: &[String]) -> (u16, Can
     (port, stop)
 }
 
-use clap::Args as _;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_the_ca_only_and_rotation_without_restart() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let nats = NatsServer::start();
     let db = Db::Sqlite.create().await;
     let dir = tempfile::tempdir().unwrap();
-    let first = Ca::new("first ca");
+    let first = TestCa::new("first ca");
     first.issue_server(dir.path());
-    let file = |n: &str| dir.path().join(n).display().to_string();
-    let (port, stop) = start_api(
-        &nats,
-        &db.url,
-        &[
-            "--tls-cert".into(),
-            file("server.crt"),
-            "--tls-key".into(),
-            file("server.key"),
-        ],
-    )
-    .await;
+    let (port, stop) = start_api(&nats, &db.url, dir.path(), false).await;
 
     let first_pem = first.pem();
     eventually("the api answers over TLS", || {
@@ -151,7 +99,7 @@ async fn tls_with_the_ca_only_and_rotation_without_restart() {
 
     // Rotation: a certificate from another CA replaces the files; new connections
     // get it within seconds, and the process never restarted.
-    let second = Ca::new("second ca");
+    let second = TestCa::new("second ca");
     second.issue_server(dir.path());
     let second_pem = second.pem();
     eventually("the rotated certificate is served", || {
@@ -178,24 +126,11 @@ async fn mtls_admits_only_signed_clients() {
     let nats = NatsServer::start();
     let db = Db::Sqlite.create().await;
     let dir = tempfile::tempdir().unwrap();
-    let server_ca = Ca::new("server ca");
+    let server_ca = TestCa::new("server ca");
     server_ca.issue_server(dir.path());
-    let clients = Ca::new("client ca");
+    let clients = TestCa::new("client ca");
     std::fs::write(dir.path().join("clients.pem"), clients.pem()).unwrap();
-    let file = |n: &str| dir.path().join(n).display().to_string();
-    let (port, stop) = start_api(
-        &nats,
-        &db.url,
-        &[
-            "--tls-cert".into(),
-            file("server.crt"),
-            "--tls-key".into(),
-            file("server.key"),
-            "--tls-client-ca".into(),
-            file("clients.pem"),
-        ],
-    )
-    .await;
+    let (port, stop) = start_api(&nats, &db.url, dir.path(), true).await;
     let ca = server_ca.pem();
     let (cert, key) = clients.leaf("billing");
     eventually("a client with a signed certificate gets in", || {
@@ -206,7 +141,7 @@ async fn mtls_admits_only_signed_clients() {
     answered(port, Some(&ca), None)
         .await
         .expect_err("no client certificate: refused");
-    let (stranger_cert, stranger_key) = Ca::new("stranger").leaf("mallory");
+    let (stranger_cert, stranger_key) = TestCa::new("stranger").leaf("mallory");
     answered(port, Some(&ca), Some((&stranger_cert, &stranger_key)))
         .await
         .expect_err("a certificate another CA signed: refused");

@@ -16,9 +16,11 @@
 //!   ([`Proc`], [`ApiProcess`], [`WorkerProcess`], [`DevProcess`], [`cli`]).
 //! - [`OtlpReceiver`] (`otlp`): an OTLP trace receiver (gRPC and HTTP) that keeps what
 //!   the processes export.
+//! - [`TestCa`] (`ca`): a certificate authority made per test, for TLS and mTLS.
 //! - [`eventually`]: polls a condition under a deadline instead of sleeping.
 #![forbid(unsafe_code)]
 
+mod ca;
 mod db;
 mod in_process;
 mod nats_server;
@@ -32,6 +34,7 @@ use std::{
     time::Duration,
 };
 
+pub use ca::TestCa;
 pub use db::{Db, TestDb};
 pub use in_process::*;
 pub use nats_server::{NATS_CONF, NatsCluster, NatsServer};

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use taskwire::auth::Bearer;
 use taskwire::pb::v1::{
     TaskEvent, WatchTaskRequest, task_service_client::TaskServiceClient,
     watch_service_client::WatchServiceClient,
@@ -18,8 +19,7 @@ use taskwire_tests::{
 };
 use tonic::{
     Streaming,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    service::interceptor::InterceptedService,
     transport::{Certificate, Channel, ClientTlsConfig},
 };
 
@@ -110,7 +110,7 @@ fn spawn(bin: &'static str, args: &[&str]) -> Proc {
 /// certificate, and an API key (submitter, one tenant).
 pub struct Secure {
     ca_pem: String,
-    bearer: MetadataValue<Ascii>,
+    bearer: Bearer,
     /// The certificate and key files the services read.
     dir: tempfile::TempDir,
 }
@@ -118,18 +118,9 @@ pub struct Secure {
 impl Secure {
     /// A CA, a certificate for 127.0.0.1 it signed, and a key in `db`.
     async fn make(db_url: &str) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("ca");
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .expect("params")
-            .signed_by(&key, &ca)
-            .expect("cert");
+        let ca = taskwire_tests::TestCa::new("bench ca");
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("tls.crt"), cert.pem()).expect("write cert");
-        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write key");
+        ca.issue_server(dir.path());
         let store = taskwire::store::Store::connect(db_url, &Default::default())
             .await
             .expect("database");
@@ -142,9 +133,7 @@ impl Secure {
         store.close().await;
         Self {
             ca_pem: ca.pem(),
-            bearer: format!("Bearer {}", token.reveal())
-                .parse()
-                .expect("ascii token"),
+            bearer: Bearer::new(Some(&token.reveal())).expect("ascii token"),
             dir,
         }
     }
@@ -156,9 +145,9 @@ impl Secure {
             "--auth".into(),
             "keys".into(),
             "--tls-cert".into(),
-            file("tls.crt"),
+            file("server.crt"),
             "--tls-key".into(),
-            file("tls.key"),
+            file("server.key"),
         ]
     }
 }
@@ -168,19 +157,6 @@ impl Secure {
 pub struct Target {
     pub addr: SocketAddr,
     secure: Option<Arc<Secure>>,
-}
-
-/// Sends the run's API key with every call (nothing when the run is not secure).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
 }
 
 /// A connection the workloads call through.
@@ -365,7 +341,7 @@ async fn try_channel(to: &Target) -> Result<Conn, tonic::transport::Error> {
         }
     };
     let bearer = to.secure.as_ref().map(|s| s.bearer.clone());
-    Ok(InterceptedService::new(channel, Bearer(bearer)))
+    Ok(InterceptedService::new(channel, bearer.unwrap_or_default()))
 }
 
 /// `n` connections to `to`, for clients to share.

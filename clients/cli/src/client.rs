@@ -4,6 +4,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use taskwire::auth::Bearer;
 use taskwire::backoff::Backoff;
 use taskwire::pb::v1::{
     CancelTaskRequest, GetQueueStatsRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest,
@@ -11,8 +12,7 @@ use taskwire::pb::v1::{
     watch_service_client::WatchServiceClient,
 };
 use tonic::{
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    service::interceptor::InterceptedService,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
@@ -111,19 +111,6 @@ pub struct Target {
     pub ca: Option<PathBuf>,
 }
 
-/// Sends `authorization: Bearer <token>` with every call, when there is a token.
-#[derive(Debug, Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 type Authed = InterceptedService<Channel, Bearer>;
 
 async fn channel(to: &Target) -> Result<Authed, CliError> {
@@ -145,18 +132,12 @@ async fn channel(to: &Target) -> Result<Authed, CliError> {
             .tls_config(tls)
             .map_err(|e| CliError::Usage(format!("TLS for {addr}: {e}")))?;
     }
-    let bearer = match &to.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| CliError::Usage("--token must be printable ASCII".into()))?,
-        ),
-        None => None,
-    };
+    let bearer = Bearer::new(to.token.as_deref())
+        .map_err(|_| CliError::Usage("--token must be printable ASCII".into()))?;
     let channel = endpoint.connect().await.map_err(|e| {
         CliError::Unreachable(format!("{addr}: {}", taskwire::telemetry::chain(&e)))
     })?;
-    Ok(InterceptedService::new(channel, Bearer(bearer)))
+    Ok(InterceptedService::new(channel, bearer))
 }
 
 async fn tasks(to: &Target) -> Result<TaskServiceClient<Authed>, CliError> {

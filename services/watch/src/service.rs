@@ -64,37 +64,37 @@ pub struct Quotas {
 impl Quotas {
     /// A place for one more stream of `principal`'s (both quotas for WatchTasks).
     fn admit(&self, principal: &Principal, watch_all: bool) -> Result<Vec<Permit>, Status> {
-        let retry = std::time::Duration::from_secs(1);
-        let mut permits = vec![
-            self.tenant_streams
-                .acquire(principal.tenant().as_str())
-                .ok_or_else(|| {
-                    limits::exhausted(
-                        format!(
-                            "this tenant has {} streams open on this replica; close one or retry later",
-                            self.tenant_streams.max()
-                        ),
-                        retry,
-                    )
-                })?,
-        ];
+        let tenant = principal.tenant();
+        let mut permits = vec![place(
+            &self.tenant_streams,
+            tenant.as_str(),
+            "this tenant",
+            "streams",
+        )?];
         if watch_all {
-            permits.push(
-                self.watch_all_per_key
-                    .acquire(&principal.key_id)
-                    .ok_or_else(|| {
-                        limits::exhausted(
-                            format!(
-                                "this key has {} WatchTasks streams open on this replica; close one or retry later",
-                                self.watch_all_per_key.max()
-                            ),
-                            retry,
-                        )
-                    })?,
-            );
+            permits.push(place(
+                &self.watch_all_per_key,
+                &principal.key_id,
+                "this key",
+                "WatchTasks streams",
+            )?);
         }
         Ok(permits)
     }
+}
+
+/// A place in `quota` for `key`, or RESOURCE_EXHAUSTED saying `who` has the most
+/// `what` it may open (retry in a second: streams end all the time).
+fn place(quota: &Quota, key: &str, who: &str, what: &str) -> Result<Permit, Status> {
+    quota.acquire(key).ok_or_else(|| {
+        limits::exhausted(
+            format!(
+                "{who} has {} {what} open on this replica; close one or retry later",
+                quota.max()
+            ),
+            std::time::Duration::from_secs(1),
+        )
+    })
 }
 
 /// What a stream's task queues for tonic. Boxed because tokio allocates a channel's
