@@ -21,6 +21,8 @@
 //!   conditional append to a task's history.
 //! - [`config`]: the command-line and `TASKWIRE_*` settings the processes share.
 //! - [`serve`]: serving gRPC and grpc-web the same way in every process.
+//! - [`rest`]: REST/JSON and Server-Sent Events, transcoded onto the gRPC services
+//!   from the proto's `google.api.http` routes; the OpenAPI document.
 //! - [`auth`], [`tls`]: who is calling and what they may see; TLS with certificates
 //!   reloaded from files.
 //! - [`service`]: what every service binary shares: its error type and its `main`.
@@ -38,6 +40,7 @@ pub mod json;
 pub mod limits;
 pub mod nats;
 pub mod pb;
+pub mod rest;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -1,5 +1,6 @@
-//! Serving gRPC the same way in every process: native gRPC and grpc-web (HTTP/1.1
-//! accepted, tonic-web) on one port, CORS for browser origins, server reflection (v1
+//! Serving gRPC the same way in every process: native gRPC, grpc-web (HTTP/1.1
+//! accepted, tonic-web) and REST/JSON with Server-Sent Events ([`crate::rest`]) on one
+//! port, CORS for browser origins, server reflection (v1
 //! and v1alpha: grpcurl 1.8 speaks only v1alpha) and grpc.health.v1; callers
 //! authenticated ([`crate::auth`]) and, when configured, TLS ([`crate::tls`]).
 //!
@@ -64,7 +65,7 @@ impl Cors {
         let h = HeaderName::from_static;
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
             .allow_headers([
                 h("content-type"),
                 h("x-grpc-web"),
@@ -72,11 +73,15 @@ impl Cors {
                 h("grpc-timeout"),
                 h("authorization"),
                 h("taskwire-caller"),
+                h("idempotency-key"),
+                h("last-event-id"),
+                h("cache-control"),
             ])
             .expose_headers([
                 h("grpc-status"),
                 h("grpc-message"),
                 h("grpc-status-details-bin"),
+                h("retry-after"),
             ])
             .max_age(Duration::from_secs(24 * 3600))
     }
@@ -181,9 +186,11 @@ pub fn check_exposure(
     ))
 }
 
-/// Serves `routes` on `listener` until `shutdown`, then drains in-flight calls.
+/// Serves `routes` (holding the gRPC services named in `services`, whose REST routes
+/// are served beside them) on `listener` until `shutdown`, then drains in-flight calls.
 pub async fn serve(
     routes: Routes,
+    services: &[&str],
     listener: TcpListener,
     serving: &Serving,
     shutdown: CancellationToken,
@@ -194,6 +201,8 @@ pub async fn serve(
         // started, so this never ends a long watch.
         .timeout(serving.request_timeout)
         .layer(serving.cors.layer())
+        // REST requests become native gRPC calls through everything below.
+        .layer(crate::rest::RestLayer::new(services))
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside grpc-web's: it sees native gRPC, whatever the client spoke; outside
         // the oversize rewrite and authentication: it counts the code the client gets.

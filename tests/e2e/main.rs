@@ -19,6 +19,7 @@ mod outage;
 mod reads;
 mod recorder;
 mod reflection;
+mod rest;
 mod store;
 mod submit;
 mod tls;

@@ -166,7 +166,14 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "api listening");
     }
-    let served = serve::serve(routes, listener, &serving, shutdown.clone()).await;
+    let served = serve::serve(
+        routes,
+        &[<TaskServiceServer<TaskApi> as tonic::server::NamedService>::NAME],
+        listener,
+        &serving,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = relay.await;
     let _ = admin.await;

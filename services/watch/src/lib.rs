@@ -128,7 +128,14 @@ pub async fn run(
         tracing::info!(%addr, "watch listening");
     }
     let running = tokio::spawn(watch.run(shutdown.clone()));
-    let served = serve::serve(routes, listener, &serving, shutdown.clone()).await;
+    let served = serve::serve(
+        routes,
+        &[<WatchServiceServer<WatchApi> as tonic::server::NamedService>::NAME],
+        listener,
+        &serving,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = running.await;
     let _ = admin.await;

@@ -236,13 +236,11 @@ impl System {
         health
             .set_serving::<WatchServiceServer<taskwire_watch::WatchApi>>()
             .await;
-        let checks = api.checks(vec![(
-            health,
-            vec![
-                <TaskServiceServer<taskwire_api::TaskApi> as tonic::server::NamedService>::NAME,
-                <WatchServiceServer<taskwire_watch::WatchApi> as tonic::server::NamedService>::NAME,
-            ],
-        )]);
+        let services = [
+            <TaskServiceServer<taskwire_api::TaskApi> as tonic::server::NamedService>::NAME,
+            <WatchServiceServer<taskwire_watch::WatchApi> as tonic::server::NamedService>::NAME,
+        ];
+        let checks = api.checks(vec![(health, services.to_vec())]);
         let admin_url = admin.local_addr().map(|a| format!("http://{a}/metrics"));
         let routes = Routes::new(api.service.clone()).add_service(watch.service.clone());
         let routes = serve::with_introspection(routes, health_service);
@@ -273,7 +271,7 @@ impl System {
         self.banner(dashboard.as_deref(), admin_url.as_deref());
 
         let serving = serve::Serving::open(Cors::Any);
-        let served = serve::serve(routes, listener, &serving, shutdown.clone()).await;
+        let served = serve::serve(routes, &services, listener, &serving, shutdown.clone()).await;
         shutdown.cancel();
         background.wait().await;
         served.map_err(DevError::Serve)
@@ -282,7 +280,7 @@ impl System {
     fn banner(&self, dashboard: Option<&str>, metrics: Option<&str>) {
         let addr = self.addr;
         println!(
-            "taskwire dev: serving gRPC and grpc-web on {addr} (ready in {:?})",
+            "taskwire dev: serving gRPC, grpc-web and REST on {addr} (ready in {:?})",
             self.started.elapsed()
         );
         match dashboard {
@@ -307,6 +305,10 @@ impl System {
         println!(
             "  or:        grpcurl -plaintext -d '{{\"kind\":\"demo.agent\",\"input\":{{\"prompt\":\"hi\",\"tokens\":40}}}}' {addr} taskwire.v1.TaskService/SubmitTask"
         );
+        println!(
+            "  or:        curl -N -d '{{\"kind\":\"demo.agent\",\"input\":{{\"tokens\":40}}}}' http://{addr}/v1/tasks, then curl -N http://{addr}/v1/tasks/<task_id>/events"
+        );
+        println!("  REST API:  http://{addr}/openapi.json");
         println!(
             "  Ctrl-C stops: running tasks get {GRACE} to finish, the rest resume at the next start; \
              a second Ctrl-C stops at once."
