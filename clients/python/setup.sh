@@ -17,4 +17,4 @@ if [ -n "$missing" ]; then
   echo "setup.sh: installing $(echo "$missing" | tr '\n' ' ')"
   "$py" -m pip install --quiet --disable-pip-version-check -r "$here/requirements-dev.txt"
 fi
-"$py" -c 'import grpc, grpc_tools, google.protobuf, nats, nkeys, pytest, pytest_asyncio, pytest_timeout'
+"$py" -c 'import grpc, grpc_tools, google.protobuf, google.api.annotations_pb2, nats, nkeys, pytest, pytest_asyncio, pytest_timeout'

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class TaskServiceStub:
-    """The front door: start tasks, read them, cancel them. Served by the api process.
+    """The front door: start tasks, read them, cancel them. Served by the api process,
+    over gRPC, grpc-web and HTTP/JSON: each RPC's `google.api.http` option is its REST
+    route (docs/rest.md).
     """
 
     def __init__(self, channel):
@@ -64,7 +66,9 @@ class TaskServiceStub:
 
 
 class TaskServiceServicer:
-    """The front door: start tasks, read them, cancel them. Served by the api process.
+    """The front door: start tasks, read them, cancel them. Served by the api process,
+    over gRPC, grpc-web and HTTP/JSON: each RPC's `google.api.http` option is its REST
+    route (docs/rest.md).
     """
 
     def SubmitTask(self, request, context):
@@ -168,7 +172,9 @@ def add_TaskServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TaskService:
-    """The front door: start tasks, read them, cancel them. Served by the api process.
+    """The front door: start tasks, read them, cancel them. Served by the api process,
+    over gRPC, grpc-web and HTTP/JSON: each RPC's `google.api.http` option is its REST
+    route (docs/rest.md).
     """
 
     @staticmethod
@@ -308,7 +314,8 @@ class TaskService:
 
 
 class WatchServiceStub:
-    """Live progress. Served by the watch process.
+    """Live progress. Served by the watch process. Over HTTP/JSON each stream is
+    Server-Sent Events: one `data:` line of proto3 JSON per TaskEvent (docs/rest.md).
     """
 
     def __init__(self, channel):
@@ -330,7 +337,8 @@ class WatchServiceStub:
 
 
 class WatchServiceServicer:
-    """Live progress. Served by the watch process.
+    """Live progress. Served by the watch process. Over HTTP/JSON each stream is
+    Server-Sent Events: one `data:` line of proto3 JSON per TaskEvent (docs/rest.md).
     """
 
     def WatchTask(self, request, context):
@@ -383,7 +391,8 @@ def add_WatchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class WatchService:
-    """Live progress. Served by the watch process.
+    """Live progress. Served by the watch process. Over HTTP/JSON each stream is
+    Server-Sent Events: one `data:` line of proto3 JSON per TaskEvent (docs/rest.md).
     """
 
     @staticmethod
