@@ -7,6 +7,8 @@
 //! # Layout
 //! - `raw`: R, raw JetStream, the reference of the same run.
 //! - `w1` .. `w5`: submit; end to end; round trip; fan-out; footprint.
+//! - `w1r`, `w4r`: W1 and W4 over REST/JSON and Server-Sent Events, through `rest`,
+//!   their HTTP/1.1 client.
 //! - `deployment`: the processes measured, on free loopback ports (through the test
 //!   harness's process and server helpers).
 //! - `procfs`: CPU time and resident memory of those processes.
@@ -15,11 +17,14 @@
 mod deployment;
 mod procfs;
 mod raw;
+mod rest;
 mod results;
 mod w1;
+mod w1r;
 mod w2;
 mod w3;
 mod w4;
+mod w4r;
 mod w5;
 
 use std::path::PathBuf;
@@ -40,16 +45,21 @@ enum Which {
 /// taskwire-bench: measure taskwire on this machine (loopback only, bounded).
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Workloads to run, comma-separated: r,w1,w2,w3,w4,w5.
-    #[arg(long, default_value = "r,w1,w2,w3,w4,w5", value_delimiter = ',')]
+    /// Workloads to run, comma-separated: r,w1,w1r,w2,w3,w4,w4r,w5 (w1r and w4r: W1
+    /// and W4 over REST and SSE).
+    #[arg(
+        long,
+        default_value = "r,w1,w1r,w2,w3,w4,w4r,w5",
+        value_delimiter = ','
+    )]
     workloads: Vec<String>,
     /// Database(s) to run against.
     #[arg(long, value_enum, default_value = "both")]
     db: Which,
-    /// Tasks for W1 and W2, messages for R.
+    /// Tasks for W1, W1R and W2, messages for R.
     #[arg(long, default_value_t = 20_000)]
     n: usize,
-    /// Concurrent clients for W1 and W2.
+    /// Concurrent clients for W1, W1R and W2.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// W1 open loop: offered submits per second, for --open-loop-secs.
@@ -63,9 +73,9 @@ pub struct Args {
     /// W3: sequential round trips.
     #[arg(long, default_value_t = 500)]
     round_trips: usize,
-    /// W4: concurrent WatchTask streams over --w4-tasks tasks, which emit progress so
-    /// that --w4-rate events per second are delivered to the streams in all, for
-    /// --w4-secs.
+    /// W4 and W4R: concurrent WatchTask streams over --w4-tasks tasks, which emit
+    /// progress so that --w4-rate events per second are delivered to the streams in
+    /// all, for --w4-secs. W4R opens a connection per stream.
     #[arg(long, default_value_t = 10_000)]
     w4_streams: usize,
     #[arg(long, default_value_t = 100)]
@@ -109,6 +119,24 @@ async fn main() {
         Which::Both => vec![(Db::Sqlite, "sqlite"), (Db::Postgres, "postgres")],
     };
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
+    // The REST client here speaks plain HTTP only (reqwest without a TLS feature).
+    let rest = !args.secure;
+    if args.secure && (wants("w1r") || wants("w4r")) {
+        eprintln!("W1R and W4R skipped: --secure serves TLS, the REST client is plain HTTP");
+    }
+    // W4R holds a socket per stream in this process and in the watch process, which
+    // inherits this limit: refuse now rather than fail minutes into the run.
+    if rest && wants("w4r") {
+        let needed = args.w4_streams as u64 + 1024;
+        if let Some(limit) = procfs::open_files_limit().filter(|l| *l < needed) {
+            eprintln!(
+                "W4R with {} streams needs about {needed} open files, the limit is {limit}: \
+                 raise it (ulimit -n {needed}) or lower --w4-streams",
+                args.w4_streams
+            );
+            std::process::exit(2);
+        }
+    }
     Results::header();
     if wants("r") {
         raw::run(&args, &mut results).await;
@@ -130,6 +158,11 @@ async fn main() {
             w1::run(&args, &d, name, &mut results).await;
             cpu.report(&d, &mut results, "W1", name);
         }
+        if rest && wants("w1r") {
+            let cpu = CpuSince::now(&d);
+            w1r::run(&args, &d, name, &mut results).await;
+            cpu.report(&d, &mut results, "W1R", name);
+        }
         if wants("w2") {
             let cpu = CpuSince::now(&d);
             w2::run(&args, &d, name, &mut results).await;
@@ -140,6 +173,9 @@ async fn main() {
         }
         if wants("w4") {
             w4::run(&args, &d, name, &mut results).await;
+        }
+        if rest && wants("w4r") {
+            w4r::run(&args, &d, name, &mut results).await;
         }
     }
     if wants("w5") {

@@ -1,4 +1,5 @@
-//! What /proc says about the deployment's processes: CPU time and resident memory.
+//! What /proc says about the deployment's processes: CPU time and resident memory;
+//! and this process's open-files limit, which the processes it starts inherit.
 
 use crate::{deployment::Deployment, results::Results};
 
@@ -21,6 +22,14 @@ pub fn rss_mb(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The soft limit on open files (sockets included) of this process and so of the
+/// deployment it starts; None if unlimited or unknown.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// CPU seconds used so far by each part of the deployment, the database server and

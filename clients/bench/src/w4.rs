@@ -1,4 +1,5 @@
-//! W4: fan-out, many WatchTask streams over a few tasks emitting progress.
+//! W4: fan-out, many WatchTask streams over a few tasks emitting progress. The tasks,
+//! what a stream records and the figures are shared with W4R, its SSE twin.
 
 use std::{
     sync::Arc,
@@ -11,6 +12,7 @@ use taskwire::{
         TaskState, task_service_client::TaskServiceClient, watch_service_client::WatchServiceClient,
     },
 };
+use tokio::task::JoinHandle;
 
 use crate::{
     Args,
@@ -22,6 +24,33 @@ use crate::{
 
 /// W4: many WatchTask streams over a few tasks that emit progress at a set rate.
 pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results) {
+    let ids = emitting_tasks(args, d).await;
+    let chans = Arc::new(channels(&d.watch(), 32).await);
+    let started = Instant::now();
+    let streams: Vec<_> = (0..args.w4_streams)
+        .map(|i| {
+            let chans = chans.clone();
+            let id = ids[i % ids.len()].clone();
+            tokio::spawn(async move {
+                let mut c = WatchServiceClient::new(chans[i % chans.len()].clone());
+                let mut s = crate::deployment::watch(&mut c, id).await;
+                let mut seen = Seen::default();
+                while let Ok(Some(e)) = s.message().await {
+                    seen.event(e.time.as_ref().map(json::timestamp_to_micros));
+                    if TaskState::try_from(e.state).is_ok_and(TaskState::is_terminal) {
+                        break;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    report(args, d, db, r, "W4", started, streams).await;
+}
+
+/// Submits --w4-tasks demo.agent tasks whose progress makes --w4-rate events a second
+/// across --w4-streams streams, for --w4-secs; their ids.
+pub async fn emitting_tasks(args: &Args, d: &Deployment) -> Vec<String> {
     let mut tasks = TaskServiceClient::new(channels(&d.api(), 1).await.remove(0));
     // Each stream should receive rate/streams events a second, so each task emits that.
     let delay_ms = (args.w4_streams as u64 * 1000 / args.w4_rate.max(1)).max(1);
@@ -43,36 +72,42 @@ pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results)
                 .task_id,
         );
     }
-    let chans = Arc::new(channels(&d.watch(), 32).await);
-    let started = Instant::now();
-    let streams: Vec<_> = (0..args.w4_streams)
-        .map(|i| {
-            let chans = chans.clone();
-            let id = ids[i % ids.len()].clone();
-            tokio::spawn(async move {
-                let mut c = WatchServiceClient::new(chans[i % chans.len()].clone());
-                let mut s = crate::deployment::watch(&mut c, id).await;
-                // (receipt, latency) of each live event; when the snapshot came.
-                let mut got = Vec::new();
-                let mut joined = None;
-                while let Ok(Some(e)) = s.message().await {
-                    let now = Instant::now();
-                    // The first event is the snapshot, not a live delivery.
-                    if joined.is_none() {
-                        joined = Some(now);
-                    } else if let Some(t) = &e.time {
-                        let sent = json::timestamp_to_micros(t);
-                        let lat = Duration::from_micros((json::now_micros() - sent).max(0) as u64);
-                        got.push((now, lat));
-                    }
-                    if TaskState::try_from(e.state).is_ok_and(TaskState::is_terminal) {
-                        break;
-                    }
-                }
-                (joined, got)
-            })
-        })
-        .collect();
+    ids
+}
+
+/// What one stream saw: when its snapshot came, and (receipt, latency) of each live
+/// event.
+#[derive(Debug, Default)]
+pub struct Seen {
+    joined: Option<Instant>,
+    got: Vec<(Instant, Duration)>,
+}
+
+impl Seen {
+    /// An event received now that was sent at `sent` (microseconds since the epoch).
+    pub fn event(&mut self, sent: Option<i64>) {
+        let now = Instant::now();
+        // The first event is the snapshot, not a live delivery.
+        if self.joined.is_none() {
+            self.joined = Some(now);
+        } else if let Some(sent) = sent {
+            let lat = Duration::from_micros((json::now_micros() - sent).max(0) as u64);
+            self.got.push((now, lat));
+        }
+    }
+}
+
+/// Waits for `streams` (started at `started`) while sampling the watch process's
+/// memory, then records the fan-out figures under `workload`.
+pub async fn report(
+    args: &Args,
+    d: &Deployment,
+    db: &'static str,
+    r: &mut Results,
+    workload: &'static str,
+    started: Instant,
+    streams: Vec<JoinHandle<Seen>>,
+) {
     // Peak resident memory of the watch process while the streams run.
     let watch_pid = d.watch_pid();
     let peak_kb = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -89,9 +124,9 @@ pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results)
     let mut all = Vec::new();
     let mut established = started;
     for s in streams {
-        let (joined, got) = s.await.expect("stream");
-        established = established.max(joined.unwrap_or(started));
-        all.extend(got);
+        let seen = s.await.expect("stream");
+        established = established.max(seen.joined.unwrap_or(started));
+        all.extend(seen.got);
     }
     sampler.abort();
     let peak = peak_kb.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
@@ -105,25 +140,25 @@ pub async fn run(args: &Args, d: &Deployment, db: &'static str, r: &mut Results)
         .map(|(_, l)| *l)
         .collect();
     r.add(
-        "W4",
+        workload,
         db,
         format!("all {} streams live after", args.w4_streams),
         (established - started).as_secs_f64() * 1000.0,
         "ms",
     );
     r.add(
-        "W4",
+        workload,
         db,
         format!("events/s delivered, all {} streams live", args.w4_streams),
         steady.len() as f64 / (end - established).as_secs_f64().max(1e-3),
         "/s",
     );
-    r.latencies("W4", db, "delivery latency, all streams live", steady);
+    r.latencies(workload, db, "delivery latency, all streams live", steady);
     r.latencies(
-        "W4",
+        workload,
         db,
         "delivery latency, start-up included",
         all.into_iter().map(|(_, l)| l).collect(),
     );
-    r.add("W4", db, "watch peak RSS", peak, "MB");
+    r.add(workload, db, "watch peak RSS", peak, "MB");
 }
