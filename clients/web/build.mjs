@@ -1,4 +1,5 @@
-// Bundles src/main.ts into dist/app.js and copies index.html and styles.css beside it.
+// Bundles src/main.ts into dist/app.js (the dashboard) and src/rest-api.ts into
+// dist/api.js (api.html, the REST routes), and copies the HTML and styles.css beside them.
 // `node build.mjs` (minified, with a source map) or `node build.mjs --dev` (readable).
 import { build } from "esbuild";
 import { copyFile, mkdir, rm } from "node:fs/promises";
@@ -12,8 +13,9 @@ const dev = process.argv.includes("--dev");
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });
 const result = await build({
-  entryPoints: [join(root, "src/main.ts")],
-  outfile: join(dist, "app.js"),
+  // Two pages, two bundles: api.html needs none of the dashboard's grpc-web code.
+  entryPoints: { app: join(root, "src/main.ts"), api: join(root, "src/rest-api.ts") },
+  outdir: dist,
   bundle: true,
   format: "iife",
   platform: "browser",
@@ -25,6 +27,9 @@ const result = await build({
   metafile: true,
 });
 await copyFile(join(root, "src/index.html"), join(dist, "index.html"));
+await copyFile(join(root, "src/api.html"), join(dist, "api.html"));
 await copyFile(join(root, "src/styles.css"), join(dist, "styles.css"));
-const bytes = result.metafile.outputs["dist/app.js"]?.bytes ?? Object.values(result.metafile.outputs)[0].bytes;
-console.log(`built dist/ (app.js ${(bytes / 1024).toFixed(1)} KiB)`);
+// The metafile's paths are relative to the working directory, wherever it is run from.
+const size = (name) => Object.entries(result.metafile.outputs).find(([path]) => path.endsWith(`dist/${name}`))?.[1].bytes ?? 0;
+const kib = (name) => `${name} ${(size(name) / 1024).toFixed(1)} KiB`;
+console.log(`built dist/ (${kib("app.js")}, ${kib("api.js")})`);

@@ -12,7 +12,10 @@
 #      compiled before the last change to src/: rebuild it)
 #   6. node --test test/ driving chromium with playwright-core; test/auth.test.mjs starts
 #      its own nats-server, taskwire-api and taskwire-watch with --auth keys (the
-#      binaries beside $TASKWIRE_BIN) and serves dist/ itself, to test the API key field
+#      binaries beside $TASKWIRE_BIN) and serves dist/ itself, to test the API key field;
+#      test/sse.test.mjs follows a task's REST event stream (SSE) with EventSource
+#      through a TCP proxy that drops it mid-task; test/rest-page.test.mjs checks
+#      api.html against the server's /openapi.json
 # Exits non-zero on any failure; always stops taskwire dev and removes its temp dir.
 # Env: TASKWIRE_BIN (default <repo>/target/debug/taskwire), TASKWIRE_NATS_SERVER
 # (default <repo>/.venv/bin/nats-server), CHROMIUM (default /usr/bin/chromium).

@@ -1,0 +1,270 @@
+// Server-Sent Events from the REST surface, followed by Chromium's own EventSource:
+// GET /v1/tasks/{id}/events resumes where a dropped connection left off. test.sh starts
+// `taskwire dev`, which serves REST on its gRPC address, and passes:
+//   TASKWIRE_GRPC_URL  the dev address (gRPC, grpc-web and REST), e.g. http://127.0.0.1:50051
+//   CHROMIUM           the browser binary (default /usr/bin/chromium)
+//
+// The page talks to the server through a TCP proxy started here, so the test can drop
+// the stream mid-task the way a flaky network would, and see the headers of every
+// request the browser makes (the reconnect's Last-Event-ID). The page is loaded from
+// the proxy itself (its /openapi.json), so the stream is same-origin: no CORS involved.
+// It submits a task: it must run after dashboard.test.mjs, whose paging test counts the
+// server's tasks (node --test runs the files one at a time, in name order).
+import assert from "node:assert/strict";
+import net from "node:net";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+
+const REST_URL = process.env.TASKWIRE_GRPC_URL;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+if (!REST_URL) throw new Error("TASKWIRE_GRPC_URL must be set (run test.sh)");
+
+const STEP = 30_000; // the bound for any one wait in this file
+const TERMINAL = new Set(["TASK_STATE_SUCCEEDED", "TASK_STATE_FAILED", "TASK_STATE_CANCELLED"]);
+
+let browser;
+let proxy;
+
+/**
+ * A TCP proxy on a free loopback port to `targetPort`. It reads the head of every
+ * HTTP/1.1 request passing through (a connection may carry several, kept alive), and
+ * `drop()` destroys every open connection while it goes on listening, so the browser's
+ * reconnect gets through.
+ */
+async function startProxy(targetPort) {
+  const sockets = new Set();
+  const requests = []; // { method, path, headers (lower-case names) }
+  const server = net.createServer((client) => {
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", close);
+      s.on("close", close);
+    }
+    // What the browser sent that is not yet a whole request head, and how many body
+    // bytes still to skip (the page only GETs, but a body must not be read as a head).
+    let pending = "";
+    let skip = 0;
+    client.on("data", (chunk) => {
+      pending += chunk.toString("latin1");
+      for (;;) {
+        if (skip > 0) {
+          const n = Math.min(skip, pending.length);
+          pending = pending.slice(n);
+          skip -= n;
+          if (skip > 0) break;
+        }
+        const end = pending.indexOf("\r\n\r\n");
+        if (end < 0) break;
+        const [requestLine, ...lines] = pending.slice(0, end).split("\r\n");
+        pending = pending.slice(end + 4);
+        const [method, path] = requestLine.split(" ");
+        const headers = {};
+        for (const line of lines) {
+          const colon = line.indexOf(":");
+          if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+        }
+        requests.push({ method, path, headers });
+        skip = Number(headers["content-length"] ?? 0);
+      }
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests,
+    drop() {
+      for (const s of sockets) s.destroy();
+    },
+    close() {
+      this.drop();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** A REST call straight to the server (not through the proxy); the parsed JSON answer. */
+async function rest(method, path, body) {
+  const res = await fetch(new URL(path, REST_URL), {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(STEP),
+  });
+  const text = await res.text();
+  assert.equal(res.status, 200, `${method} ${path}: HTTP ${res.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/**
+ * Reads a finite SSE stream to its end in node and returns its events as
+ * { id, data (parsed) }. Fails on an `event: error` (the server's status).
+ */
+async function readEvents(path) {
+  const res = await fetch(new URL(path, REST_URL), {
+    headers: { accept: "text/event-stream" },
+    signal: AbortSignal.timeout(STEP),
+  });
+  assert.equal(res.status, 200, `GET ${path}: HTTP ${res.status}`);
+  assert.match(res.headers.get("content-type") ?? "", /^text\/event-stream/);
+  const events = [];
+  // The stream closes after the terminal event, so text() ends.
+  for (const block of (await res.text()).split("\n\n")) {
+    const fields = {};
+    for (const line of block.split("\n")) {
+      if (line === "" || line.startsWith(":")) continue; // comments: keep-alives
+      const colon = line.indexOf(":");
+      const name = colon < 0 ? line : line.slice(0, colon);
+      fields[name] = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    }
+    if (fields.event === "error") assert.fail(`GET ${path} ended with an error: ${fields.data}`);
+    if (fields.data !== undefined) events.push({ id: fields.id, data: JSON.parse(fields.data) });
+  }
+  return events;
+}
+
+before(async () => {
+  proxy = await startProxy(Number(new URL(REST_URL).port));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: STEP,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await proxy?.close();
+});
+
+test("EventSource resumes a dropped task stream with Last-Event-ID, gap-free, and stops after the terminal event", async () => {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(STEP);
+  const pageErrors = [];
+  page.on("pageerror", (err) => pageErrors.push(String(err)));
+  // Playwright reports each EventSource request's answer: the last one should be 204.
+  const streamStatuses = [];
+  page.on("response", (res) => {
+    if (/^\/v1\/tasks\/[^/]+\/events$/.test(new URL(res.url()).pathname)) streamStatuses.push(res.status());
+  });
+  const opened = await page.goto(`${proxy.url}/openapi.json`, { timeout: STEP });
+  assert.equal(opened?.status(), 200, "the proxy's origin serves /openapi.json");
+
+  // Submitted once the page is ready, so it is watched from its start. Long enough
+  // (40 progress events over 4 s) to drop the stream mid-task and still have events
+  // to resume with.
+  const submitted = await rest("POST", "/v1/tasks", { kind: "demo.sleep", input: { seconds: 4, steps: 40 } });
+  const id = submitted.taskId;
+  assert.match(id, /^[0-9a-f-]{36}$/, `SubmitTask answered ${JSON.stringify(submitted)}`);
+  assert.equal(submitted.state, "TASK_STATE_QUEUED");
+
+  // Every event (its lastEventId and parsed data), and every open and error with the
+  // number of events received by then and the readyState it left the EventSource in.
+  // An `event: error` from the server also arrives as an "error", with data.
+  await page.evaluate((path) => {
+    const rec = { events: [], log: [] };
+    const es = new EventSource(path);
+    window.__sse = rec;
+    window.__es = es;
+    const note = (type, e) =>
+      rec.log.push({ type, at: rec.events.length, readyState: es.readyState, data: e.data ?? null });
+    es.addEventListener("open", (e) => note("open", e));
+    es.addEventListener("error", (e) => note("error", e));
+    es.addEventListener("message", (e) => rec.events.push({ lastEventId: e.lastEventId, data: JSON.parse(e.data) }));
+  }, `/v1/tasks/${id}/events`);
+
+  // A few events in, while the task still runs: drop every connection.
+  await page.waitForFunction(() => window.__sse.events.length >= 5, null, { timeout: STEP });
+  const beforeDrop = await page.evaluate(() => window.__sse.events.at(-1).data.state);
+  assert.ok(!TERMINAL.has(beforeDrop), `the task was still running at the drop (${beforeDrop}); make it longer`);
+  const requestsBeforeDrop = proxy.requests.length;
+  proxy.drop();
+
+  // The browser reconnects by itself (the server's `retry:` is 1 s), then follows the
+  // task to its end; the reconnect after the terminal event is answered 204, which
+  // closes the EventSource for good.
+  await page.waitForFunction(() => window.__sse.log.filter((l) => l.type === "open").length >= 2, null, { timeout: STEP });
+  await page.waitForFunction(() => window.__es.readyState === EventSource.CLOSED, null, { timeout: STEP });
+  const { events, log } = await page.evaluate(() => window.__sse);
+  const explain = `log ${JSON.stringify(log)}; requests ${JSON.stringify(proxy.requests.map((r) => [r.path, r.headers["last-event-id"]]))}`;
+
+  // The connection the drop cut: its error is the first one, after the first open.
+  assert.deepEqual(log.slice(0, 2).map((l) => l.type), ["open", "error"], explain);
+  const drop = log[1];
+  assert.equal(drop.readyState, 0, `after the drop it was reconnecting (CONNECTING): ${explain}`);
+  assert.ok(drop.at >= 5 && drop.at < events.length, `events arrived both before and after the drop: ${explain}`);
+  const lastBeforeDrop = events[drop.at - 1].lastEventId;
+  assert.ok(log.every((l) => l.data === null), `no error event from the server: ${explain}`);
+  assert.equal(log.filter((l) => l.type === "open").length, 2, `exactly one reconnect opened a stream: ${explain}`);
+  assert.deepEqual(log.at(-1), { type: "error", at: events.length, readyState: 2, data: null }, `closed last, with nothing after: ${explain}`);
+
+  // What the server was asked, as the proxy saw it: the first request without
+  // Last-Event-ID; after the drop the same URL with the last id received; and once
+  // more after the terminal event.
+  const streamRequests = proxy.requests.filter((r) => r.path === `/v1/tasks/${id}/events`);
+  assert.equal(streamRequests.length, 3, explain);
+  assert.equal(streamRequests[0].headers["last-event-id"], undefined, explain);
+  assert.ok(proxy.requests.indexOf(streamRequests[1]) >= requestsBeforeDrop, `the resume came after the drop: ${explain}`);
+  assert.equal(streamRequests[1].headers["last-event-id"], lastBeforeDrop, explain);
+  assert.equal(streamRequests[2].headers["last-event-id"], events.at(-1).lastEventId, explain);
+  // Playwright's response events may trail the page's by a moment.
+  for (const deadline = Date.now() + STEP; streamStatuses.length < 3 && Date.now() < deadline; ) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.deepEqual(streamStatuses, [200, 200, 204], `the answers to the three requests: ${explain}`);
+
+  // Every event is this task's, its id is its seq, and seqs strictly increase: nothing
+  // received twice across the reconnect.
+  for (const e of events) {
+    assert.equal(e.data.taskId, id);
+    assert.equal(e.lastEventId, e.data.seq, "id: is the event's seq");
+    assert.match(e.data.seq, /^[1-9][0-9]*$/);
+  }
+  const seqs = events.map((e) => BigInt(e.data.seq));
+  for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `seq ${seqs[i]} after ${seqs[i - 1]} (event ${i}): ${explain}`);
+
+  // Nothing skipped either: the first event is the snapshot (the state as of its seq),
+  // and every stored event after it must have arrived, as the server's own history
+  // (read to its end, straight from the server) has them. Seqs are not contiguous, so
+  // only this comparison can show a gap.
+  const history = await readEvents(`/v1/tasks/${id}/events?after_seq=${events[0].data.seq}`);
+  assert.ok(history.length >= 5, `the history after the first event holds more events (${history.length})`);
+  assert.deepEqual(
+    events.map((e) => e.data.seq),
+    [events[0].data.seq, ...history.map((e) => e.data.seq)],
+    "the browser received exactly the task's history from its first event on",
+  );
+  assert.deepEqual(events.slice(1).map((e) => e.data), history.map((e) => e.data), "the same events, field for field");
+  assert.deepEqual(history.map((e) => e.id), history.map((e) => e.data.seq));
+
+  assert.equal(events.at(-1).data.state, "TASK_STATE_SUCCEEDED");
+  assert.ok(events.slice(0, -1).every((e) => !TERMINAL.has(e.data.state)), "only the last event is terminal");
+  assert.ok(events.some((e) => e.data.progress && e.data.progress.fraction > 0 && e.data.progress.fraction < 1), "progress in between");
+  assert.equal((await rest("GET", `/v1/tasks/${id}`)).state, "TASK_STATE_SUCCEEDED");
+
+  // Resuming at the terminal event is 204 No Content: what stopped the EventSource.
+  const resumed = await fetch(new URL(`/v1/tasks/${id}/events`, REST_URL), {
+    headers: { accept: "text/event-stream", "last-event-id": events.at(-1).lastEventId },
+    signal: AbortSignal.timeout(STEP),
+  });
+  assert.equal(resumed.status, 204);
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
