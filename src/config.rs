@@ -361,27 +361,44 @@ fn parse_database_url(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Parses a duration such as `250ms`, `5s`, `2m` or `1h`.
+/// Parses a duration such as `250ms`, `5s`, `2m`, `1h` or `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h"))?;
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m, h or d"))?;
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a number followed by ms, s, m or h"))?;
+        .map_err(|_| format!("{s:?} is not a number followed by ms, s, m, h or d"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+        "d" => n * 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 24.0 * 3600.0 {
         return Err(format!("{s:?} must be positive and at most a year"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A retention age: how long to keep something, or (`None`) for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepFor(pub Option<Duration>);
+
+/// Parses a retention age: a duration (`7d`, `720h`), or `off` to keep for good.
+pub fn parse_retention(s: &str) -> Result<KeepFor, String> {
+    if s.trim() == "off" {
+        return Ok(KeepFor(None));
+    }
+    parse_duration(s).map(|d| KeepFor(Some(d)))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! - `outbox`: the transactional outbox's rows and leases.
 //! - `projection`: applying task events to records ([`EventUpdate`]).
 //! - `keys`: API keys' rows (`crate::auth` makes and checks them).
+//! - `retention`: deleting terminal tasks past their age ([`Retention`]).
 //!
 //! Every call runs under a deadline, so a database that hangs is reported as
 //! [`Error::Unavailable`] instead of hanging the caller.
@@ -23,6 +24,7 @@ mod keys;
 mod outbox;
 mod projection;
 mod read;
+mod retention;
 
 use std::{future::Future, sync::Once, time::Duration};
 
@@ -36,6 +38,7 @@ pub use insert::{Inserted, NewTask, Writer};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use projection::EventUpdate;
 pub use read::{FinishedCount, ListQuery, PageToken, TaskRecord};
+pub use retention::Retention;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

@@ -55,6 +55,8 @@ pub const RECORDER_LAG_EVENTS: &str = "taskwire_recorder_lag_events";
 pub const RECORDER_LAG_SECONDS: &str = "taskwire_recorder_lag_seconds";
 /// Events applied to the database by the recorder.
 pub const RECORDER_EVENTS: &str = "taskwire_recorder_events_total";
+/// Terminal tasks deleted by retention, by `state`.
+pub const TASKS_EXPIRED: &str = "taskwire_tasks_expired_total";
 /// Outbox rows (tasks committed, publish not yet confirmed or cleaned up).
 pub const OUTBOX_ROWS: &str = "taskwire_outbox_rows";
 /// Age of the oldest outbox row (0 when empty).
@@ -173,6 +175,7 @@ fn describe() {
         RECORDER_EVENTS,
         "Events applied to the database by the recorder"
     );
+    describe_counter!(TASKS_EXPIRED, "Terminal tasks deleted by retention");
     describe_gauge!(
         OUTBOX_ROWS,
         "Outbox rows (tasks committed, publish not yet confirmed)"

@@ -20,6 +20,7 @@ mod reads;
 mod recorder;
 mod reflection;
 mod rest;
+mod retention;
 mod store;
 mod submit;
 mod tls;

@@ -5,10 +5,13 @@
 //! and applies each batch in one transaction, then acks it. Applying is idempotent:
 //! an event whose seq is at most the task's `last_seq` changes nothing, so a restart,
 //! a redelivery or a full replay of the stream leaves the database as it was.
+//!
+//! It also deletes terminal tasks past their retention age (`retention`).
 #![forbid(unsafe_code)]
 
 mod advisories;
 pub mod config;
+pub mod retention;
 
 use std::time::Duration;
 
@@ -37,6 +40,9 @@ pub struct Recorder {
     advisories: advisories::Advisories,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
+    retention: taskwire::store::Retention,
+    retention_interval: std::time::Duration,
+    retention_batch: u32,
 }
 
 impl Recorder {
@@ -57,6 +63,9 @@ impl Recorder {
             advisories: advisories::Advisories::build(js.clone()).await?,
             consumer: nats::setup_recorder_consumer(&js).await?,
             batch: config.batch as usize,
+            retention: config.retention(),
+            retention_interval: config.retention_interval,
+            retention_batch: config.retention_batch,
         })
     }
 
@@ -76,6 +85,13 @@ impl Recorder {
         tracing::info!("recorder running");
         let advisories = tokio::spawn(self.advisories.run(shutdown.clone()));
         let lag = tokio::spawn(report_lag(self.js.clone(), shutdown.clone()));
+        let retention = tokio::spawn(retention::run(
+            self.store.clone(),
+            self.retention,
+            self.retention_interval,
+            self.retention_batch,
+            shutdown.clone(),
+        ));
         let mut messages = match self.consumer.messages().await {
             Ok(m) => m,
             Err(e) => {
@@ -107,6 +123,7 @@ impl Recorder {
         }
         let _ = advisories.await;
         let _ = lag.await;
+        let _ = retention.await;
         self.store.close().await;
     }
 }

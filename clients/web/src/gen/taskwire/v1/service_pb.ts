@@ -40,7 +40,8 @@ export type SubmitTaskRequest = Message<"taskwire.v1.SubmitTaskRequest"> & {
 
   /**
    * Optional. A repeat with the same key from the same caller returns the first
-   * task's id (deduplicated = true), forever. Up to 256 printable ASCII characters.
+   * task's id (deduplicated = true), for as long as that task is kept (terminal tasks
+   * expire: 7 days after SUCCEEDED by default). Up to 256 printable ASCII characters.
    *
    * @generated from field: string idempotency_key = 3;
    */
