@@ -134,17 +134,35 @@ pub fn kind_consumer(kind: &str) -> String {
     )
 }
 
+/// Tasks of one kind delivered and not yet acknowledged, at most, when the kind has no
+/// limit of its own.
+pub const UNLIMITED_RUNNING: i64 = 10_000;
+
 /// Creates or updates the durable pull consumer of one kind's tasks: explicit acks,
 /// redelivery after `ack_wait` without an ack or heartbeat, no `backoff` list (a
 /// retry's delay is the worker's NAK delay), and `max_deliver` as a backstop above any
 /// task's own max_attempts.
+///
+/// `max_running` is the kind's limit across all workers: the consumer's
+/// `max_ack_pending`, so JetStream delivers no more of its tasks while that many are
+/// unacknowledged (running, or waiting out a retry's delay). `Some(0)` removes a
+/// limit; `None` keeps whatever the consumer has, so a worker started without the
+/// flag does not lift a limit another set.
 pub async fn setup_kind_consumer(
     js: &Context,
     kind: &str,
     ack_wait: Duration,
     max_deliver: i64,
+    max_running: Option<u32>,
 ) -> Result<Consumer<pull::Config>, Error> {
     let name = kind_consumer(kind);
+    let max_ack_pending = match max_running {
+        Some(0) => UNLIMITED_RUNNING,
+        Some(n) => i64::from(n),
+        None => current_max_ack_pending(js, &name)
+            .await?
+            .unwrap_or(UNLIMITED_RUNNING),
+    };
     create_consumer(
         js,
         TASKS_STREAM,
@@ -156,10 +174,27 @@ pub async fn setup_kind_consumer(
             // A worker enforces the task's own limit from the delivery count; when
             // this cap is reached, the recorder handles the MAX_DELIVERIES advisory.
             max_deliver,
-            max_ack_pending: 10_000,
+            max_ack_pending,
             ..Default::default()
         },
     )
+    .await
+}
+
+/// The `max_ack_pending` of an existing consumer of TASKWIRE_TASKS.
+async fn current_max_ack_pending(js: &Context, name: &str) -> Result<Option<i64>, Error> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    super::at_startup(&format!("reading consumer {name}"), || async {
+        let tasks = js
+            .get_stream_no_info(TASKS_STREAM)
+            .await
+            .map_err(|e| Error::unavailable("opening the task stream", e))?;
+        match tasks.consumer_info(name).await {
+            Ok(info) => Ok(Some(info.config.max_ack_pending)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::unavailable(format!("reading consumer {name}"), e)),
+        }
+    })
     .await
 }
 
@@ -305,6 +340,8 @@ pub struct QueueStats {
     pub unacked: u64,
     /// How long the oldest task not yet delivered has waited (`None` if none waits).
     pub oldest_waiting: Option<Duration>,
+    /// The kind's limit on tasks running at once across all workers, if it has one.
+    pub max_running: Option<u64>,
 }
 
 /// Every kind's queue: one request for the consumer list, and one per kind with tasks
@@ -342,11 +379,13 @@ pub async fn queue_stats(js: &Context) -> Result<Vec<QueueStats>, Error> {
         } else {
             None
         };
+        let limit = info.config.max_ack_pending;
         out.push(QueueStats {
             kind,
             waiting: info.num_pending,
             unacked: info.num_ack_pending as u64,
             oldest_waiting,
+            max_running: (limit > 0 && limit < UNLIMITED_RUNNING).then_some(limit as u64),
         });
     }
     out.sort_by(|a, b| a.kind.cmp(&b.kind));

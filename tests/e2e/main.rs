@@ -11,6 +11,7 @@ mod crash;
 mod dev;
 mod grpc_web;
 mod idempotency;
+mod kind_limits;
 mod list;
 mod malformed;
 mod metrics;

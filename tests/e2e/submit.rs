@@ -184,6 +184,7 @@ async fn queue_stats_show_waiting_and_finished_tasks(db: Db) {
         "queued.kind",
         std::time::Duration::from_secs(30),
         101,
+        None,
     )
     .await
     .unwrap();

@@ -118,6 +118,7 @@ pub fn kind_json(k: &taskwire::pb::v1::KindStats) -> Value {
         "kind": k.kind,
         "waiting": k.waiting,
         "running": k.running,
+        "max_running": (k.max_running > 0).then_some(k.max_running),
         "oldest_waiting_seconds": k.oldest_waiting.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
         "succeeded": k.succeeded,
         "failed": k.failed,
@@ -142,11 +143,16 @@ pub fn kinds_table(stats: &taskwire::pb::v1::GetQueueStatsResponse) -> String {
                 format!("{:.1}h", s / 3600.0)
             }
         });
+        // A kind with a limit on tasks running at once shows it: `2/2` is full.
+        let running = match k.max_running {
+            0 => k.running.to_string(),
+            max => format!("{}/{max}", k.running),
+        };
         out += &format!(
             "{:<28} {:>8} {:>8} {:>10} {:>10} {:>8}  {}\n",
             k.kind,
             k.waiting,
-            k.running,
+            running,
             oldest,
             k.succeeded,
             k.failed,

@@ -206,12 +206,14 @@ function renderTile(t: Tile, k: KindStats, minutes: number, now: number): void {
   const d = t.li.dataset;
   d.waiting = String(k.waiting);
   d.running = String(k.running);
+  d.maxRunning = String(k.maxRunning);
   d.succeeded = String(k.succeeded);
   d.failed = String(k.failed);
   d.oldestMs = oldestMs === undefined ? "" : String(Math.round(oldestMs));
   t.li.classList.toggle("backlog", k.waiting > 0n);
   t.waiting.textContent = String(k.waiting);
-  t.running.textContent = String(k.running);
+  // A kind limited to N at once across workers (--max-running) shows "running/N".
+  t.running.textContent = k.maxRunning > 0n ? `${k.running}/${k.maxRunning}` : String(k.running);
   t.oldest.textContent = oldestMs === undefined ? "—" : formatDuration(oldestMs);
   t.succeeded.textContent = String(k.succeeded);
   t.failed.textContent = String(k.failed);

@@ -73,6 +73,7 @@ impl TaskApi {
             let s = kinds.get_mut(&k).expect("just inserted");
             s.waiting = q.waiting;
             s.running = q.unacked;
+            s.max_running = q.max_running.unwrap_or(0);
             s.oldest_waiting = q
                 .oldest_waiting
                 .and_then(|d| prost_types::Duration::try_from(d).ok());

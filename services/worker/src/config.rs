@@ -55,13 +55,50 @@ pub struct Config {
     #[arg(long, env = "TASKWIRE_MAX_DELIVER", default_value_t = 101, hide = true, value_parser = clap::value_parser!(i64).range(2..=10_000))]
     pub max_deliver: i64,
 
+    /// At most N tasks of KIND run at once across all workers (`KIND=N`, repeatable or
+    /// comma-separated; N = 0 lifts a limit). A kind not named keeps the limit it has,
+    /// so set it on one worker, or the same on all.
+    #[arg(long = "max-running", env = "TASKWIRE_MAX_RUNNING", value_delimiter = ',', value_parser = parse_kind_limit)]
+    pub max_running: Vec<KindLimit>,
+
     /// On SIGTERM, how long running handlers may take to finish before they are
     /// stopped and their tasks handed back for another worker.
     #[arg(long, env = "TASKWIRE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 
+/// One `--max-running KIND=N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindLimit {
+    pub kind: String,
+    pub max: u32,
+}
+
+fn parse_kind_limit(s: &str) -> Result<KindLimit, String> {
+    let (kind, max) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must be KIND=N, e.g. demo.sleep=2"))?;
+    let kind = taskwire::domain::TaskKind::parse(kind.trim()).map_err(|e| e.to_string())?;
+    let max = max
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: N must be a whole number (0 lifts the limit)"))?;
+    Ok(KindLimit {
+        kind: kind.to_string(),
+        max,
+    })
+}
+
 impl Config {
+    /// The `--max-running` given for `kind`, if any (the last one wins).
+    pub fn max_running_of(&self, kind: &str) -> Option<u32> {
+        self.max_running
+            .iter()
+            .rev()
+            .find(|l| l.kind == kind)
+            .map(|l| l.max)
+    }
+
     /// How often a running task's message gets an in-progress ack: a third of
     /// ack_wait, so two can be lost before JetStream would redeliver.
     pub fn heartbeat(&self) -> Duration {

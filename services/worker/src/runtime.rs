@@ -60,7 +60,14 @@ impl Worker {
         let mut consumers = Vec::new();
         for kind in registry.kinds() {
             consumers.push(
-                nats::setup_kind_consumer(&js, &kind, config.ack_wait, config.max_deliver).await?,
+                nats::setup_kind_consumer(
+                    &js,
+                    &kind,
+                    config.ack_wait,
+                    config.max_deliver,
+                    config.max_running_of(&kind),
+                )
+                .await?,
             );
         }
         taskwire::telemetry::metrics::gauge!(taskwire::telemetry::metrics::WORKER_SLOTS, "state" => "free")
