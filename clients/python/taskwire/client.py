@@ -707,10 +707,12 @@ class Client:
 
     def queue_stats(self, window_minutes: int = 0, *, timeout: Optional[float] = None) -> GetQueueStatsResponse:
         """Every kind's queue (``TaskService/GetQueueStats``, what ``taskwire kinds``
-        shows): ``kinds``, each with ``waiting``, ``running``, ``oldest_waiting`` (a
-        Duration; ``HasField`` is false when none waits), ``succeeded``, ``failed`` and
-        ``finished_per_minute`` (oldest first; the last is the current minute) over the
-        last ``window_minutes`` (1 to 60; 0 = the server's default, 15)."""
+        shows): ``kinds``, each with ``waiting``, ``running``, ``max_running`` (the
+        kind's limit on tasks running at once across all workers; 0 = none),
+        ``oldest_waiting`` (a Duration; ``HasField`` is false when none waits),
+        ``succeeded``, ``failed`` and ``finished_per_minute`` (oldest first; the last
+        is the current minute) over the last ``window_minutes`` (1 to 60; 0 = the
+        server's default, 15)."""
         req = service_pb2.GetQueueStatsRequest(window_minutes=window_minutes or 0)
         return self._unary("TaskService/GetQueueStats", self._tasks.GetQueueStats, req, timeout)
 

@@ -27,8 +27,13 @@ a credentials file or an nkey seed file, over TLS with a CA and optionally a cli
 certificate (each a :class:`Worker` argument that defaults to the same ``TASKWIRE_NATS_*``
 environment variable as the Rust workers' flag), and with the inbox prefix
 ``_INBOX_taskwire-worker``, so that NATS's per-role users (deploy/nats-permissions.conf)
-confine it like a Rust worker. It never creates or updates a stream, and it creates
-(or updates) and pulls only its own kinds' consumers.
+confine it like a Rust worker. It never creates or updates a stream, and it reads,
+creates (or updates) and pulls only its own kinds' consumers.
+
+A kind may have a limit on its tasks running at once across all workers
+(``Worker(max_running={"py.reverse": 2})``, the Rust workers' ``--max-running KIND=N``):
+the kind's consumer's ``max_ack_pending``. A worker not given one for a kind keeps the
+consumer's current value, so it never lifts a limit another worker set.
 
 What it does for every delivery (docs/protocol.md §5): decode; on a redelivery, leave
 the message alone (no ack, no NAK) if the task's attempt still runs, here or on a live
@@ -68,7 +73,7 @@ import ssl
 import time
 import uuid
 from urllib.parse import urlsplit
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -105,6 +110,12 @@ SCHEMA_HEADER = "Taskwire-Schema"
 SCHEMA_VERSION = "1"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MAX_ATTEMPTS_LIMIT = 100
+
+# A kind's consumer's max_ack_pending when the kind has no limit on tasks running at
+# once across all workers (docs/protocol.md §3; the Rust workers' UNLIMITED_RUNNING).
+UNLIMITED_RUNNING = 10_000
+# The largest limit a Rust worker's --max-running KIND=N takes (N is a u32).
+_MAX_RUNNING_LIMIT = 2**32 - 1
 
 # Where replies to the worker's requests and its pulls' messages arrive, as for the Rust
 # workers (`_INBOX_<process name>`): the only inbox deploy/nats-permissions.conf lets the
@@ -150,6 +161,40 @@ def kind_consumer(kind: str) -> str:
 
 def valid_kind(kind: str) -> bool:
     return bool(_KIND_RE.match(kind)) and "" not in kind.split(".")
+
+
+def _kind_limits(max_running: Optional[Mapping[str, int]]) -> dict[str, int]:
+    """Checks ``Worker(max_running=...)``: valid kinds, whole numbers 0..=2^32-1."""
+    limits: dict[str, int] = {}
+    for kind, n in (max_running or {}).items():
+        if not isinstance(kind, str) or not valid_kind(kind):
+            raise ValueError(
+                f"max_running: invalid task kind {kind!r}: [a-z0-9][a-z0-9._-]{{0,127}}, no empty dot part"
+            )
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _MAX_RUNNING_LIMIT:
+            raise ValueError(
+                f"max_running[{kind!r}] must be a whole number 0..={_MAX_RUNNING_LIMIT} (0 lifts the limit), not {n!r}"
+            )
+        limits[kind] = int(n)
+    return limits
+
+
+def _parse_kind_limits(text: str) -> list[tuple[str, int]]:
+    """``--max-running KIND=N[,KIND=N...]``, as the Rust workers' flag takes it."""
+    out: list[tuple[str, int]] = []
+    for item in text.split(","):
+        kind, sep, n = item.partition("=")
+        kind, n = kind.strip(), n.strip()
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{item!r} must be KIND=N, e.g. demo.sleep=2")
+        if not valid_kind(kind):
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: invalid task kind {kind!r}: [a-z0-9][a-z0-9._-]{{0,127}}, no empty dot part"
+            )
+        if not (n.isascii() and n.isdigit()) or int(n) > _MAX_RUNNING_LIMIT:
+            raise argparse.ArgumentTypeError(f"{item!r}: N must be a whole number (0 lifts the limit)")
+        out.append((kind, int(n)))
+    return out
 
 
 def backoff(attempt: int, base: float = 1.0, maximum: float = 300.0) -> float:
@@ -576,6 +621,16 @@ class Worker:
     ``max_deliver`` is the consumer's backstop (docs/protocol.md §3: 101); like
     ``ack_wait``, it must match the other workers of the same kinds.
 
+    ``max_running`` (``{kind: N}``, the Rust workers' ``--max-running KIND=N``) limits
+    a kind to at most N tasks running at once across all workers, in any language: it
+    is the kind's shared consumer's ``max_ack_pending``, so JetStream delivers no more
+    of its tasks while N are unacknowledged (running, or waiting out a retry's delay).
+    N = 0 lifts a limit (``max_ack_pending`` 10 000, the default). A kind not named
+    keeps what its consumer has: the worker reads the consumer first and reuses its
+    ``max_ack_pending`` (10 000 for a new consumer), so a worker without a limit never
+    lifts one another worker set. Set a limit on one worker, or the same on all. Named
+    kinds without a handler here are ignored (with a warning at :meth:`start`).
+
     Connecting to a NATS that checks who connects (docs/security.md, "NATS"), as the
     Rust workers' flags do; each argument defaults to the same environment variable
     (``None``: read it; ``""``: none, whatever it says):
@@ -614,6 +669,7 @@ class Worker:
         nats_timeout: float = 5.0,
         stream_wait: float = 30.0,
         max_deliver: int = MAX_ATTEMPTS_LIMIT + 1,
+        max_running: Optional[Mapping[str, int]] = None,
         name: str = "taskwire-worker-py",
         nats_user: Optional[str] = None,
         nats_password: Optional[str] = None,
@@ -638,6 +694,9 @@ class Worker:
         self.nats_timeout = float(nats_timeout)
         self.stream_wait = float(stream_wait)
         self.max_deliver = int(max_deliver)
+        # The kinds given a limit on tasks running at once (0 = lift it); kinds not
+        # named keep their consumer's.
+        self.max_running: dict[str, int] = _kind_limits(max_running)
         self.name = name
         self.inbox_prefix = inbox_prefix
         self._auth = _NatsAuth.resolve(
@@ -795,10 +854,15 @@ class Worker:
         # NATS user may subscribe to (deploy/nats-permissions.conf).
         self._cancel_sub = await self._nc.subscribe("taskwire.cancel.*", cb=self._on_cancel)
         self._running_sub = await self._nc.subscribe("taskwire.running.*", cb=self._on_running)
+        unserved = sorted(set(self.max_running) - set(self._handlers))
+        if unserved:
+            log.warning("max_running names kinds this worker has no handler for (ignored): %s", unserved)
         for kind in self.kinds:
-            # Only the kinds' own consumers: created (or updated to these settings) by
-            # name, then pulled; no other JetStream call (no stream, no other consumer).
+            # Only the kinds' own consumers: read, created (or updated to these
+            # settings) by name, then pulled; no other JetStream call (no stream, no
+            # other consumer).
             name = kind_consumer(kind)
+            max_ack_pending = await self._max_ack_pending(kind, name)
             config = js_api.ConsumerConfig(
                 durable_name=name,
                 filter_subject=f"taskwire.tasks.{kind}",
@@ -806,20 +870,41 @@ class Worker:
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=self.ack_wait,
                 max_deliver=self.max_deliver,
-                max_ack_pending=10_000,
+                max_ack_pending=max_ack_pending,
             )
             try:
                 await self._js.add_consumer(TASKS_STREAM, config=config)
             except nats.errors.TimeoutError as e:
                 # A request NATS's permissions refuse is dropped: it times out.
-                raise RuntimeError(
-                    f"creating the consumer {name} of kind {kind} on {TASKS_STREAM} got no answer from "
-                    f"{self.nats_url} within {self.nats_timeout:g}s; if NATS confines the worker's user "
-                    f"({self._auth.describe()}), its permissions must name the kind: "
-                    f"`taskwire nats-permissions --kind {kind} ...`"
-                ) from e
+                raise self._no_answer("creating", name, kind) from e
+            if max_ack_pending != UNLIMITED_RUNNING:
+                log.info("kind %s: at most %d task(s) run at once across all workers", kind, max_ack_pending)
             self._subs[kind] = await self._js.pull_subscribe_bind(durable=name, stream=TASKS_STREAM)
         self._slots = _Slots(self.concurrency)
+
+    async def _max_ack_pending(self, kind: str, name: str) -> int:
+        """The ``max_ack_pending`` the kind's consumer gets (docs/protocol.md §3): the
+        kind's ``max_running`` if given (0: no limit, 10 000); else what the consumer
+        has now, so that a limit another worker set stays; 10 000 for a new consumer."""
+        limit = self.max_running.get(kind)
+        if limit is not None:
+            return limit if limit > 0 else UNLIMITED_RUNNING
+        try:
+            info = await self._js.consumer_info(TASKS_STREAM, name)
+        except nats.js.errors.NotFoundError:
+            return UNLIMITED_RUNNING
+        except nats.errors.TimeoutError as e:
+            raise self._no_answer("reading", name, kind) from e
+        current = info.config.max_ack_pending
+        return UNLIMITED_RUNNING if current is None else int(current)
+
+    def _no_answer(self, doing: str, name: str, kind: str) -> RuntimeError:
+        return RuntimeError(
+            f"{doing} the consumer {name} of kind {kind} on {TASKS_STREAM} got no answer from "
+            f"{self.nats_url} within {self.nats_timeout:g}s; if NATS confines the worker's user "
+            f"({self._auth.describe()}), its permissions must name the kind: "
+            f"`taskwire nats-permissions --kind {kind} ...`"
+        )
 
     async def _wait_for_streams(self) -> None:
         deadline = time.monotonic() + self.stream_wait
@@ -1391,6 +1476,15 @@ def main_args(argv: Optional[list[str]] = None, description: str = "taskwire Pyt
     p.add_argument("--backoff-max", type=float, default=300.0, help="seconds")
     p.add_argument("--default-timeout", type=float, default=3600.0, help="seconds per attempt")
     p.add_argument("--shutdown-grace", type=float, default=20.0, help="seconds")
+    p.add_argument(
+        "--max-running",
+        action="append",
+        default=[],
+        type=_parse_kind_limits,
+        metavar="KIND=N",
+        help="at most N tasks of KIND run at once across all workers (repeatable or comma-separated; "
+        "N = 0 lifts a limit); a kind not named keeps the limit it has",
+    )
     # NATS credentials and TLS, as the Rust workers take them; unset flags fall back to
     # the same environment variables (in Worker), so a password need not be a flag.
     p.add_argument("--nats-user", help=f"NATS user, with --nats-password [env: {NATS_USER_ENV}]")
@@ -1415,6 +1509,8 @@ def from_args(args: argparse.Namespace) -> Worker:
         backoff_max=args.backoff_max,
         default_timeout=args.default_timeout,
         shutdown_grace=args.shutdown_grace,
+        # The last KIND=N given for a kind wins, as with the Rust flag.
+        max_running=dict(pair for group in getattr(args, "max_running", None) or [] for pair in group),
         nats_user=getattr(args, "nats_user", None),
         nats_password=getattr(args, "nats_password", None),
         nats_creds=getattr(args, "nats_creds", None),

@@ -106,7 +106,7 @@ class GetQueueStatsResponse(_message.Message):
     def __init__(self, kinds: _Optional[_Iterable[_Union[KindStats, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_minutes: _Optional[int] = ...) -> None: ...
 
 class KindStats(_message.Message):
-    __slots__ = ("kind", "waiting", "running", "oldest_waiting", "succeeded", "failed", "finished_per_minute")
+    __slots__ = ("kind", "waiting", "running", "oldest_waiting", "succeeded", "failed", "finished_per_minute", "max_running")
     KIND_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class KindStats(_message.Message):
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     kind: str
     waiting: int
     running: int
@@ -121,7 +122,8 @@ class KindStats(_message.Message):
     succeeded: int
     failed: int
     finished_per_minute: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, kind: _Optional[str] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., oldest_waiting: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., finished_per_minute: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_running: int
+    def __init__(self, kind: _Optional[str] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., oldest_waiting: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., finished_per_minute: _Optional[_Iterable[int]] = ..., max_running: _Optional[int] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
     __slots__ = ("kind", "labels")
