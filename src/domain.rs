@@ -280,6 +280,56 @@ pub fn parse_timeout(d: Option<&prost_types::Duration>) -> Result<Option<Duratio
     Ok(Some(dur))
 }
 
+/// The furthest ahead a task can be scheduled.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// When a submitted task is due, from its `delay` or `run_at` (at most one), given the
+/// time of the submit: `None` to run at once (neither set, or a `run_at` already past).
+pub fn parse_schedule(
+    delay: Option<&prost_types::Duration>,
+    run_at: Option<&prost_types::Timestamp>,
+    now_us: i64,
+) -> Result<Option<i64>, InvalidInput> {
+    let max_us = MAX_SCHEDULE_AHEAD.as_micros() as i64;
+    match (delay, run_at) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(InvalidInput::malformed(
+            "delay",
+            "give delay or run_at, not both",
+        )),
+        (Some(d), None) => {
+            let micros = d
+                .seconds
+                .checked_mul(1_000_000)
+                .and_then(|s| s.checked_add(i64::from(d.nanos / 1000)));
+            match micros {
+                Some(us) if d.nanos >= 0 && d.nanos < 1_000_000_000 && us > 0 && us <= max_us => {
+                    Ok(Some(now_us + us))
+                }
+                _ => Err(InvalidInput::malformed(
+                    "delay",
+                    "must be positive and at most 366 days (e.g. \"90s\")",
+                )),
+            }
+        }
+        (None, Some(t)) => {
+            let at = t
+                .seconds
+                .checked_mul(1_000_000)
+                .and_then(|s| s.checked_add(i64::from(t.nanos / 1000)))
+                .filter(|_| t.nanos >= 0 && t.nanos < 1_000_000_000)
+                .ok_or_else(|| InvalidInput::malformed("run_at", "is not a valid time"))?;
+            if at - now_us > max_us {
+                return Err(InvalidInput::malformed(
+                    "run_at",
+                    "must be at most 366 days ahead",
+                ));
+            }
+            Ok((at > now_us).then_some(at))
+        }
+    }
+}
+
 /// Parses a state sent by a client as a filter: a known value, UNSPECIFIED = any.
 pub fn parse_state_filter(raw: i32) -> Result<Option<TaskState>, InvalidInput> {
     match TaskState::try_from(raw) {
@@ -302,6 +352,55 @@ impl TaskState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedules_are_a_delay_or_a_time_ahead() {
+        use prost_types::{Duration as D, Timestamp as T};
+        let now = 1_000_000_000_000_000;
+        let secs = |s| D {
+            seconds: s,
+            nanos: 0,
+        };
+        assert_eq!(parse_schedule(None, None, now), Ok(None));
+        assert_eq!(
+            parse_schedule(Some(&secs(90)), None, now),
+            Ok(Some(now + 90_000_000))
+        );
+        let ahead = T {
+            seconds: now / 1_000_000 + 60,
+            nanos: 0,
+        };
+        assert_eq!(
+            parse_schedule(None, Some(&ahead), now),
+            Ok(Some(now + 60_000_000))
+        );
+        let past = T {
+            seconds: now / 1_000_000 - 60,
+            nanos: 0,
+        };
+        assert_eq!(
+            parse_schedule(None, Some(&past), now),
+            Ok(None),
+            "past = now"
+        );
+        for bad in [
+            secs(0),
+            secs(-1),
+            secs(367 * 24 * 3600),
+            D {
+                seconds: 1,
+                nanos: -5,
+            },
+        ] {
+            assert!(parse_schedule(Some(&bad), None, now).is_err(), "{bad:?}");
+        }
+        let far = T {
+            seconds: now / 1_000_000 + 367 * 24 * 3600,
+            nanos: 0,
+        };
+        assert!(parse_schedule(None, Some(&far), now).is_err());
+        assert!(parse_schedule(Some(&secs(1)), Some(&ahead), now).is_err());
+    }
 
     #[test]
     fn task_id_accepts_canonical_uuid_only() {

@@ -36,6 +36,9 @@ pub struct NewTask {
     pub timeout: Option<Duration>,
     /// When it was submitted.
     pub created_at_us: i64,
+    /// When it is due, if it was submitted with a delay or run_at ahead: it is stored
+    /// SCHEDULED, and its outbox row's lease runs until then.
+    pub run_at_us: Option<i64>,
 }
 
 /// What [`Store::insert_task`] did.
@@ -177,13 +180,13 @@ impl Writer {
 }
 
 /// Values a task row binds in [`insert_tasks_sql`].
-const TASK_VALUES: usize = 12;
+const TASK_VALUES: usize = 13;
 
 /// The `INSERT INTO tasks` of a batch; `$1..` are its rows' [`TASK_VALUES`] each.
 fn insert_tasks_sql(rows: usize) -> String {
     format!(
         "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant) VALUES {} \
+         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant, run_at_us) VALUES {} \
          ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
         placeholders(rows, TASK_VALUES)
     )
@@ -200,7 +203,11 @@ fn bind_tasks<'q, O>(
         q = q
             .bind(t.id.to_string())
             .bind(t.kind.as_str().to_string())
-            .bind(TaskState::Queued as i64)
+            .bind(if t.run_at_us.is_some() {
+                TaskState::Scheduled as i64
+            } else {
+                TaskState::Queued as i64
+            })
             .bind(t.caller.as_str().to_string())
             .bind(t.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
             .bind(t.input.clone())
@@ -209,7 +216,8 @@ fn bind_tasks<'q, O>(
             .bind(t.timeout.map(|d| d.as_millis() as i64))
             .bind(t.created_at_us)
             .bind(t.created_at_us)
-            .bind(t.tenant.as_str().to_string());
+            .bind(t.tenant.as_str().to_string())
+            .bind(t.run_at_us);
     }
     Ok(q)
 }

@@ -11,7 +11,7 @@
 //! "no" about a task that then runs.
 
 use super::{Error, Store};
-use crate::domain::TaskId;
+use crate::{domain::TaskId, pb::v1::TaskState};
 
 /// The message to publish for a task, written with it.
 #[derive(Debug, Clone)]
@@ -101,14 +101,18 @@ impl Store {
         .await
     }
 
-    /// How many outbox rows there are, and when the oldest one's task was submitted
-    /// (microseconds since the epoch; `None` when there are none).
+    /// How many outbox rows are due (every row but delayed tasks not yet due), and when
+    /// the oldest of them became due (microseconds since the epoch; `None` when none).
     pub async fn outbox_stats(&self) -> Result<(u64, Option<i64>), Error> {
         self.deadline(async {
+            // A delayed task's row waits for its time by design: only rows due count,
+            // aged from when they became due.
             let row = sqlx::query(
-                "SELECT COUNT(*) AS n, MIN(t.created_at_us) AS oldest \
-                 FROM outbox o JOIN tasks t ON t.id = o.task_id",
+                "SELECT COUNT(*) AS n, MIN(COALESCE(t.run_at_us, t.created_at_us)) AS oldest \
+                 FROM outbox o JOIN tasks t ON t.id = o.task_id \
+                 WHERE t.run_at_us IS NULL OR t.run_at_us <= $1",
             )
+            .bind(crate::json::now_micros())
             .fetch_one(&self.pool)
             .await?;
             use sqlx::Row;
@@ -116,6 +120,25 @@ impl Store {
                 row.try_get::<i64, _>("n")? as u64,
                 row.try_get::<Option<i64>, _>("oldest")?,
             ))
+        })
+        .await
+    }
+
+    /// A delayed task was enqueued: SCHEDULED becomes QUEUED (unless an event already
+    /// moved it on: the projection owns every later state).
+    pub async fn mark_enqueued(&self, id: TaskId, now_us: i64) -> Result<(), Error> {
+        self.deadline(async {
+            sqlx::query(
+                "UPDATE tasks SET state = $1, updated_at_us = $2 \
+                 WHERE id = $3 AND state = $4 AND last_seq = 0",
+            )
+            .bind(TaskState::Queued as i64)
+            .bind(now_us)
+            .bind(id.to_string())
+            .bind(TaskState::Scheduled as i64)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
         .await
     }

@@ -49,6 +49,8 @@ pub struct TaskRecord {
     pub last_seq: u64,
     /// The tenant it belongs to.
     pub tenant: Tenant,
+    /// When a delayed task is due (`None`: enqueued at once).
+    pub run_at_us: Option<i64>,
 }
 
 /// The columns [`TaskRecord::from_row`] reads; a macro so queries stay `&'static str`.
@@ -57,7 +59,7 @@ macro_rules! task_columns {
         "id, kind, state, input, labels, max_attempts, timeout_ms, attempt, \
          progress_fraction, progress_message, output, error_code, error_message, \
          error_retryable, created_at_us, started_at_us, finished_at_us, updated_at_us, last_seq, \
-         tenant"
+         tenant, run_at_us"
     };
 }
 
@@ -102,6 +104,7 @@ impl TaskRecord {
             updated_at_us: row.try_get("updated_at_us")?,
             last_seq: row.try_get::<i64, _>("last_seq")? as u64,
             tenant: Tenant::from_stored(row.try_get("tenant")?),
+            run_at_us: row.try_get("run_at_us")?,
         })
     }
 
@@ -127,6 +130,7 @@ impl TaskRecord {
             finished_at: self.finished_at_us.map(json::micros_to_timestamp),
             updated_at: Some(json::micros_to_timestamp(self.updated_at_us)),
             last_seq: self.last_seq,
+            run_at: self.run_at_us.map(json::micros_to_timestamp),
         }
     }
 }

@@ -26,6 +26,7 @@ fn new_task(key: Option<&str>, labels: &[(&str, &str)]) -> NewTask {
         max_attempts: 3,
         timeout: Some(Duration::from_millis(1500)),
         created_at_us: json::now_micros(),
+        run_at_us: None,
     }
 }
 

@@ -394,9 +394,10 @@ async fn a_redelivery_is_left_to_a_live_attempt() {
         taskwire_tests::Running::recorder(taskwire_tests::recorder_config(&url, &db.url));
     let config = taskwire_tests::worker_config(&url);
     let js = nats_server.jetstream().await;
-    let consumer = nats::setup_kind_consumer(&js, "demo.echo", config.ack_wait, config.max_deliver, None)
-        .await
-        .unwrap();
+    let consumer =
+        nats::setup_kind_consumer(&js, "demo.echo", config.ack_wait, config.max_deliver, None)
+            .await
+            .unwrap();
     let mut client = api.client().await;
     let id = super::submit(
         &mut client,

@@ -33,6 +33,13 @@ pub struct SubmitArgs {
     /// A label, key=value; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Start no earlier than this long from now, e.g. 90s, 2h, 1d (the task is
+    /// SCHEDULED until then).
+    #[arg(long, value_parser = taskwire::config::parse_duration, conflicts_with = "run_at")]
+    delay: Option<std::time::Duration>,
+    /// Start no earlier than this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    run_at: Option<prost_types::Timestamp>,
     /// Follow the task's progress until it finishes.
     #[arg(long)]
     watch: bool,
@@ -86,6 +93,11 @@ pub struct KindsArgs {
     /// Print one JSON object per kind.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_time(s: &str) -> Result<prost_types::Timestamp, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time like 2026-12-24T18:00:00Z"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -158,6 +170,10 @@ pub async fn submit(to: &Target, watch_to: &Target, a: SubmitArgs) -> Result<(),
         max_attempts: a.max_attempts,
         timeout: None,
         labels: a.labels.into_iter().collect::<HashMap<_, _>>(),
+        delay: a
+            .delay
+            .map(|d| prost_types::Duration::try_from(d).expect("a parsed delay fits")),
+        run_at: a.run_at,
     });
     if let Some(tp) = taskwire::telemetry::trace::traceparent_of(&span)
         .and_then(|tp| tp.parse::<tonic::metadata::MetadataValue<_>>().ok())

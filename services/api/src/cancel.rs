@@ -1,7 +1,8 @@
 //! CancelTask. The task's history in TASKWIRE_EVENTS decides: the api appends a
 //! CANCELLED event through the one conditional append ([`nats::History`]), so the
-//! cancel and a worker's next event cannot both win. A queued task is then never run
-//! (a worker's RUNNING event is rejected); a running one is also signalled on
+//! cancel and a worker's next event cannot both win. A queued or scheduled task is
+//! then never run (a worker's RUNNING event is rejected; a scheduled one's outbox row
+//! is dropped too); a running one is also signalled on
 //! `taskwire.cancel.<id>` so its handler stops at once.
 
 use bytes::Bytes;
@@ -38,6 +39,13 @@ impl TaskApi {
             .await?;
         match appended {
             Appended::Appended(stored) => {
+                // A delayed task not yet due need never be enqueued. Best effort: if
+                // the relay publishes it anyway, the worker finds it CANCELLED.
+                if record.state == TaskState::Scheduled
+                    && let Err(e) = s.store.delete_outbox(id).await
+                {
+                    tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "outbox row of a cancelled delayed task kept");
+                }
                 // Tell a worker running it to stop now; core NATS, best effort: the
                 // worker also learns it from its next rejected event.
                 if let Err(e) = s.nats.publish(nats::cancel_subject(id), Bytes::new()).await {
@@ -103,6 +111,7 @@ fn finished(id: TaskId, state: TaskState) -> Result<(), ApiError> {
             state: "failed",
         }),
         TaskState::Unspecified
+        | TaskState::Scheduled
         | TaskState::Queued
         | TaskState::Running
         | TaskState::Retrying

@@ -1,6 +1,7 @@
 //! The outbox relay: publishes tasks whose submitting call died (or failed to clean
-//! up) after the commit. Every api replica runs one; rows are claimed with a lease, so
-//! replicas share the work, and Nats-Msg-Id makes a second publish harmless.
+//! up) after the commit, and delayed tasks once they are due (their row's lease runs
+//! until then). Every api replica runs one; rows are claimed with a lease, so replicas
+//! share the work, and Nats-Msg-Id makes a second publish harmless.
 
 use std::time::Duration;
 
@@ -79,6 +80,10 @@ impl Relay {
             {
                 Ok(seq) => {
                     tracing::info!(task_id = %id, seq, "relay published task");
+                    // A delayed task that came due is QUEUED from now on.
+                    if let Err(e) = self.store.mark_enqueued(row.task_id, now).await {
+                        tracing::warn!(task_id = %id, error = %chain(&e), "relay could not mark a due task QUEUED");
+                    }
                     if let Err(e) = self.store.delete_outbox(row.task_id).await {
                         tracing::warn!(task_id = %id, error = %chain(&e), "relay could not delete outbox row");
                     }

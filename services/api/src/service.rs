@@ -133,8 +133,12 @@ impl TaskApi {
             max_attempts,
             timeout,
             labels,
+            delay,
+            run_at,
         } = req;
         let kind = TaskKind::parse(&kind)?;
+        let run_at_us =
+            taskwire::domain::parse_schedule(delay.as_ref(), run_at.as_ref(), json::now_micros())?;
         let input = json::value_to_json(input.as_ref())
             .map_err(|e| InvalidInput::Malformed {
                 field: "input",
@@ -172,6 +176,7 @@ impl TaskApi {
                 max_attempts
             },
             timeout: parse_timeout(timeout.as_ref())?,
+            run_at_us,
         }))
     }
 }

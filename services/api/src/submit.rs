@@ -1,4 +1,6 @@
-//! SubmitTask: store the task with its outbox row, publish it, answer.
+//! SubmitTask: store the task with its outbox row, publish it, answer. A delayed task
+//! (delay or run_at ahead) is stored SCHEDULED and not published: its outbox row is
+//! leased until it is due, and the relay enqueues it then (`relay.rs`).
 //!
 //! The guarantee (docs/architecture.md, guarantee 1): an OK answer means the task is
 //! committed with its outbox row, so it reaches TASKWIRE_TASKS: published by this call
@@ -43,10 +45,13 @@ impl TaskApi {
             ..req.0
         };
         let traceparent = trace::current_traceparent();
+        // A delayed task's row is leased until it is due: the relay enqueues it then.
         let outbox = OutboxEntry {
             subject: nats::task_subject(task.kind.as_str()),
             payload: task_message(&task, traceparent.clone()).encode_to_vec(),
-            lease_until_us: now + s.outbox_lease.as_micros() as i64,
+            lease_until_us: task
+                .run_at_us
+                .unwrap_or(now + s.outbox_lease.as_micros() as i64),
         };
 
         // Whether a worker serves the kind is asked while the task is written.
@@ -81,6 +86,16 @@ impl TaskApi {
         }
 
         let id = task.id;
+        if task.run_at_us.is_some() {
+            metrics::task_event(metrics::TASKS_SUBMITTED, label);
+            tracing::info!(task_id = %id, "task scheduled");
+            return Ok(SubmitTaskResponse {
+                task_id: id.to_string(),
+                state: TaskState::Scheduled as i32,
+                deduplicated: false,
+                warning,
+            });
+        }
         let published = match s.fault {
             // Tests: NATS took nothing, or took it and the ack was lost.
             Some(Fault::FailPublish) => {
@@ -147,5 +162,6 @@ fn task_message(t: &NewTask, traceparent: Option<String>) -> TaskMessage {
         labels: t.labels.clone().into_map().into_iter().collect(),
         created_at: Some(json::micros_to_timestamp(t.created_at_us)),
         traceparent: traceparent.unwrap_or_default(),
+        run_at: t.run_at_us.map(json::micros_to_timestamp),
     }
 }

@@ -148,10 +148,11 @@ async fn run(shared: &Arc<Shared>, mut d: Delivery) {
     let started = std::time::Instant::now();
     let kind = d.body.kind.as_str();
     metrics::task_event(metrics::TASKS_STARTED, kind);
+    // Queue wait: from the submit, or from when a delayed task came due.
     if d.attempt == 1
-        && let Some(created) = &d.body.created_at
+        && let Some(since) = d.body.run_at.as_ref().or(d.body.created_at.as_ref())
     {
-        let waited = json::now_micros() - json::timestamp_to_micros(created);
+        let waited = json::now_micros() - json::timestamp_to_micros(since);
         metrics::histogram!(metrics::TASK_QUEUE_WAIT, "kind" => kind.to_string())
             .record(waited.max(0) as f64 / 1e6);
     }
