@@ -21,6 +21,10 @@ A server run with ``--auth keys`` wants an API key: ``Client(address, token=...)
 against the system's roots or the PEM CA file given as ``ca=`` (default: the
 ``TASKWIRE_CA`` environment variable), as the ``taskwire`` CLI does.
 
+``submit(..., delay=90)`` (seconds or a timedelta) or ``submit(..., run_at=<an aware
+datetime>)`` delays a task: it is SCHEDULED until then (``Task.run_at``), then QUEUED,
+and can be cancelled before it starts.
+
 A submit starts or continues a trace: it sends ``traceparent`` (W3C trace context) as
 gRPC metadata, the one given, else the current OpenTelemetry span's when the
 ``opentelemetry`` package is installed and a span is current (it is optional).
@@ -42,7 +46,7 @@ from typing import Any, Optional, Union
 
 import grpc
 import grpc.aio
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from . import _trace
 from .v1 import service_pb2, service_pb2_grpc, task_pb2
@@ -147,6 +151,27 @@ def _seconds(value: Seconds) -> float:
     return float(value)
 
 
+def _duration(value: Seconds) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value if isinstance(value, datetime.timedelta) else datetime.timedelta(seconds=_seconds(value)))
+    return d
+
+
+def _timestamp(value: datetime.datetime, what: str) -> timestamp_pb2.Timestamp:
+    """An aware datetime as a Timestamp. A naive one is refused (ValueError): whether
+    it meant UTC or local time cannot be told, and a wrong guess is hours off."""
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"{what} must be a datetime.datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{what} must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + ...), "
+            f"not the naive {value.isoformat()}"
+        )
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(datetime.timezone.utc))
+    return ts
+
+
 def _target(address: str) -> tuple[str, bool]:
     """``http://h:p`` / ``https://h:p`` / ``h:p`` -> (gRPC target, use TLS)."""
     if address.startswith("https://"):
@@ -235,7 +260,13 @@ def _submit_request(
     max_attempts: int,
     labels: Optional[Mapping[str, str]],
     task_timeout: Optional[Seconds],
+    delay: Optional[Seconds] = None,
+    run_at: Optional[datetime.datetime] = None,
 ) -> service_pb2.SubmitTaskRequest:
+    """The request of a submit; raises ValueError/TypeError, before any call, for a
+    ``delay`` together with a ``run_at`` or a ``run_at`` that is not an aware datetime."""
+    if delay is not None and run_at is not None:
+        raise ValueError("give delay or run_at, not both")
     req = service_pb2.SubmitTaskRequest(
         kind=kind,
         input=to_value(input),
@@ -244,9 +275,11 @@ def _submit_request(
         labels=dict(labels or {}),
     )
     if task_timeout is not None:
-        d = duration_pb2.Duration()
-        d.FromTimedelta(datetime.timedelta(seconds=_seconds(task_timeout)))
-        req.timeout.CopyFrom(d)
+        req.timeout.CopyFrom(_duration(task_timeout))
+    if delay is not None:
+        req.delay.CopyFrom(_duration(delay))
+    if run_at is not None:
+        req.run_at.CopyFrom(_timestamp(run_at, "run_at"))
     return req
 
 
@@ -389,9 +422,9 @@ class TaskWatch(Iterator[task_pb2.TaskEvent]):
     Call :meth:`close` (or leave a ``with`` block) to stop early.
 
     With ``after_seq=0`` the first event is the task's current state (seq = its
-    ``last_seq``, 0 while it is QUEUED). If the stream drops before anything past that
-    snapshot arrived and the snapshot's seq was 0, the resume asks for a snapshot
-    again (the contract has no "from the first event" request).
+    ``last_seq``, 0 while it is SCHEDULED or QUEUED). If the stream drops before
+    anything past that snapshot arrived and the snapshot's seq was 0, the resume asks
+    for a snapshot again (the contract has no "from the first event" request).
 
     With ``after_seq`` > 0 the watch first reads the task's record: if the task is
     finished and its terminal event is at or before ``after_seq``, the iterator is empty
@@ -620,12 +653,20 @@ class Client:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> str:
         """Submits a task and returns its id. ``input`` is any JSON value (plain
         Python); ``max_attempts`` 0 = the server's default; ``task_timeout`` is the
         per-attempt timeout (seconds or timedelta); ``timeout`` this call's deadline.
+        ``delay`` (seconds or timedelta, up to 366 days) or ``run_at`` (a
+        timezone-aware datetime, up to 366 days ahead; one already past runs at once)
+        delays the task: it is stored SCHEDULED, with ``Task.run_at`` set, becomes
+        QUEUED when due and can be cancelled until it starts. Not both, and not a naive
+        ``run_at`` (ValueError, before any call); a value out of range is the server's
+        INVALID_ARGUMENT.
         ``traceparent`` (W3C, ``00-<trace id>-<span id>-<flags>``) makes the task part
         of that trace; when None, the current OpenTelemetry span's context is sent if
         ``opentelemetry`` is installed and a span is current (``""``: send none).
@@ -638,6 +679,8 @@ class Client:
             max_attempts=max_attempts,
             labels=labels,
             task_timeout=task_timeout,
+            delay=delay,
+            run_at=run_at,
             traceparent=traceparent,
             timeout=timeout,
         )
@@ -653,12 +696,15 @@ class Client:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
-        """Like :meth:`submit`, but returns the whole response (``deduplicated``,
-        ``warning``) and emits no warning."""
-        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
+        """Like :meth:`submit`, but returns the whole response (``state``: QUEUED, or
+        SCHEDULED for a delayed task; ``deduplicated``, ``warning``) and emits no
+        warning."""
+        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout, delay, run_at)
         metadata = _with_traceparent(self._metadata, traceparent)
         return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
@@ -668,8 +714,9 @@ class Client:
         return self._unary("TaskService/GetStatus", self._tasks.GetStatus, req, timeout)
 
     def cancel(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
-        """Cancels the task; returns its record (CANCELLED). FAILED_PRECONDITION if it
-        already SUCCEEDED or FAILED."""
+        """Cancels the task; returns its record (CANCELLED). A SCHEDULED (delayed) or
+        QUEUED task then never runs. FAILED_PRECONDITION if it already SUCCEEDED or
+        FAILED."""
         req = service_pb2.CancelTaskRequest(task_id=task_id)
         return self._unary("TaskService/CancelTask", self._tasks.CancelTask, req, timeout)
 
@@ -936,6 +983,8 @@ class AsyncClient:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> str:
@@ -947,6 +996,8 @@ class AsyncClient:
             max_attempts=max_attempts,
             labels=labels,
             task_timeout=task_timeout,
+            delay=delay,
+            run_at=run_at,
             traceparent=traceparent,
             timeout=timeout,
         )
@@ -962,10 +1013,12 @@ class AsyncClient:
         max_attempts: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         task_timeout: Optional[Seconds] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
-        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout)
+        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout, delay, run_at)
         metadata = _with_traceparent(self._metadata, traceparent)
         return await self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
