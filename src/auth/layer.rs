@@ -35,8 +35,13 @@ pub fn required_role(path: &str) -> Option<Role> {
         "v1.TaskService/GetStatus"
         | "v1.TaskService/ListTasks"
         | "v1.WatchService/WatchTask"
+        | "v1.TaskService/ListAttempts"
         | "v1.WatchService/WatchTasks" => Role::Reader,
-        "v1.TaskService/SubmitTask" | "v1.TaskService/CancelTask" => Role::Submitter,
+        "v1.TaskService/SubmitTask"
+        | "v1.TaskService/CancelTask"
+        | "v1.TaskService/RetryTask"
+        | "v1.TaskService/RetryTasks"
+        | "v1.TaskService/DiscardTasks" => Role::Submitter,
         // GetQueueStats spans every tenant's tasks; and anything not listed.
         _ => Role::Admin,
     })

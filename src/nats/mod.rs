@@ -276,13 +276,13 @@ pub async fn flush(client: &Client, timeout: Duration) {
 pub async fn publish_task(
     js: &Context,
     subject: String,
-    task_id: &str,
+    msg_id: &str,
     payload: Bytes,
     traceparent: Option<&str>,
 ) -> Result<u64, Error> {
     let mut msg = PublishMessage::build()
         .payload(payload)
-        .message_id(task_id)
+        .message_id(msg_id)
         .header(SCHEMA_HEADER, SCHEMA_VERSION);
     if let Some(tp) = traceparent.filter(|tp| !tp.is_empty()) {
         msg = msg.header(crate::telemetry::trace::TRACEPARENT, tp);
@@ -290,8 +290,19 @@ pub async fn publish_task(
     send(js, subject, msg, "publishing a task").await
 }
 
-/// Copies a dead task to `taskwire.dlq.<kind>` (Nats-Msg-Id = task id, so doing it
-/// again after a crash stores it once), with the error in headers.
+/// The `Nats-Msg-Id` of run `run` of a task's message (and of its dead-letter copy):
+/// the task id for the first run, `<task id>:<run>` for a retry's, so JetStream's
+/// duplicate window drops repeats of one run, never a later run.
+pub fn task_msg_id(task_id: &str, run: u32) -> String {
+    if run <= 1 {
+        task_id.to_string()
+    } else {
+        format!("{task_id}:{run}")
+    }
+}
+
+/// Copies a dead task to `taskwire.dlq.<kind>` (Nats-Msg-Id = [`task_msg_id`], so doing
+/// it again after a crash stores it once), with the error in headers.
 pub async fn publish_dead_letter(
     js: &Context,
     body: &TaskMessage,
@@ -299,7 +310,7 @@ pub async fn publish_dead_letter(
 ) -> Result<(), Error> {
     let mut msg = PublishMessage::build()
         .payload(Bytes::from(body.encode_to_vec()))
-        .message_id(&body.task_id)
+        .message_id(task_msg_id(&body.task_id, body.run).as_str())
         .header(SCHEMA_HEADER, SCHEMA_VERSION);
     if let Some(e) = error {
         msg = msg.header(ERROR_CODE_HEADER, e.code.as_str()).header(

@@ -15,10 +15,12 @@
 //! - `projection`: applying task events to records ([`EventUpdate`]).
 //! - `keys`: API keys' rows (`crate::auth` makes and checks them).
 //! - `retention`: deleting terminal tasks past their age ([`Retention`]).
+//! - `dead_letters`: FAILED tasks by filter, for bulk retry and discard.
 //!
 //! Every call runs under a deadline, so a database that hangs is reported as
 //! [`Error::Unavailable`] instead of hanging the caller.
 
+mod dead_letters;
 mod insert;
 mod keys;
 mod outbox;
@@ -34,6 +36,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
+pub use dead_letters::DeadLetterFilter;
 pub use insert::{Inserted, NewTask, Writer};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use projection::EventUpdate;

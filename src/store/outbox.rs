@@ -124,6 +124,25 @@ impl Store {
         .await
     }
 
+    /// Writes one outbox row for an existing task (a retry's new run); a row already
+    /// there (an unfinished retry of the same run) is kept.
+    pub async fn insert_outbox_row(&self, id: TaskId, entry: &OutboxEntry) -> Result<(), Error> {
+        self.deadline(async {
+            sqlx::query(
+                "INSERT INTO outbox (task_id, subject, payload, lease_until_us) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO NOTHING",
+            )
+            .bind(id.to_string())
+            .bind(entry.subject.clone())
+            .bind(entry.payload.clone())
+            .bind(entry.lease_until_us)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// A delayed task was enqueued: SCHEDULED becomes QUEUED (unless an event already
     /// moved it on: the projection owns every later state).
     pub async fn mark_enqueued(&self, id: TaskId, now_us: i64) -> Result<(), Error> {

@@ -15,7 +15,10 @@
 //! Several recorders may apply one task's events out of order (each takes what the
 //! shared consumer hands it). Every column but one is the newest event's, so skipping
 //! an older event is right; the start time is the *first* RUNNING's, so an older
-//! RUNNING still lowers it.
+//! RUNNING still lowers it (within the row's run).
+//!
+//! A retried task (RetryTask) starts a new run with a QUEUED event carrying `run`: the
+//! row's output, error, progress, start and end are reset by it, as if new.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -43,6 +46,8 @@ pub struct EventUpdate {
     pub output: Option<String>,
     /// The error, if the attempt or the task failed.
     pub error: Option<TaskError>,
+    /// Set (2, 3, ...) on the event that starts a new run (RetryTask); 0 otherwise.
+    pub run: u32,
 }
 
 impl EventUpdate {
@@ -66,6 +71,7 @@ impl EventUpdate {
             progress: ev.progress.clone(),
             output,
             error: ev.error.clone(),
+            run: ev.run,
         })
     }
 }
@@ -90,6 +96,10 @@ struct Change {
     error: Option<TaskError>,
     started_at_us: Option<i64>,
     finished_at_us: Option<i64>,
+    /// The newest run started by a folded event (0: none), and that event's seq. A
+    /// new run resets the row's output, error, progress, start and end first.
+    run: u32,
+    run_seq: u64,
 }
 
 impl Change {
@@ -107,6 +117,8 @@ impl Change {
             error: None,
             started_at_us: None,
             finished_at_us: None,
+            run: 0,
+            run_seq: 0,
         };
         c.then(ev);
         c
@@ -114,6 +126,17 @@ impl Change {
 
     /// Folds in the next event (a higher seq), as applying it after this would.
     fn then(&mut self, ev: &EventUpdate) {
+        if ev.run > self.run {
+            // A new run: what the earlier events of this fold set is the old run's.
+            self.run = ev.run;
+            self.run_seq = ev.seq;
+            self.progress = Some(Progress::default());
+            self.output = None;
+            self.clear_error = true;
+            self.error = None;
+            self.started_at_us = None;
+            self.finished_at_us = None;
+        }
         self.seq = ev.seq;
         self.events += 1;
         self.time_us = ev.time_us;
@@ -150,6 +173,13 @@ impl super::TaskRecord {
             return false;
         }
         let c = Change::of(ev);
+        if c.run > self.run {
+            self.run = c.run;
+            self.run_seq = c.run_seq;
+            self.output = None;
+            self.started_at_us = None;
+            self.finished_at_us = None;
+        }
         self.state = c.state;
         self.attempt = c.attempt;
         if let Some(p) = c.progress {
@@ -171,7 +201,7 @@ impl super::TaskRecord {
     }
 }
 
-/// Tasks per UPDATE: 16 parameters a row stays far below SQLite's limit.
+/// Tasks per UPDATE: 18 parameters a row stays far below SQLite's limit.
 const CHUNK: usize = 500;
 
 impl Store {
@@ -223,22 +253,23 @@ impl Store {
             }
             // A RUNNING event older than the row can still be news: with several
             // recorders a task's events may be applied out of order, and the start
-            // time is the first RUNNING's, whichever arrives last.
+            // time is the first RUNNING's, whichever arrives last; but only within
+            // the row's run (an event after the event that started it).
             for (id, evs) in &by_task {
                 let first_run = evs
                     .values()
                     .filter(|ev| ev.state == TaskState::Running)
-                    .map(|ev| ev.time_us)
-                    .min();
-                if let Some(t) = first_run
+                    .min_by_key(|ev| ev.time_us);
+                if let Some(ev) = first_run
                     && !done.contains(id)
                 {
                     sqlx::query(
                         "UPDATE tasks SET started_at_us = $1 WHERE id = $2 \
-                         AND (started_at_us IS NULL OR started_at_us > $1)",
+                         AND (started_at_us IS NULL OR started_at_us > $1) AND run_seq < $3",
                     )
-                    .bind(t)
+                    .bind(ev.time_us)
                     .bind(id.to_string())
+                    .bind(ev.seq as i64)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -260,16 +291,18 @@ async fn update(
         "UPDATE tasks SET state = v.column4, attempt = v.column5, \
          progress_fraction = CASE WHEN v.column6 = 1 THEN v.column7 ELSE progress_fraction END, \
          progress_message = CASE WHEN v.column6 = 1 THEN v.column8 ELSE progress_message END, \
-         output = COALESCE(v.column9, output), \
+         output = CASE WHEN v.column17 > run THEN v.column9 ELSE COALESCE(v.column9, output) END, \
          error_code = CASE WHEN v.column10 = 1 THEN v.column11 ELSE COALESCE(v.column11, error_code) END, \
          error_message = CASE WHEN v.column10 = 1 THEN v.column12 ELSE COALESCE(v.column12, error_message) END, \
          error_retryable = CASE WHEN v.column10 = 1 THEN v.column13 ELSE COALESCE(v.column13, error_retryable) END, \
-         started_at_us = COALESCE(started_at_us, v.column14), \
-         finished_at_us = COALESCE(finished_at_us, v.column15), \
+         started_at_us = CASE WHEN v.column17 > run THEN v.column14 ELSE COALESCE(started_at_us, v.column14) END, \
+         finished_at_us = CASE WHEN v.column17 > run THEN v.column15 ELSE COALESCE(finished_at_us, v.column15) END, \
+         run_seq = CASE WHEN v.column17 > run THEN v.column18 ELSE run_seq END, \
+         run = CASE WHEN v.column17 > run THEN v.column17 ELSE run END, \
          updated_at_us = v.column16, last_seq = v.column3 \
          FROM (VALUES {}) AS v \
          WHERE tasks.id = v.column1 AND tasks.last_seq < v.column2 RETURNING id",
-        placeholders(changes.len(), 16)
+        placeholders(changes.len(), 18)
     );
     // Safe: only fixed SQL and `$n` placeholders.
     let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -304,7 +337,9 @@ async fn update(
             .bind(retryable)
             .bind(c.started_at_us)
             .bind(c.finished_at_us)
-            .bind(c.time_us);
+            .bind(c.time_us)
+            .bind(i64::from(c.run))
+            .bind(c.run_seq as i64);
     }
     q.fetch_all(&mut **tx)
         .await?

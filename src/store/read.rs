@@ -51,6 +51,10 @@ pub struct TaskRecord {
     pub tenant: Tenant,
     /// When a delayed task is due (`None`: enqueued at once).
     pub run_at_us: Option<i64>,
+    /// The run it is in (1, or N after N-1 retries).
+    pub run: u32,
+    /// The seq of the event that started that run (0 for the first).
+    pub run_seq: u64,
 }
 
 /// The columns [`TaskRecord::from_row`] reads; a macro so queries stay `&'static str`.
@@ -59,7 +63,7 @@ macro_rules! task_columns {
         "id, kind, state, input, labels, max_attempts, timeout_ms, attempt, \
          progress_fraction, progress_message, output, error_code, error_message, \
          error_retryable, created_at_us, started_at_us, finished_at_us, updated_at_us, last_seq, \
-         tenant, run_at_us"
+         tenant, run_at_us, run, run_seq"
     };
 }
 
@@ -105,6 +109,8 @@ impl TaskRecord {
             last_seq: row.try_get::<i64, _>("last_seq")? as u64,
             tenant: Tenant::from_stored(row.try_get("tenant")?),
             run_at_us: row.try_get("run_at_us")?,
+            run: row.try_get::<i64, _>("run")? as u32,
+            run_seq: row.try_get::<i64, _>("run_seq")? as u64,
         })
     }
 
@@ -131,6 +137,7 @@ impl TaskRecord {
             updated_at: Some(json::micros_to_timestamp(self.updated_at_us)),
             last_seq: self.last_seq,
             run_at: self.run_at_us.map(json::micros_to_timestamp),
+            run: self.run,
         }
     }
 }

@@ -55,6 +55,8 @@ pub const RECORDER_LAG_EVENTS: &str = "taskwire_recorder_lag_events";
 pub const RECORDER_LAG_SECONDS: &str = "taskwire_recorder_lag_seconds";
 /// Events applied to the database by the recorder.
 pub const RECORDER_EVENTS: &str = "taskwire_recorder_events_total";
+/// FAILED tasks given a new run by RetryTask or RetryTasks, by `kind`.
+pub const TASKS_RETRIED_BY_REQUEST: &str = "taskwire_tasks_retried_by_request_total";
 /// Terminal tasks deleted by retention, by `state`.
 pub const TASKS_EXPIRED: &str = "taskwire_tasks_expired_total";
 /// Outbox rows (tasks committed, publish not yet confirmed or cleaned up).
@@ -176,6 +178,10 @@ fn describe() {
         "Events applied to the database by the recorder"
     );
     describe_counter!(TASKS_EXPIRED, "Terminal tasks deleted by retention");
+    describe_counter!(
+        TASKS_RETRIED_BY_REQUEST,
+        "FAILED tasks given a new run by RetryTask or RetryTasks"
+    );
     describe_gauge!(
         OUTBOX_ROWS,
         "Outbox rows (tasks committed, publish not yet confirmed)"

@@ -8,6 +8,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod crash;
+mod dead_letters;
 mod delay;
 mod dev;
 mod grpc_web;

@@ -144,6 +144,7 @@ async fn events_apply_once_and_in_order(db: Db) {
         }),
         output: None,
         error: None,
+        run: 0,
     };
     assert!(
         store
@@ -219,6 +220,7 @@ async fn events_out_of_order_keep_the_first_start(db: Db) {
         progress: None,
         output: None,
         error: None,
+        run: 0,
     };
     // Attempt 2's start and the end arrive first, in one batch; attempt 1's start last.
     let newer = [
@@ -367,9 +369,32 @@ async fn batched_events_match_one_by_one(db: Db) {
         let mut seq = 0_u64;
         let mut attempt = vec![1_u32; pairs.len()];
         let mut finished = vec![false; pairs.len()];
+        let mut failed = vec![false; pairs.len()];
+        let mut run = vec![1_u32; pairs.len()];
         for _ in 0..200 {
             let t = rng.random_range(0..pairs.len());
             if finished[t] {
+                // A FAILED task may be retried: a new run, attempts from 1 again.
+                if failed[t] && rng.random_bool(0.5) {
+                    seq += rng.random_range(1..4);
+                    run[t] += 1;
+                    stream.push((
+                        t,
+                        EventUpdate {
+                            seq,
+                            time_us: seq as i64 * 1000,
+                            state: TaskState::Queued,
+                            attempt: 0,
+                            progress: None,
+                            output: None,
+                            error: None,
+                            run: run[t],
+                        },
+                    ));
+                    finished[t] = false;
+                    failed[t] = false;
+                    attempt[t] = 1;
+                }
                 continue;
             }
             seq += rng.random_range(1..4);
@@ -386,6 +411,7 @@ async fn batched_events_match_one_by_one(db: Db) {
                 progress: None,
                 output: None,
                 error: None,
+                run: 0,
             };
             match rng.random_range(0..10) {
                 0..=4 => {
@@ -403,6 +429,7 @@ async fn batched_events_match_one_by_one(db: Db) {
                     ev.state = TaskState::Failed;
                     ev.error = Some(error(&mut rng));
                     finished[t] = true;
+                    failed[t] = true;
                 }
                 _ => {
                     ev.state = TaskState::Succeeded;

@@ -230,6 +230,7 @@ async fn hostile_values_everywhere(db: Db) {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        state: 0,
     };
     for (what, req) in [
         ("unicode kind", all("démo.echo", &[])),

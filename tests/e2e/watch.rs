@@ -318,6 +318,7 @@ async fn watch_tasks_follows_many_tasks(db: Db) {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            state: 0,
         };
         let addr = watch.addr;
         async move {
@@ -391,6 +392,7 @@ async fn watch_tasks_follows_many_tasks(db: Db) {
         .watch_tasks(WatchTasksRequest {
             kind: "Bad Kind".into(),
             labels: HashMap::new(),
+            state: 0,
         })
         .await
         .unwrap_err();

@@ -15,7 +15,9 @@ export function stateName(state: TaskState): string {
   return TaskState[state] ?? "UNKNOWN";
 }
 
+/** The states a list can be filtered by, in the order a task goes through them. */
 export const FILTER_STATES: TaskState[] = [
+  TaskState.SCHEDULED,
   TaskState.QUEUED,
   TaskState.RUNNING,
   TaskState.RETRYING,
@@ -46,6 +48,46 @@ export function formatDuration(ms: number | undefined): string {
   const m = Math.floor(s / 60);
   if (m < 60) return `${m}m ${Math.floor(s % 60)}s`;
   return `${Math.floor(m / 60)}h ${m % 60}m`;
+}
+
+/** "in 42 s", "in 5m 3s", "now": how long until a time ahead (ms from now). */
+export function formatCountdown(ms: number): string {
+  if (ms < 500) return "now";
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `in ${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `in ${m}m ${s % 60}s`;
+  const hours = Math.floor(m / 60);
+  if (hours < 48) return `in ${hours}h ${m % 60}m`;
+  return `in ${Math.floor(hours / 24)}d ${hours % 24}h`;
+}
+
+/** The longest delay the server takes (SubmitTaskRequest.delay: at most 366 days). */
+export const MAX_DELAY_MS = 366 * 24 * 3600 * 1000;
+
+const DELAY_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * Parses a delay: a number of seconds ("90", "2.5") or amounts with units, ms s m h d
+ * ("30s", "5m", "1h30m"). Empty means none (undefined). Throws, saying why, on text
+ * it cannot read or a delay outside (0, 366 days].
+ */
+export function parseDelay(text: string): number | undefined {
+  const t = text.trim().toLowerCase().replace(/\s+/g, "");
+  if (t === "") return undefined;
+  let ms: number;
+  if (/^\d+(\.\d+)?$/.test(t)) {
+    ms = Number(t) * 1000;
+  } else if (/^(\d+(\.\d+)?(ms|s|m|h|d))+$/.test(t)) {
+    ms = 0;
+    for (const [, n, unit] of t.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)) ms += Number(n) * DELAY_UNITS[unit];
+  } else {
+    throw new Error(`"${text.trim()}" is not a delay: give seconds (90) or e.g. 30s, 5m, 1h30m, 2d`);
+  }
+  ms = Math.round(ms);
+  if (!(ms > 0)) throw new Error("must be more than 0 (leave it empty to start at once)");
+  if (ms > MAX_DELAY_MS) throw new Error("must be at most 366 days");
+  return ms;
 }
 
 export function valueToJson(v: Value | undefined): JsonValue | undefined {

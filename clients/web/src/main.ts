@@ -7,7 +7,7 @@
 // An API key pasted into the header (auth.ts) goes with every call; changing it starts
 // the page over: list, stream and queues.
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
-import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { ValueSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createApi } from "./api";
 import { authProblem, initApiKeyControl, onApiKeyChange } from "./auth";
@@ -17,8 +17,10 @@ import {
   compactJson,
   describeError,
   formatClock,
+  formatCountdown,
   formatDuration,
   isTerminal,
+  parseDelay,
   parseLabels,
   prettyJson,
   shortId,
@@ -51,6 +53,11 @@ interface Row {
   tr: HTMLTableRowElement;
   badge: HTMLElement;
   attempt: HTMLElement;
+  /** A SCHEDULED task's start: "starts 12:34:56 · in 42 s". */
+  runAt: HTMLElement;
+  /** How many times the page listed again to see this SCHEDULED task leave SCHEDULED
+   * after it came due (that step sends no event: see watchDueRows). */
+  dueChecks: number;
   progress: HTMLElement;
   bar: HTMLElement;
   pct: HTMLElement;
@@ -84,6 +91,7 @@ const tbody = $<HTMLTableSectionElement>('[data-testid="task-rows"]');
 function newRow(task: Task): Row {
   const badge = h("span", { class: "badge", "data-testid": "task-state" });
   const attempt = h("span", { class: "attempt", "data-testid": "task-attempt" });
+  const runAt = h("span", { class: "run-at", "data-testid": "task-run-at" });
   const bar = h("div", { class: "bar" });
   const progress = h(
     "div",
@@ -105,14 +113,16 @@ function newRow(task: Task): Row {
       h("button", { class: "link mono", "data-testid": "task-id", title: `${id}\nclick for details`, onclick: () => openDetail(id) }, shortId(id)),
     ),
     h("td", { class: "mono kind", "data-testid": "task-kind" }, task.kind),
-    h("td", {}, badge, attempt),
+    h("td", {}, badge, attempt, runAt),
     h("td", { class: "col-progress" }, h("div", { class: "progress-cell" }, progress, pct)),
     h("td", { class: "message-cell" }, message),
     h("td", { class: "muted nowrap", "data-testid": "task-created" }, formatClock(tsMillis(task.createdAt))),
     h("td", { class: "muted nowrap" }, duration),
     actions,
   );
-  const row: Row = { task, note: task.progress?.message ?? "", tr, badge, attempt, progress, bar, pct, message, duration, actions, cancel };
+  const row: Row = {
+    task, note: task.progress?.message ?? "", tr, badge, attempt, runAt, dueChecks: 0, progress, bar, pct, message, duration, actions, cancel,
+  };
   renderRow(row);
   return row;
 }
@@ -137,6 +147,7 @@ function renderRow(row: Row): void {
   row.progress.dataset.fraction = String(fraction);
   row.progress.setAttribute("aria-valuenow", String(pct));
   row.progress.className = `progress state-${name.toLowerCase()}${t.state === TaskState.QUEUED ? " waiting" : ""}`;
+  renderRunAt(row);
   row.bar.style.width = `${pct}%`;
   row.pct.textContent = `${pct}%`;
 
@@ -158,6 +169,22 @@ function renderRow(row: Row): void {
   // Cancel is offered on non-terminal rows only; the button is added and removed, never rebuilt.
   if (isTerminal(t.state)) row.cancel.remove();
   else if (row.cancel.parentNode !== row.actions) row.actions.appendChild(row.cancel);
+}
+
+/** When a SCHEDULED task starts, and how soon; empty in any other state. */
+function renderRunAt(row: Row): void {
+  const t = row.task;
+  const at = t.state === TaskState.SCHEDULED ? tsMillis(t.runAt) : undefined;
+  if (at === undefined) {
+    row.runAt.textContent = "";
+    delete row.runAt.dataset.runAt;
+    row.runAt.removeAttribute("title");
+    return;
+  }
+  const left = at - Date.now();
+  row.runAt.textContent = `starts ${formatClock(at)} · ${left > 0 ? formatCountdown(left) : "due, starting…"}`;
+  row.runAt.dataset.runAt = new Date(at).toISOString();
+  row.runAt.title = `run at ${new Date(at).toISOString()}`;
 }
 
 function renderDuration(row: Row): void {
@@ -318,6 +345,27 @@ function scheduleReload(delayMs = 400): void {
   }, delayMs);
 }
 
+/** How long after a SCHEDULED task's run_at the page lists again, once per entry. */
+const DUE_RECHECK_MS = [1_500, 5_000, 15_000];
+
+/**
+ * A SCHEDULED task that came due becomes QUEUED in the record, with no event (the next
+ * one the stream carries is RUNNING, when a worker takes it). So for a row still
+ * SCHEDULED after its run_at, list again a few times: a task no worker takes shows
+ * QUEUED, and one that ran before its RUNNING reached us catches up.
+ */
+function watchDueRows(): void {
+  const now = Date.now();
+  for (const row of rows.values()) {
+    if (row.task.state !== TaskState.SCHEDULED || row.dueChecks >= DUE_RECHECK_MS.length) continue;
+    const at = tsMillis(row.task.runAt);
+    if (at !== undefined && now >= at + DUE_RECHECK_MS[row.dueChecks]) {
+      row.dueChecks++;
+      scheduleReload(0);
+    }
+  }
+}
+
 prevBtn.addEventListener("click", () => {
   if (pageTokens.length > 1) {
     pageTokens.pop();
@@ -466,6 +514,18 @@ const submitError = $('[data-testid="submit-error"]');
 const submitResult = $('[data-testid="submit-result"]');
 const submitWarning = $('[data-testid="submit-warning"]');
 const submitButton = $<HTMLButtonElement>('[data-testid="submit-button"]');
+const delayInput = $<HTMLInputElement>('[data-testid="submit-delay"]');
+// Says at once when the text is not a delay (the submit says why).
+delayInput.addEventListener("input", () => {
+  let ok = true;
+  try {
+    parseDelay(delayInput.value);
+  } catch {
+    ok = false;
+  }
+  if (ok) delayInput.removeAttribute("aria-invalid");
+  else delayInput.setAttribute("aria-invalid", "true");
+});
 
 const datalist = $("#kind-options");
 const presets = $('[data-testid="presets"]');
@@ -550,6 +610,16 @@ submitForm.addEventListener("submit", async (ev) => {
     showSubmitError("form", `Labels: ${(err as Error).message}`);
     return;
   }
+  let delayMs: number | undefined;
+  try {
+    delayMs = parseDelay(delayInput.value);
+    delayInput.removeAttribute("aria-invalid");
+  } catch (err) {
+    delayInput.setAttribute("aria-invalid", "true");
+    showSubmitError("form", `Delay: ${(err as Error).message}`);
+    delayInput.focus();
+    return;
+  }
   const maxAttempts = Number($<HTMLInputElement>('[data-testid="submit-max-attempts"]').value || 0);
   const idempotencyKey = $<HTMLInputElement>('[data-testid="submit-idempotency-key"]').value.trim();
 
@@ -559,17 +629,21 @@ submitForm.addEventListener("submit", async (ev) => {
     maxAttempts: Number.isFinite(maxAttempts) && maxAttempts > 0 ? Math.floor(maxAttempts) : 0,
     idempotencyKey,
     input: parsed.value === undefined ? undefined : fromJson(ValueSchema, parsed.value),
+    delay: delayMs === undefined ? undefined : durationFromMs(delayMs),
   });
   submitButton.disabled = true;
   submitButton.textContent = "Submitting…";
   try {
     const res = await api.tasks.submitTask(request, { timeoutMs: UNARY_TIMEOUT_MS });
     highlightId = res.taskId;
+    const scheduled = res.state === TaskState.SCHEDULED;
     submitResult.replaceChildren(
-      res.deduplicated ? "Already submitted with that key: " : "Submitted ",
+      res.deduplicated ? "Already submitted with that key: " : scheduled ? "Scheduled " : "Submitted ",
       h("button", { type: "button", class: "link mono", "data-testid": "submit-result-id", onclick: () => openDetail(res.taskId) }, res.taskId),
+      scheduled && delayMs !== undefined ? ` to start ${formatCountdown(delayMs)}` : "",
     );
     submitResult.dataset.taskId = res.taskId;
+    submitResult.dataset.state = stateName(res.state);
     submitResult.hidden = false;
     // Accepted, but e.g. no worker has ever served this kind (often a typo): it waits queued.
     submitWarning.textContent = res.warning;
@@ -691,6 +765,7 @@ function openDetail(id: string): void {
       kv("progress", `${Math.round((t.progress?.fraction ?? 0) * 100)}% ${t.progress?.message ?? ""}`),
       kv("labels", Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "—"),
       kv("created", formatClock(tsMillis(t.createdAt))),
+      t.runAt ? kv("run at", h("span", { "data-testid": "detail-run-at" }, formatClock(tsMillis(t.runAt)))) : null,
       kv("started", formatClock(tsMillis(t.startedAt))),
       kv("finished", formatClock(tsMillis(t.finishedAt))),
       h("h3", {}, "Input"),
@@ -773,7 +848,11 @@ onApiKeyChange(() => {
   restartQueues();
 });
 window.setInterval(() => {
-  for (const row of rows.values()) if (row.task.startedAt && !isTerminal(row.task.state)) renderDuration(row);
+  for (const row of rows.values()) {
+    if (row.task.startedAt && !isTerminal(row.task.state)) renderDuration(row);
+    if (row.task.state === TaskState.SCHEDULED) renderRunAt(row);
+  }
+  watchDueRows();
 }, 1000);
 void loadPage();
 startStream();

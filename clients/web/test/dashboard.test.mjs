@@ -39,11 +39,12 @@ const consoleLines = []; // everything the page logged, saved for debugging
 
 const row = (id) => page.locator(`[data-testid="task-row"][data-task-id="${id}"]`);
 
-async function submit(kind, input, { labels = "" } = {}) {
+async function submit(kind, input, { labels = "", delay = "" } = {}) {
   const before = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
   await page.fill('[data-testid="submit-kind"]', kind);
   await page.fill('[data-testid="submit-input"]', input);
   await page.fill('[data-testid="submit-labels"]', labels);
+  await page.fill('[data-testid="submit-delay"]', delay);
   await page.click('[data-testid="submit-button"]');
   await page.waitForFunction(
     (prev) => {
@@ -416,6 +417,117 @@ test("the Queues card counts what ran, live: demo.echo's successes and a through
   await page.waitForFunction(() => Number(document.querySelector('[data-testid="queue-kind"][data-kind="demo.fail"]')?.dataset.failed) >= 1);
   assert.ok(await page.isHidden('[data-testid="queues-error"]'));
   await page.locator('[data-testid="queues"]').screenshot({ path: join(ARTIFACTS, "queues.png") });
+});
+
+/** GET /v1/tasks/{id} from the REST surface (served on the gRPC address), as JSON. */
+async function restTask(id) {
+  const res = await fetch(new URL(`/v1/tasks/${id}`, GRPC_URL), { signal: AbortSignal.timeout(STEP) });
+  assert.equal(res.status, 200, `GET /v1/tasks/${id}`);
+  return res.json();
+}
+
+/** What a row shows about its schedule, read in one go (the row can change between reads). */
+const scheduleOf = (id) =>
+  page.evaluate((taskId) => {
+    const tr = document.querySelector(`[data-testid="task-row"][data-task-id="${taskId}"]`);
+    const runAt = tr?.querySelector('[data-testid="task-run-at"]');
+    const at = runAt?.dataset.runAt;
+    return {
+      state: tr?.dataset.state,
+      badge: tr?.querySelector('[data-testid="task-state"]')?.className,
+      text: runAt?.textContent ?? "",
+      visible: runAt ? runAt.offsetParent !== null : false,
+      at,
+      // The start as this page formats a clock time (formatClock, today).
+      clock: at ? new Date(at).toLocaleTimeString([], { hour12: false }) : undefined,
+      now: Date.now(),
+      cancel: tr?.querySelectorAll('[data-testid="cancel-button"]').length ?? 0,
+    };
+  }, id);
+
+// After the Queues test, whose counts and "nothing waits" these would change.
+test("a delayed task waits SCHEDULED with its start shown, then runs by itself; another is cancelled before it starts", async () => {
+  // A delay the page cannot read is refused with a message, and nothing is sent.
+  const sent = userCalls();
+  await page.fill('[data-testid="submit-kind"]', "demo.echo");
+  await page.fill('[data-testid="submit-input"]', "{}");
+  await page.fill('[data-testid="submit-delay"]', "soon");
+  await page.click('[data-testid="submit-button"]');
+  await page.waitForSelector('[data-testid="submit-error"]:not([hidden])');
+  assert.match(await page.textContent('[data-testid="submit-error"]'), /^Delay: .*not a delay/);
+  assert.equal(await page.getAttribute('[data-testid="submit-delay"]', "aria-invalid"), "true");
+  assert.equal(userCalls(), sent, "no RPC for an unreadable delay");
+
+  // demo.echo in 3 s: SCHEDULED, with when it starts, until then.
+  const submittedAt = Date.now();
+  const soonId = await submit("demo.echo", '{"delayed":3}', { delay: "3s" });
+  const answeredAt = Date.now();
+  assert.equal(await page.getAttribute('[data-testid="submit-result"]', "data-state"), "SCHEDULED");
+  assert.match(await page.textContent('[data-testid="submit-result"]'), /^Scheduled .* to start in 3 s$/);
+  assert.equal(await page.getAttribute('[data-testid="submit-delay"]', "aria-invalid"), null);
+  const soon = await scheduleOf(soonId);
+  assert.equal(soon.state, "SCHEDULED", `the row right after the submit: ${JSON.stringify(soon)}`);
+  assert.match(soon.badge, /\bstate-scheduled\b/);
+  assert.ok(soon.visible, "the start time shows in the row");
+  const runAt = Date.parse(soon.at);
+  assert.ok(
+    runAt >= submittedAt + 3000 - 1000 && runAt <= answeredAt + 3000 + 1000,
+    `run_at ${soon.at} is 3 s after the submit (${new Date(submittedAt).toISOString()}..${new Date(answeredAt).toISOString()})`,
+  );
+  assert.ok(soon.text.startsWith(`starts ${soon.clock} · `), `row says when: "${soon.text}"`);
+  assert.match(soon.text, / · (in [1-3] s|now|due, starting…)$/, `row says how soon: "${soon.text}"`);
+  assert.equal(soon.cancel, 1, "a scheduled task can be cancelled");
+
+  // It reaches SUCCEEDED by itself (no reload, no click), no sooner than its run_at.
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${soonId}"][data-state="SUCCEEDED"]`, { timeout: STEP });
+  echoIds.push(soonId);
+  const done = await scheduleOf(soonId);
+  assert.equal(done.text, "", "no start time once it ran");
+  assert.ok(!done.visible);
+  assert.ok(done.now >= runAt, "it finished after its run_at");
+  assert.match(await row(soonId).locator('[data-testid="task-message"]').textContent(), /"delayed":3/);
+  const soonRecord = await restTask(soonId);
+  assert.equal(soonRecord.state, "TASK_STATE_SUCCEEDED");
+  // (Within a millisecond: the page rounds the record's microseconds to one.)
+  assert.ok(Math.abs(Date.parse(soonRecord.runAt) - runAt) <= 1, `the row showed the record's run_at ${soonRecord.runAt}: ${soon.at}`);
+  assert.ok(
+    Date.parse(soonRecord.startedAt) >= Date.parse(soonRecord.runAt),
+    `started ${soonRecord.startedAt}, not before its run_at ${soonRecord.runAt}`,
+  );
+
+  // demo.echo in 60 s: SCHEDULED, counting down; its detail says when it runs.
+  const laterId = await submit("demo.echo", '{"delayed":60}', { delay: "60" });
+  const later = await scheduleOf(laterId);
+  assert.equal(later.state, "SCHEDULED", JSON.stringify(later));
+  assert.ok(later.text.startsWith(`starts ${later.clock} · `), `row says when: "${later.text}"`);
+  assert.match(later.text, / · in (1m 0s|[45]\d s)$/, `row says how soon: "${later.text}"`);
+  await page.click(`[data-testid="task-row"][data-task-id="${laterId}"] [data-testid="task-id"]`);
+  await page.waitForSelector('[data-testid="detail-state"]');
+  assert.equal(await page.textContent('[data-testid="detail-state"]'), "SCHEDULED");
+  assert.equal(await page.textContent('[data-testid="detail-run-at"]'), later.clock);
+  await page.click('[data-testid="detail-close"]');
+  await page.waitForSelector('[data-testid="task-detail"]', { state: "hidden" });
+
+  // The state filter knows SCHEDULED: only that one is waiting.
+  await page.selectOption('[data-testid="filter-state"]', { label: "scheduled" });
+  await page.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll('[data-testid="task-row"]')];
+    return rows.length === 1 && rows[0].dataset.taskId === id && rows[0].dataset.state === "SCHEDULED";
+  }, laterId);
+  await page.selectOption('[data-testid="filter-state"]', { label: "any state" });
+  await row(soonId).waitFor();
+
+  // Cancelled from its row before it starts: CANCELLED, never run.
+  await row(laterId).locator('[data-testid="cancel-button"]').click();
+  await page.waitForSelector(`[data-testid="task-row"][data-task-id="${laterId}"][data-state="CANCELLED"]`, { timeout: STEP });
+  const cancelled = await scheduleOf(laterId);
+  assert.equal(cancelled.text, "", "no start time once cancelled");
+  assert.equal(cancelled.cancel, 0, "no cancel on a cancelled task");
+  const laterRecord = await restTask(laterId);
+  assert.equal(laterRecord.state, "TASK_STATE_CANCELLED");
+  assert.equal(laterRecord.startedAt, undefined, "it never started");
+  // Back to no delay for anything submitted after this.
+  await page.fill('[data-testid="submit-delay"]', "");
 });
 
 test("no page errors, and all traffic stayed on 127.0.0.1", () => {

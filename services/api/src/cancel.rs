@@ -70,7 +70,12 @@ impl TaskApi {
     /// rather than waiting for the recorder (whose later copies change nothing, by
     /// seq). All of them, in one batch: applying only `last` would make the recorder
     /// skip an unrecorded RUNNING event and lose the task's start time.
-    async fn project(&self, id: TaskId, recorded: u64, last: &Stored) -> Result<(), ApiError> {
+    pub(crate) async fn project(
+        &self,
+        id: TaskId,
+        recorded: u64,
+        last: &Stored,
+    ) -> Result<(), ApiError> {
         let history = &self.shared.history;
         let mut events = Vec::new();
         let mut after = recorded;

@@ -27,6 +27,14 @@ pub enum ApiError {
         /// How it ended.
         state: &'static str,
     },
+    /// Retrying a task that is not FAILED.
+    #[error("task {id} is {state}; only failed tasks can be retried")]
+    NotRetryable {
+        /// The task.
+        id: TaskId,
+        /// Where it is.
+        state: &'static str,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -56,7 +64,9 @@ impl From<ApiError> for Status {
                 InvalidInput::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
             },
             ApiError::NotFound(_) => Status::not_found(e.to_string()),
-            ApiError::AlreadyFinished { .. } => Status::failed_precondition(e.to_string()),
+            ApiError::AlreadyFinished { .. } | ApiError::NotRetryable { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
             ApiError::Store(s) if s.is_retryable() => unavailable("the database"),
             ApiError::Store(_) => internal(),
             ApiError::Nats(n) => match n {

@@ -20,6 +20,7 @@
 mod batch;
 mod cancel;
 pub mod config;
+pub mod dead_letters;
 mod error;
 mod kinds;
 mod reads;

@@ -73,7 +73,7 @@ impl TaskApi {
     /// The record as of its task's newest event ([`nats::History::catch_up`]): exact
     /// when it trails by up to [`FOLD_LIMIT`] events (the recorder's usual lag is one
     /// or two); beyond, those and the newest are folded.
-    async fn fresh(&self, mut record: TaskRecord) -> TaskRecord {
+    pub(crate) async fn fresh(&self, mut record: TaskRecord) -> TaskRecord {
         if let Err(e) = self.shared.history.catch_up(&mut record, FOLD_LIMIT).await {
             tracing::debug!(task_id = %record.id, error = %chain(&e), "answering from the record alone");
         }
@@ -81,7 +81,7 @@ impl TaskApi {
     }
 
     /// Waits until the recorder has recorded what the event stream holds now.
-    async fn await_recorder(&self) {
+    pub(crate) async fn await_recorder(&self) {
         let js = &self.shared.js;
         let wait = async {
             let target = nats::streams::recorder_position(js).await?.stream_last;

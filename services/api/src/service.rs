@@ -13,9 +13,10 @@ use taskwire::{
     json,
     nats::History,
     pb::v1::{
-        CancelTaskRequest, GetQueueStatsRequest, GetQueueStatsResponse, GetStatusRequest,
-        ListTasksRequest, ListTasksResponse, SubmitTaskRequest, SubmitTaskResponse, Task,
-        task_service_server::TaskService,
+        BulkTasksRequest, BulkTasksResponse, CancelTaskRequest, GetQueueStatsRequest,
+        GetQueueStatsResponse, GetStatusRequest, ListAttemptsRequest, ListAttemptsResponse,
+        ListTasksRequest, ListTasksResponse, RetryTaskRequest, SubmitTaskRequest,
+        SubmitTaskResponse, Task, task_service_server::TaskService,
     },
     store::{ListQuery, NewTask, PageToken, Store},
 };
@@ -93,6 +94,46 @@ impl TaskService for TaskApi {
         let scope = auth::principal(&req)?.scope;
         let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
         Ok(Response::new(self.cancel(id, &scope).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn retry_task(&self, req: Request<RetryTaskRequest>) -> Result<Response<Task>, Status> {
+        let scope = auth::principal(&req)?.scope;
+        let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
+        Ok(Response::new(self.retry(id, &scope).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn retry_tasks(
+        &self,
+        req: Request<BulkTasksRequest>,
+    ) -> Result<Response<BulkTasksResponse>, Status> {
+        let scope = auth::principal(&req)?.scope;
+        Ok(Response::new(
+            self.bulk(req.into_inner(), &scope, false).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn discard_tasks(
+        &self,
+        req: Request<BulkTasksRequest>,
+    ) -> Result<Response<BulkTasksResponse>, Status> {
+        let scope = auth::principal(&req)?.scope;
+        Ok(Response::new(
+            self.bulk(req.into_inner(), &scope, true).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn list_attempts(
+        &self,
+        req: Request<ListAttemptsRequest>,
+    ) -> Result<Response<ListAttemptsResponse>, Status> {
+        let scope = auth::principal(&req)?.scope;
+        let id = TaskId::parse(&req.get_ref().task_id).map_err(ApiError::from)?;
+        let attempts = self.attempts(id, &scope).await?;
+        Ok(Response::new(ListAttemptsResponse { attempts }))
     }
 
     #[tracing::instrument(skip_all)]

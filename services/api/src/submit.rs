@@ -163,5 +163,7 @@ fn task_message(t: &NewTask, traceparent: Option<String>) -> TaskMessage {
         created_at: Some(json::micros_to_timestamp(t.created_at_us)),
         traceparent: traceparent.unwrap_or_default(),
         run_at: t.run_at_us.map(json::micros_to_timestamp),
+        // The first run (RetryTask publishes later ones).
+        run: 0,
     }
 }

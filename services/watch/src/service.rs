@@ -124,7 +124,12 @@ impl WatchService for WatchApi {
         let principal = auth::principal(&req)?;
         let permits = self.quotas.admit(&principal, true)?;
         let scope = principal.scope;
-        let WatchTasksRequest { kind, labels } = req.into_inner();
+        let WatchTasksRequest {
+            kind,
+            labels,
+            state,
+        } = req.into_inner();
+        let state = taskwire::domain::parse_state_filter(state).map_err(WatchError::from)?;
         let kind = if kind.is_empty() {
             None
         } else {
@@ -139,7 +144,11 @@ impl WatchService for WatchApi {
         tokio::spawn(firehose(
             open,
             sub,
-            Filter { labels, scope },
+            Filter {
+                labels,
+                scope,
+                state,
+            },
             self.store.clone(),
             tx,
             self.stop.clone(),
@@ -340,6 +349,8 @@ impl Watcher {
 struct Filter {
     labels: Labels,
     scope: Scope,
+    /// Only events in this state (from the event: no lookup).
+    state: Option<TaskState>,
 }
 
 impl Filter {
@@ -382,6 +393,9 @@ async fn firehose(
             let _ = tx.send(Err(WatchError::FellBehind.into())).await;
             return;
         };
+        if filter.state.is_some_and(|s| live.event.state != s as i32) {
+            continue;
+        }
         if !filter.passes_all() {
             let wanted = match matches.get(&id) {
                 Some(m) => *m,

@@ -203,7 +203,9 @@ async fn claim(
                 ev.error = Some(task_error(&exhausted(max_attempts)));
                 ev
             } else {
-                nats::new_event(d.id, &kind, TaskState::Running, attempt)
+                let mut ev = nats::new_event(d.id, &kind, TaskState::Running, attempt);
+                ev.worker = crate::events::WORKER_NAME.clone();
+                ev
             }
         })
         .await;

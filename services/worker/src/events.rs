@@ -13,6 +13,16 @@ use taskwire::{
 };
 use tokio::sync::Mutex;
 
+/// This process as a task's attempt history names it: `taskwire-worker@<host>:<pid>`.
+pub(crate) static WORKER_NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    format!("taskwire-worker@{host}:{}", std::process::id())
+});
 /// The fields of one event besides the task and attempt.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Update {
@@ -69,6 +79,7 @@ impl EventWriter {
     /// Appends an event; returns its seq. `Conflict` means someone else wrote first.
     pub(crate) async fn write(&self, u: Update) -> Result<u64, nats::Error> {
         let mut event = nats::new_event(self.task_id, &self.kind, u.state, self.attempt);
+        event.worker = WORKER_NAME.clone();
         event.progress = u.progress;
         event.output = u.output;
         event.error = u.error;

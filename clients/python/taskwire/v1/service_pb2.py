@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from taskwire.v1 import task_pb2 as taskwire_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskwire/v1/service.proto\x12\x0btaskwire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16taskwire/v1/task.proto\"\xe4\x02\n\x11SubmitTaskRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.taskwire.v1.SubmitTaskRequest.LabelsEntry\x12(\n\x05\x64\x65lay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x12\x0f\n\x07warning\x18\x04 \x01(\t\"#\n\x10GetStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xd8\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).taskwire.v1.ListTasksRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.taskwire.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x14GetQueueStatsRequest\x12\x16\n\x0ewindow_minutes\x18\x01 \x01(\r\"\x80\x01\n\x15GetQueueStatsResponse\x12%\n\x05kinds\x18\x01 \x03(\x0b\x32\x16.taskwire.v1.KindStats\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewindow_minutes\x18\x03 \x01(\r\"\xc3\x01\n\tKindStats\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x04\x12\x0f\n\x07running\x18\x03 \x01(\x04\x12\x31\n\x0eoldest_waiting\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tsucceeded\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x1b\n\x13\x66inished_per_minute\x18\x07 \x03(\x04\x12\x13\n\x0bmax_running\x18\x08 \x01(\x04\"\x8c\x01\n\x11WatchTasksRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.taskwire.v1.WatchTasksRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x32\x86\x04\n\x0bTaskService\x12\x63\n\nSubmitTask\x12\x1e.taskwire.v1.SubmitTaskRequest\x1a\x1f.taskwire.v1.SubmitTaskResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/tasks:\x01*\x12Z\n\tGetStatus\x12\x1d.taskwire.v1.GetStatusRequest\x1a\x11.taskwire.v1.Task\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tasks/{task_id}\x12\x66\n\nCancelTask\x12\x1e.taskwire.v1.CancelTaskRequest\x1a\x11.taskwire.v1.Task\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/tasks/{task_id}:cancel:\x01*\x12]\n\tListTasks\x12\x1d.taskwire.v1.ListTasksRequest\x1a\x1e.taskwire.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12o\n\rGetQueueStats\x12!.taskwire.v1.GetQueueStatsRequest\x1a\".taskwire.v1.GetQueueStatsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/queue-stats2\xd4\x01\n\x0cWatchService\x12h\n\tWatchTask\x12\x1d.taskwire.v1.WatchTaskRequest\x1a\x16.taskwire.v1.TaskEvent\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/tasks/{task_id}/events0\x01\x12Z\n\nWatchTasks\x12\x1e.taskwire.v1.WatchTasksRequest\x1a\x16.taskwire.v1.TaskEvent\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/events0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskwire/v1/service.proto\x12\x0btaskwire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16taskwire/v1/task.proto\"\xe4\x02\n\x11SubmitTaskRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.taskwire.v1.SubmitTaskRequest.LabelsEntry\x12(\n\x05\x64\x65lay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x06run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x12\x0f\n\x07warning\x18\x04 \x01(\t\"#\n\x10GetStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"#\n\x10RetryTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xf3\x01\n\x10\x42ulkTasksRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).taskwire.v1.BulkTasksRequest.LabelsEntry\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x33\n\x0f\x66inished_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"~\n\x11\x42ulkTasksResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x04\x12\x11\n\tremaining\x18\x02 \x01(\x04\x12\x33\n\x0f\x66inished_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08task_ids\x18\x04 \x03(\t\"&\n\x13ListAttemptsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\">\n\x14ListAttemptsResponse\x12&\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x14.taskwire.v1.Attempt\"\xd8\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).taskwire.v1.ListTasksRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.taskwire.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x14GetQueueStatsRequest\x12\x16\n\x0ewindow_minutes\x18\x01 \x01(\r\"\x80\x01\n\x15GetQueueStatsResponse\x12%\n\x05kinds\x18\x01 \x03(\x0b\x32\x16.taskwire.v1.KindStats\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewindow_minutes\x18\x03 \x01(\r\"\xc3\x01\n\tKindStats\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x04\x12\x0f\n\x07running\x18\x03 \x01(\x04\x12\x31\n\x0eoldest_waiting\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tsucceeded\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x1b\n\x13\x66inished_per_minute\x18\x07 \x03(\x04\x12\x13\n\x0bmax_running\x18\x08 \x01(\x04\"\xb3\x01\n\x11WatchTasksRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.taskwire.v1.WatchTasksRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x32\xbc\x07\n\x0bTaskService\x12\x63\n\nSubmitTask\x12\x1e.taskwire.v1.SubmitTaskRequest\x1a\x1f.taskwire.v1.SubmitTaskResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/tasks:\x01*\x12Z\n\tGetStatus\x12\x1d.taskwire.v1.GetStatusRequest\x1a\x11.taskwire.v1.Task\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tasks/{task_id}\x12\x66\n\nCancelTask\x12\x1e.taskwire.v1.CancelTaskRequest\x1a\x11.taskwire.v1.Task\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/tasks/{task_id}:cancel:\x01*\x12]\n\tListTasks\x12\x1d.taskwire.v1.ListTasksRequest\x1a\x1e.taskwire.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12\x63\n\tRetryTask\x12\x1d.taskwire.v1.RetryTaskRequest\x1a\x11.taskwire.v1.Task\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/tasks/{task_id}:retry:\x01*\x12g\n\nRetryTasks\x12\x1d.taskwire.v1.BulkTasksRequest\x1a\x1e.taskwire.v1.BulkTasksResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/tasks:retry:\x01*\x12k\n\x0c\x44iscardTasks\x12\x1d.taskwire.v1.BulkTasksRequest\x1a\x1e.taskwire.v1.BulkTasksResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/tasks:discard:\x01*\x12y\n\x0cListAttempts\x12 .taskwire.v1.ListAttemptsRequest\x1a!.taskwire.v1.ListAttemptsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/tasks/{task_id}/attempts\x12o\n\rGetQueueStats\x12!.taskwire.v1.GetQueueStatsRequest\x1a\".taskwire.v1.GetQueueStatsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/queue-stats2\xd4\x01\n\x0cWatchService\x12h\n\tWatchTask\x12\x1d.taskwire.v1.WatchTaskRequest\x1a\x16.taskwire.v1.TaskEvent\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/tasks/{task_id}/events0\x01\x12Z\n\nWatchTasks\x12\x1e.taskwire.v1.WatchTasksRequest\x1a\x16.taskwire.v1.TaskEvent\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/events0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITTASKREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_SUBMITTASKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_BULKTASKSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_BULKTASKSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTTASKSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_WATCHTASKSREQUEST_LABELSENTRY']._loaded_options = None
@@ -50,6 +52,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['CancelTask']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/tasks/{task_id}:cancel:\001*'
   _globals['_TASKSERVICE'].methods_by_name['ListTasks']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['ListTasks']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/tasks'
+  _globals['_TASKSERVICE'].methods_by_name['RetryTask']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['RetryTask']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/tasks/{task_id}:retry:\001*'
+  _globals['_TASKSERVICE'].methods_by_name['RetryTasks']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['RetryTasks']._serialized_options = b'\202\323\344\223\002\024\"\017/v1/tasks:retry:\001*'
+  _globals['_TASKSERVICE'].methods_by_name['DiscardTasks']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['DiscardTasks']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/tasks:discard:\001*'
+  _globals['_TASKSERVICE'].methods_by_name['ListAttempts']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['ListAttempts']._serialized_options = b'\202\323\344\223\002\036\022\034/v1/tasks/{task_id}/attempts'
   _globals['_TASKSERVICE'].methods_by_name['GetQueueStats']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['GetQueueStats']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/queue-stats'
   _globals['_WATCHSERVICE'].methods_by_name['WatchTask']._loaded_options = None
@@ -66,26 +76,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_end=702
   _globals['_CANCELTASKREQUEST']._serialized_start=704
   _globals['_CANCELTASKREQUEST']._serialized_end=740
-  _globals['_LISTTASKSREQUEST']._serialized_start=743
-  _globals['_LISTTASKSREQUEST']._serialized_end=959
+  _globals['_RETRYTASKREQUEST']._serialized_start=742
+  _globals['_RETRYTASKREQUEST']._serialized_end=777
+  _globals['_BULKTASKSREQUEST']._serialized_start=780
+  _globals['_BULKTASKSREQUEST']._serialized_end=1023
+  _globals['_BULKTASKSREQUEST_LABELSENTRY']._serialized_start=503
+  _globals['_BULKTASKSREQUEST_LABELSENTRY']._serialized_end=548
+  _globals['_BULKTASKSRESPONSE']._serialized_start=1025
+  _globals['_BULKTASKSRESPONSE']._serialized_end=1151
+  _globals['_LISTATTEMPTSREQUEST']._serialized_start=1153
+  _globals['_LISTATTEMPTSREQUEST']._serialized_end=1191
+  _globals['_LISTATTEMPTSRESPONSE']._serialized_start=1193
+  _globals['_LISTATTEMPTSRESPONSE']._serialized_end=1255
+  _globals['_LISTTASKSREQUEST']._serialized_start=1258
+  _globals['_LISTTASKSREQUEST']._serialized_end=1474
   _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_start=503
   _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_end=548
-  _globals['_LISTTASKSRESPONSE']._serialized_start=961
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1039
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1041
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1087
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1090
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1218
-  _globals['_KINDSTATS']._serialized_start=1221
-  _globals['_KINDSTATS']._serialized_end=1416
-  _globals['_WATCHTASKSREQUEST']._serialized_start=1419
-  _globals['_WATCHTASKSREQUEST']._serialized_end=1559
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1476
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1554
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1556
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1602
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1605
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1733
+  _globals['_KINDSTATS']._serialized_start=1736
+  _globals['_KINDSTATS']._serialized_end=1931
+  _globals['_WATCHTASKSREQUEST']._serialized_start=1934
+  _globals['_WATCHTASKSREQUEST']._serialized_end=2113
   _globals['_WATCHTASKSREQUEST_LABELSENTRY']._serialized_start=503
   _globals['_WATCHTASKSREQUEST_LABELSENTRY']._serialized_end=548
-  _globals['_WATCHTASKREQUEST']._serialized_start=1561
-  _globals['_WATCHTASKREQUEST']._serialized_end=1615
-  _globals['_TASKSERVICE']._serialized_start=1618
-  _globals['_TASKSERVICE']._serialized_end=2136
-  _globals['_WATCHSERVICE']._serialized_start=2139
-  _globals['_WATCHSERVICE']._serialized_end=2351
+  _globals['_WATCHTASKREQUEST']._serialized_start=2115
+  _globals['_WATCHTASKREQUEST']._serialized_end=2169
+  _globals['_TASKSERVICE']._serialized_start=2172
+  _globals['_TASKSERVICE']._serialized_end=3128
+  _globals['_WATCHSERVICE']._serialized_start=3131
+  _globals['_WATCHSERVICE']._serialized_end=3343
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,59 @@ class CancelTaskRequest(_message.Message):
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
+class RetryTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class BulkTasksRequest(_message.Message):
+    __slots__ = ("kind", "labels", "error_code", "dry_run", "finished_before", "limit")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    labels: _containers.ScalarMap[str, str]
+    error_code: str
+    dry_run: bool
+    finished_before: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, kind: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., error_code: _Optional[str] = ..., dry_run: _Optional[bool] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class BulkTasksResponse(_message.Message):
+    __slots__ = ("matched", "remaining", "finished_before", "task_ids")
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    matched: int
+    remaining: int
+    finished_before: _timestamp_pb2.Timestamp
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, matched: _Optional[int] = ..., remaining: _Optional[int] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAttemptsRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ListAttemptsResponse(_message.Message):
+    __slots__ = ("attempts",)
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    attempts: _containers.RepeatedCompositeFieldContainer[_task_pb2.Attempt]
+    def __init__(self, attempts: _Optional[_Iterable[_Union[_task_pb2.Attempt, _Mapping]]] = ...) -> None: ...
+
 class ListTasksRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "state", "kind", "labels")
     class LabelsEntry(_message.Message):
@@ -130,7 +183,7 @@ class KindStats(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., oldest_waiting: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., finished_per_minute: _Optional[_Iterable[int]] = ..., max_running: _Optional[int] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
-    __slots__ = ("kind", "labels")
+    __slots__ = ("kind", "state", "labels")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,10 +192,12 @@ class WatchTasksRequest(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     kind: str
+    state: _task_pb2.TaskState
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, kind: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, kind: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class WatchTaskRequest(_message.Message):
     __slots__ = ("task_id", "after_seq")

@@ -58,6 +58,26 @@ class TaskServiceStub:
                 request_serializer=taskwire_dot_v1_dot_service__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_service__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/taskwire.v1.TaskService/RetryTask',
+                request_serializer=taskwire_dot_v1_dot_service__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_task__pb2.Task.FromString,
+                _registered_method=True)
+        self.RetryTasks = channel.unary_unary(
+                '/taskwire.v1.TaskService/RetryTasks',
+                request_serializer=taskwire_dot_v1_dot_service__pb2.BulkTasksRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_service__pb2.BulkTasksResponse.FromString,
+                _registered_method=True)
+        self.DiscardTasks = channel.unary_unary(
+                '/taskwire.v1.TaskService/DiscardTasks',
+                request_serializer=taskwire_dot_v1_dot_service__pb2.BulkTasksRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_service__pb2.BulkTasksResponse.FromString,
+                _registered_method=True)
+        self.ListAttempts = channel.unary_unary(
+                '/taskwire.v1.TaskService/ListAttempts',
+                request_serializer=taskwire_dot_v1_dot_service__pb2.ListAttemptsRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_service__pb2.ListAttemptsResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/taskwire.v1.TaskService/GetQueueStats',
                 request_serializer=taskwire_dot_v1_dot_service__pb2.GetQueueStatsRequest.SerializeToString,
@@ -121,6 +141,50 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryTask(self, request, context):
+        """Starts a new run of a FAILED task (a dead letter): the same task id, QUEUED
+        again, attempts counted from 1, its input and settings as submitted. The earlier
+        runs stay in its history (ListAttempts). The answer is the task as it is now.
+        Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
+        FAILED_PRECONDITION (the task is not FAILED), UNAVAILABLE (NATS or the database
+        cannot be reached; retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTasks(self, request, context):
+        """Retries every FAILED task matching a filter, at most `limit` per call. Call it
+        first with dry_run = true: the answer counts the matching tasks and gives
+        `finished_before`, the moment of that count; pass it back with dry_run = false
+        and exactly those tasks are retried (tasks failing after the count are not), even
+        over several calls (`remaining` says how many are left).
+        Errors: INVALID_ARGUMENT (a malformed filter, limit over 1000), UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardTasks(self, request, context):
+        """Deletes FAILED tasks matching a filter (dead letters nobody will retry), with the
+        same dry run and `finished_before` as RetryTasks.
+        Errors: INVALID_ARGUMENT (a malformed filter, limit over 1000), UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttempts(self, request, context):
+        """A task's attempts, in every run, from its history in the event stream (kept for
+        --events-max-age, 7 days by default): when each started and ended, how, with
+        which error, on which worker.
+        Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
+        UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQueueStats(self, request, context):
         """Per kind: tasks waiting for a worker and tasks unacknowledged (running, or waiting
         out a retry's delay), how long the oldest waiting one has waited, and the tasks
@@ -157,6 +221,26 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=taskwire_dot_v1_dot_service__pb2.ListTasksRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=taskwire_dot_v1_dot_service__pb2.RetryTaskRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_task__pb2.Task.SerializeToString,
+            ),
+            'RetryTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTasks,
+                    request_deserializer=taskwire_dot_v1_dot_service__pb2.BulkTasksRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_service__pb2.BulkTasksResponse.SerializeToString,
+            ),
+            'DiscardTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardTasks,
+                    request_deserializer=taskwire_dot_v1_dot_service__pb2.BulkTasksRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_service__pb2.BulkTasksResponse.SerializeToString,
+            ),
+            'ListAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttempts,
+                    request_deserializer=taskwire_dot_v1_dot_service__pb2.ListAttemptsRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_service__pb2.ListAttemptsResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
@@ -275,6 +359,114 @@ class TaskService:
             '/taskwire.v1.TaskService/ListTasks',
             taskwire_dot_v1_dot_service__pb2.ListTasksRequest.SerializeToString,
             taskwire_dot_v1_dot_service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskService/RetryTask',
+            taskwire_dot_v1_dot_service__pb2.RetryTaskRequest.SerializeToString,
+            taskwire_dot_v1_dot_task__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskService/RetryTasks',
+            taskwire_dot_v1_dot_service__pb2.BulkTasksRequest.SerializeToString,
+            taskwire_dot_v1_dot_service__pb2.BulkTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskService/DiscardTasks',
+            taskwire_dot_v1_dot_service__pb2.BulkTasksRequest.SerializeToString,
+            taskwire_dot_v1_dot_service__pb2.BulkTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskService/ListAttempts',
+            taskwire_dot_v1_dot_service__pb2.ListAttemptsRequest.SerializeToString,
+            taskwire_dot_v1_dot_service__pb2.ListAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

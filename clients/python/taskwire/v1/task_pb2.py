@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16taskwire/v1/task.proto\x12\x0btaskwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xea\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12%\n\x05input\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x14\n\x0cmax_attempts\x18\t \x01(\r\x12-\n\x06labels\x18\n \x03(\x0b\x32\x1d.taskwire.v1.Task.LabelsEntry\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x0f \x01(\x04\x12*\n\x06run_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x02\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x05 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07message\x18\t \x01(\t*\xd4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x17\n\x13TASK_STATE_RETRYING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16taskwire/v1/task.proto\x12\x0btaskwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xf7\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12%\n\x05input\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x14\n\x0cmax_attempts\x18\t \x01(\r\x12-\n\x06labels\x18\n \x03(\x0b\x32\x1d.taskwire.v1.Task.LabelsEntry\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x0f \x01(\x04\x12*\n\x06run_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03run\x18\x11 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x07\x41ttempt\x12\x0b\n\x03run\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07outcome\x18\x05 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0e\n\x06worker\x18\x07 \x01(\t\"\x94\x02\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x05 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07message\x18\t \x01(\t*\xd4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x17\n\x13TASK_STATE_RETRYING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASK_LABELSENTRY']._loaded_options = None
   _globals['_TASK_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=1113
-  _globals['_TASKSTATE']._serialized_end=1325
+  _globals['_TASKSTATE']._serialized_start=1358
+  _globals['_TASKSTATE']._serialized_end=1570
   _globals['_PROGRESS']._serialized_start=102
   _globals['_PROGRESS']._serialized_end=147
   _globals['_TASKERROR']._serialized_start=149
   _globals['_TASKERROR']._serialized_end=210
   _globals['_TASK']._serialized_start=213
-  _globals['_TASK']._serialized_end=831
-  _globals['_TASK_LABELSENTRY']._serialized_start=786
-  _globals['_TASK_LABELSENTRY']._serialized_end=831
-  _globals['_TASKEVENT']._serialized_start=834
-  _globals['_TASKEVENT']._serialized_end=1110
+  _globals['_TASK']._serialized_end=844
+  _globals['_TASK_LABELSENTRY']._serialized_start=799
+  _globals['_TASK_LABELSENTRY']._serialized_end=844
+  _globals['_ATTEMPT']._serialized_start=847
+  _globals['_ATTEMPT']._serialized_end=1076
+  _globals['_TASKEVENT']._serialized_start=1079
+  _globals['_TASKEVENT']._serialized_end=1355
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
 import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Task, TaskEventSchema, TaskSchema, TaskState } from "./task_pb";
+import type { Attempt, Task, TaskEventSchema, TaskSchema, TaskState } from "./task_pb";
 import { file_taskwire_v1_task } from "./task_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskwire/v1/service.proto.
  */
 export const file_taskwire_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSKOAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIUCgxkZWR1cGxpY2F0ZWQYAyABKAgSDwoHd2FybmluZxgEIAEoCSIjChBHZXRTdGF0dXNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLYAQoQTGlzdFRhc2tzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIlCgVzdGF0ZRgDIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIMCgRraW5kGAQgASgJEjkKBmxhYmVscxgFIAMoCzIpLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJOChFMaXN0VGFza3NSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLnRhc2t3aXJlLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KFEdldFF1ZXVlU3RhdHNSZXF1ZXN0EhYKDndpbmRvd19taW51dGVzGAEgASgNIoABChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USJQoFa2luZHMYASADKAsyFi50YXNrd2lyZS52MS5LaW5kU3RhdHMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd2luZG93X21pbnV0ZXMYAyABKA0iwwEKCUtpbmRTdGF0cxIMCgRraW5kGAEgASgJEg8KB3dhaXRpbmcYAiABKAQSDwoHcnVubmluZxgDIAEoBBIxCg5vbGRlc3Rfd2FpdGluZxgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglzdWNjZWVkZWQYBSABKAQSDgoGZmFpbGVkGAYgASgEEhsKE2ZpbmlzaGVkX3Blcl9taW51dGUYByADKAQSEwoLbWF4X3J1bm5pbmcYCCABKAQijAEKEVdhdGNoVGFza3NSZXF1ZXN0EgwKBGtpbmQYASABKAkSOgoGbGFiZWxzGAIgAygLMioudGFza3dpcmUudjEuV2F0Y2hUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI2ChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEMoYECgtUYXNrU2VydmljZRJjCgpTdWJtaXRUYXNrEh4udGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QaHy50YXNrd2lyZS52MS5TdWJtaXRUYXNrUmVzcG9uc2UiFILT5JMCDjoBKiIJL3YxL3Rhc2tzEloKCUdldFN0YXR1cxIdLnRhc2t3aXJlLnYxLkdldFN0YXR1c1JlcXVlc3QaES50YXNrd2lyZS52MS5UYXNrIhuC0+STAhUSEy92MS90YXNrcy97dGFza19pZH0SZgoKQ2FuY2VsVGFzaxIeLnRhc2t3aXJlLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzayIlgtPkkwIfOgEqIhovdjEvdGFza3Mve3Rhc2tfaWR9OmNhbmNlbBJdCglMaXN0VGFza3MSHS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0Gh4udGFza3dpcmUudjEuTGlzdFRhc2tzUmVzcG9uc2UiEYLT5JMCCxIJL3YxL3Rhc2tzEm8KDUdldFF1ZXVlU3RhdHMSIS50YXNrd2lyZS52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBoiLnRhc2t3aXJlLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZSIXgtPkkwIREg8vdjEvcXVldWUtc3RhdHMy1AEKDFdhdGNoU2VydmljZRJoCglXYXRjaFRhc2sSHS50YXNrd2lyZS52MS5XYXRjaFRhc2tSZXF1ZXN0GhYudGFza3dpcmUudjEuVGFza0V2ZW50IiKC0+STAhwSGi92MS90YXNrcy97dGFza19pZH0vZXZlbnRzMAESWgoKV2F0Y2hUYXNrcxIeLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0GhYudGFza3dpcmUudjEuVGFza0V2ZW50IhKC0+STAgwSCi92MS9ldmVudHMwAWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskwire_v1_task]);
+  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSLkAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkSKAoFZGVsYXkYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInMKElN1Ym1pdFRhc2tSZXNwb25zZRIPCgd0YXNrX2lkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEhQKDGRlZHVwbGljYXRlZBgDIAEoCBIPCgd3YXJuaW5nGAQgASgJIiMKEEdldFN0YXR1c1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIiMKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLzAQoQQnVsa1Rhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEjkKBmxhYmVscxgCIAMoCzIpLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkSEgoKZXJyb3JfY29kZRgDIAEoCRIPCgdkcnlfcnVuGAQgASgIEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ+ChFCdWxrVGFza3NSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEhEKCXJlbWFpbmluZxgCIAEoBBIzCg9maW5pc2hlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHRhc2tfaWRzGAQgAygJIiYKE0xpc3RBdHRlbXB0c1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI+ChRMaXN0QXR0ZW1wdHNSZXNwb25zZRImCghhdHRlbXB0cxgBIAMoCzIULnRhc2t3aXJlLnYxLkF0dGVtcHQi2AEKEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSDAoEa2luZBgEIAEoCRI5CgZsYWJlbHMYBSADKAsyKS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES50YXNrd2lyZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIuChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIWCg53aW5kb3dfbWludXRlcxgBIAEoDSKAAQoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEiUKBWtpbmRzGAEgAygLMhYudGFza3dpcmUudjEuS2luZFN0YXRzEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDndpbmRvd19taW51dGVzGAMgASgNIsMBCglLaW5kU3RhdHMSDAoEa2luZBgBIAEoCRIPCgd3YWl0aW5nGAIgASgEEg8KB3J1bm5pbmcYAyABKAQSMQoOb2xkZXN0X3dhaXRpbmcYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJc3VjY2VlZGVkGAUgASgEEg4KBmZhaWxlZBgGIAEoBBIbChNmaW5pc2hlZF9wZXJfbWludXRlGAcgAygEEhMKC21heF9ydW5uaW5nGAggASgEIrMBChFXYXRjaFRhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEiUKBXN0YXRlGAMgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEjoKBmxhYmVscxgCIAMoCzIqLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBDK8BwoLVGFza1NlcnZpY2USYwoKU3VibWl0VGFzaxIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8udGFza3dpcmUudjEuU3VibWl0VGFza1Jlc3BvbnNlIhSC0+STAg46ASoiCS92MS90YXNrcxJaCglHZXRTdGF0dXMSHS50YXNrd2lyZS52MS5HZXRTdGF0dXNSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzayIbgtPkkwIVEhMvdjEvdGFza3Mve3Rhc2tfaWR9EmYKCkNhbmNlbFRhc2sSHi50YXNrd2lyZS52MS5DYW5jZWxUYXNrUmVxdWVzdBoRLnRhc2t3aXJlLnYxLlRhc2siJYLT5JMCHzoBKiIaL3YxL3Rhc2tzL3t0YXNrX2lkfTpjYW5jZWwSXQoJTGlzdFRhc2tzEh0udGFza3dpcmUudjEuTGlzdFRhc2tzUmVxdWVzdBoeLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIhGC0+STAgsSCS92MS90YXNrcxJjCglSZXRyeVRhc2sSHS50YXNrd2lyZS52MS5SZXRyeVRhc2tSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzayIkgtPkkwIeOgEqIhkvdjEvdGFza3Mve3Rhc2tfaWR9OnJldHJ5EmcKClJldHJ5VGFza3MSHS50YXNrd2lyZS52MS5CdWxrVGFza3NSZXF1ZXN0Gh4udGFza3dpcmUudjEuQnVsa1Rhc2tzUmVzcG9uc2UiGoLT5JMCFDoBKiIPL3YxL3Rhc2tzOnJldHJ5EmsKDERpc2NhcmRUYXNrcxIdLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1JlcXVlc3QaHi50YXNrd2lyZS52MS5CdWxrVGFza3NSZXNwb25zZSIcgtPkkwIWOgEqIhEvdjEvdGFza3M6ZGlzY2FyZBJ5CgxMaXN0QXR0ZW1wdHMSIC50YXNrd2lyZS52MS5MaXN0QXR0ZW1wdHNSZXF1ZXN0GiEudGFza3dpcmUudjEuTGlzdEF0dGVtcHRzUmVzcG9uc2UiJILT5JMCHhIcL3YxL3Rhc2tzL3t0YXNrX2lkfS9hdHRlbXB0cxJvCg1HZXRRdWV1ZVN0YXRzEiEudGFza3dpcmUudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaIi50YXNrd2lyZS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2UiF4LT5JMCERIPL3YxL3F1ZXVlLXN0YXRzMtQBCgxXYXRjaFNlcnZpY2USaAoJV2F0Y2hUYXNrEh0udGFza3dpcmUudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudCIigtPkkwIcEhovdjEvdGFza3Mve3Rhc2tfaWR9L2V2ZW50czABEloKCldhdGNoVGFza3MSHi50YXNrd2lyZS52MS5XYXRjaFRhc2tzUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudCISgtPkkwIMEgovdjEvZXZlbnRzMAFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskwire_v1_task]);
 
 /**
  * @generated from message taskwire.v1.SubmitTaskRequest
@@ -69,6 +69,23 @@ export type SubmitTaskRequest = Message<"taskwire.v1.SubmitTaskRequest"> & {
    * @generated from field: map<string, string> labels = 6;
    */
   labels: { [key: string]: string };
+
+  /**
+   * Optional: start no earlier than this long after the submit (at most 366 days).
+   * The task is SCHEDULED until then; it survives restarts (it waits in the
+   * database) and can be cancelled before it starts. Not with run_at.
+   *
+   * @generated from field: google.protobuf.Duration delay = 7;
+   */
+  delay?: Duration | undefined;
+
+  /**
+   * Optional: start no earlier than this time (at most 366 days ahead; a time already
+   * past starts it at once). Not with delay.
+   *
+   * @generated from field: google.protobuf.Timestamp run_at = 8;
+   */
+  runAt?: Timestamp | undefined;
 };
 
 /**
@@ -88,7 +105,8 @@ export type SubmitTaskResponse = Message<"taskwire.v1.SubmitTaskResponse"> & {
   taskId: string;
 
   /**
-   * Always QUEUED, also for a deduplicated answer: read GetStatus for the current state.
+   * QUEUED, or SCHEDULED for a task with a delay or run_at ahead; a deduplicated
+   * answer is QUEUED: read GetStatus for the current state.
    *
    * @generated from field: taskwire.v1.TaskState state = 2;
    */
@@ -153,6 +171,156 @@ export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE_
   messageDesc(file_taskwire_v1_service, 3);
 
 /**
+ * @generated from message taskwire.v1.RetryTaskRequest
+ */
+export type RetryTaskRequest = Message<"taskwire.v1.RetryTaskRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message taskwire.v1.RetryTaskRequest.
+ * Use `create(RetryTaskRequestSchema)` to create a new message.
+ */
+export const RetryTaskRequestSchema: GenMessage<RetryTaskRequest> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 4);
+
+/**
+ * Which FAILED tasks a bulk retry or discard applies to: all filters must match.
+ *
+ * @generated from message taskwire.v1.BulkTasksRequest
+ */
+export type BulkTasksRequest = Message<"taskwire.v1.BulkTasksRequest"> & {
+  /**
+   * Only tasks of this kind (empty = any).
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * Only tasks carrying every one of these labels.
+   *
+   * @generated from field: map<string, string> labels = 2;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * Only tasks whose error has this code (empty = any), e.g. "DEMO_FAILURE".
+   *
+   * @generated from field: string error_code = 3;
+   */
+  errorCode: string;
+
+  /**
+   * Count, change nothing.
+   *
+   * @generated from field: bool dry_run = 4;
+   */
+  dryRun: boolean;
+
+  /**
+   * Only tasks that failed before this time: the dry run's answer, so the real run
+   * applies to exactly the tasks it counted. Required unless dry_run.
+   *
+   * @generated from field: google.protobuf.Timestamp finished_before = 5;
+   */
+  finishedBefore?: Timestamp | undefined;
+
+  /**
+   * Most tasks changed by this call: 1 to 1000; 0 = 1000.
+   *
+   * @generated from field: uint32 limit = 6;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message taskwire.v1.BulkTasksRequest.
+ * Use `create(BulkTasksRequestSchema)` to create a new message.
+ */
+export const BulkTasksRequestSchema: GenMessage<BulkTasksRequest> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 5);
+
+/**
+ * @generated from message taskwire.v1.BulkTasksResponse
+ */
+export type BulkTasksResponse = Message<"taskwire.v1.BulkTasksResponse"> & {
+  /**
+   * Dry run: the matching tasks. Otherwise: the tasks this call retried or discarded.
+   *
+   * @generated from field: uint64 matched = 1;
+   */
+  matched: bigint;
+
+  /**
+   * Matching tasks left after this call (0 when done; call again otherwise).
+   *
+   * @generated from field: uint64 remaining = 2;
+   */
+  remaining: bigint;
+
+  /**
+   * The dry run's moment, to pass back as finished_before.
+   *
+   * @generated from field: google.protobuf.Timestamp finished_before = 3;
+   */
+  finishedBefore?: Timestamp | undefined;
+
+  /**
+   * Ids of the tasks this call changed (empty for a dry run).
+   *
+   * @generated from field: repeated string task_ids = 4;
+   */
+  taskIds: string[];
+};
+
+/**
+ * Describes the message taskwire.v1.BulkTasksResponse.
+ * Use `create(BulkTasksResponseSchema)` to create a new message.
+ */
+export const BulkTasksResponseSchema: GenMessage<BulkTasksResponse> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 6);
+
+/**
+ * @generated from message taskwire.v1.ListAttemptsRequest
+ */
+export type ListAttemptsRequest = Message<"taskwire.v1.ListAttemptsRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message taskwire.v1.ListAttemptsRequest.
+ * Use `create(ListAttemptsRequestSchema)` to create a new message.
+ */
+export const ListAttemptsRequestSchema: GenMessage<ListAttemptsRequest> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 7);
+
+/**
+ * @generated from message taskwire.v1.ListAttemptsResponse
+ */
+export type ListAttemptsResponse = Message<"taskwire.v1.ListAttemptsResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated taskwire.v1.Attempt attempts = 1;
+   */
+  attempts: Attempt[];
+};
+
+/**
+ * Describes the message taskwire.v1.ListAttemptsResponse.
+ * Use `create(ListAttemptsResponseSchema)` to create a new message.
+ */
+export const ListAttemptsResponseSchema: GenMessage<ListAttemptsResponse> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 8);
+
+/**
  * @generated from message taskwire.v1.ListTasksRequest
  */
 export type ListTasksRequest = Message<"taskwire.v1.ListTasksRequest"> & {
@@ -197,7 +365,7 @@ export type ListTasksRequest = Message<"taskwire.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 4);
+  messageDesc(file_taskwire_v1_service, 9);
 
 /**
  * @generated from message taskwire.v1.ListTasksResponse
@@ -221,7 +389,7 @@ export type ListTasksResponse = Message<"taskwire.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 5);
+  messageDesc(file_taskwire_v1_service, 10);
 
 /**
  * @generated from message taskwire.v1.GetQueueStatsRequest
@@ -240,7 +408,7 @@ export type GetQueueStatsRequest = Message<"taskwire.v1.GetQueueStatsRequest"> &
  * Use `create(GetQueueStatsRequestSchema)` to create a new message.
  */
 export const GetQueueStatsRequestSchema: GenMessage<GetQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 6);
+  messageDesc(file_taskwire_v1_service, 11);
 
 /**
  * @generated from message taskwire.v1.GetQueueStatsResponse
@@ -273,7 +441,7 @@ export type GetQueueStatsResponse = Message<"taskwire.v1.GetQueueStatsResponse">
  * Use `create(GetQueueStatsResponseSchema)` to create a new message.
  */
 export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 7);
+  messageDesc(file_taskwire_v1_service, 12);
 
 /**
  * @generated from message taskwire.v1.KindStats
@@ -339,7 +507,7 @@ export type KindStats = Message<"taskwire.v1.KindStats"> & {
  * Use `create(KindStatsSchema)` to create a new message.
  */
 export const KindStatsSchema: GenMessage<KindStats> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 8);
+  messageDesc(file_taskwire_v1_service, 13);
 
 /**
  * @generated from message taskwire.v1.WatchTasksRequest
@@ -351,6 +519,14 @@ export type WatchTasksRequest = Message<"taskwire.v1.WatchTasksRequest"> & {
    * @generated from field: string kind = 1;
    */
   kind: string;
+
+  /**
+   * Only events that move a task into this state (UNSPECIFIED = all): with FAILED,
+   * one event per task dead-lettered, a hook for callers without NATS.
+   *
+   * @generated from field: taskwire.v1.TaskState state = 3;
+   */
+  state: TaskState;
 
   /**
    * Only tasks carrying every one of these labels (each task's labels are read once
@@ -366,7 +542,7 @@ export type WatchTasksRequest = Message<"taskwire.v1.WatchTasksRequest"> & {
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 9);
+  messageDesc(file_taskwire_v1_service, 14);
 
 /**
  * @generated from message taskwire.v1.WatchTaskRequest
@@ -390,7 +566,7 @@ export type WatchTaskRequest = Message<"taskwire.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 10);
+  messageDesc(file_taskwire_v1_service, 15);
 
 /**
  * The front door: start tasks, read them, cancel them. Served by the api process,
@@ -461,6 +637,62 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof ListTasksRequestSchema;
     output: typeof ListTasksResponseSchema;
+  },
+  /**
+   * Starts a new run of a FAILED task (a dead letter): the same task id, QUEUED
+   * again, attempts counted from 1, its input and settings as submitted. The earlier
+   * runs stay in its history (ListAttempts). The answer is the task as it is now.
+   * Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
+   * FAILED_PRECONDITION (the task is not FAILED), UNAVAILABLE (NATS or the database
+   * cannot be reached; retry).
+   *
+   * @generated from rpc taskwire.v1.TaskService.RetryTask
+   */
+  retryTask: {
+    methodKind: "unary";
+    input: typeof RetryTaskRequestSchema;
+    output: typeof TaskSchema;
+  },
+  /**
+   * Retries every FAILED task matching a filter, at most `limit` per call. Call it
+   * first with dry_run = true: the answer counts the matching tasks and gives
+   * `finished_before`, the moment of that count; pass it back with dry_run = false
+   * and exactly those tasks are retried (tasks failing after the count are not), even
+   * over several calls (`remaining` says how many are left).
+   * Errors: INVALID_ARGUMENT (a malformed filter, limit over 1000), UNAVAILABLE.
+   *
+   * @generated from rpc taskwire.v1.TaskService.RetryTasks
+   */
+  retryTasks: {
+    methodKind: "unary";
+    input: typeof BulkTasksRequestSchema;
+    output: typeof BulkTasksResponseSchema;
+  },
+  /**
+   * Deletes FAILED tasks matching a filter (dead letters nobody will retry), with the
+   * same dry run and `finished_before` as RetryTasks.
+   * Errors: INVALID_ARGUMENT (a malformed filter, limit over 1000), UNAVAILABLE.
+   *
+   * @generated from rpc taskwire.v1.TaskService.DiscardTasks
+   */
+  discardTasks: {
+    methodKind: "unary";
+    input: typeof BulkTasksRequestSchema;
+    output: typeof BulkTasksResponseSchema;
+  },
+  /**
+   * A task's attempts, in every run, from its history in the event stream (kept for
+   * --events-max-age, 7 days by default): when each started and ended, how, with
+   * which error, on which worker.
+   * Errors: INVALID_ARGUMENT (task_id is not a UUID), NOT_FOUND (no such task),
+   * UNAVAILABLE.
+   *
+   * @generated from rpc taskwire.v1.TaskService.ListAttempts
+   */
+  listAttempts: {
+    methodKind: "unary";
+    input: typeof ListAttemptsRequestSchema;
+    output: typeof ListAttemptsResponseSchema;
   },
   /**
    * Per kind: tasks waiting for a worker and tasks unacknowledged (running, or waiting

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskwire/v1/task.proto.
  */
 export const file_taskwire_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0YXNrd2lyZS92MS90YXNrLnByb3RvEgt0YXNrd2lyZS52MSItCghQcm9ncmVzcxIQCghmcmFjdGlvbhgBIAEoARIPCgdtZXNzYWdlGAIgASgJIj0KCVRhc2tFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIIr4ECgRUYXNrEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSJwoIcHJvZ3Jlc3MYBCABKAsyFS50YXNrd2lyZS52MS5Qcm9ncmVzcxIlCgVpbnB1dBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJQoFZXJyb3IYByABKAsyFi50YXNrd2lyZS52MS5UYXNrRXJyb3ISDwoHYXR0ZW1wdBgIIAEoDRIUCgxtYXhfYXR0ZW1wdHMYCSABKA0SLQoGbGFiZWxzGAogAygLMh0udGFza3dpcmUudjEuVGFzay5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYDyABKAQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKUAgoJVGFza0V2ZW50Eg8KB3Rhc2tfaWQYASABKAkSCwoDc2VxGAIgASgEEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBXN0YXRlGAQgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEicKCHByb2dyZXNzGAUgASgLMhUudGFza3dpcmUudjEuUHJvZ3Jlc3MSDwoHYXR0ZW1wdBgGIAEoDRImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJQoFZXJyb3IYCCABKAsyFi50YXNrd2lyZS52MS5UYXNrRXJyb3ISDwoHbWVzc2FnZRgJIAEoCSq6AQoJVGFza1N0YXRlEhoKFlRBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUQVNLX1NUQVRFX1FVRVVFRBABEhYKElRBU0tfU1RBVEVfUlVOTklORxACEhcKE1RBU0tfU1RBVEVfUkVUUllJTkcQAxIYChRUQVNLX1NUQVRFX1NVQ0NFRURFRBAEEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAUSGAoUVEFTS19TVEFURV9DQU5DRUxMRUQQBmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZ0YXNrd2lyZS92MS90YXNrLnByb3RvEgt0YXNrd2lyZS52MSItCghQcm9ncmVzcxIQCghmcmFjdGlvbhgBIAEoARIPCgdtZXNzYWdlGAIgASgJIj0KCVRhc2tFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIIvcECgRUYXNrEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSJwoIcHJvZ3Jlc3MYBCABKAsyFS50YXNrd2lyZS52MS5Qcm9ncmVzcxIlCgVpbnB1dBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJQoFZXJyb3IYByABKAsyFi50YXNrd2lyZS52MS5UYXNrRXJyb3ISDwoHYXR0ZW1wdBgIIAEoDRIUCgxtYXhfYXR0ZW1wdHMYCSABKA0SLQoGbGFiZWxzGAogAygLMh0udGFza3dpcmUudjEuVGFzay5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYDyABKAQSKgoGcnVuX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNydW4YESABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLlAQoHQXR0ZW1wdBILCgNydW4YASABKA0SDwoHYXR0ZW1wdBgCIAEoDRIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoHb3V0Y29tZRgFIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIlCgVlcnJvchgGIAEoCzIWLnRhc2t3aXJlLnYxLlRhc2tFcnJvchIOCgZ3b3JrZXIYByABKAkilAIKCVRhc2tFdmVudBIPCgd0YXNrX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVzdGF0ZRgEIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRInCghwcm9ncmVzcxgFIAEoCzIVLnRhc2t3aXJlLnYxLlByb2dyZXNzEg8KB2F0dGVtcHQYBiABKA0SJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiUKBWVycm9yGAggASgLMhYudGFza3dpcmUudjEuVGFza0Vycm9yEg8KB21lc3NhZ2UYCSABKAkq1AEKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVEFTS19TVEFURV9RVUVVRUQQARIWChJUQVNLX1NUQVRFX1JVTk5JTkcQAhIXChNUQVNLX1NUQVRFX1JFVFJZSU5HEAMSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBBIVChFUQVNLX1NUQVRFX0ZBSUxFRBAFEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAYSGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQB2IGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * How far a running task has come.
@@ -167,6 +167,21 @@ export type Task = Message<"taskwire.v1.Task"> & {
    * @generated from field: uint64 last_seq = 15;
    */
   lastSeq: bigint;
+
+  /**
+   * When a delayed task is (or was) due to start; absent for a task enqueued at once.
+   *
+   * @generated from field: google.protobuf.Timestamp run_at = 16;
+   */
+  runAt?: Timestamp | undefined;
+
+  /**
+   * Which run of the task this record shows: 1, or N after N-1 retries of a FAILED
+   * task (RetryTask). Attempts count from 1 in every run.
+   *
+   * @generated from field: uint32 run = 17;
+   */
+  run: number;
 };
 
 /**
@@ -175,6 +190,65 @@ export type Task = Message<"taskwire.v1.Task"> & {
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_taskwire_v1_task, 2);
+
+/**
+ * One attempt of a task, from its history (ListAttempts).
+ *
+ * @generated from message taskwire.v1.Attempt
+ */
+export type Attempt = Message<"taskwire.v1.Attempt"> & {
+  /**
+   * The run it belongs to (1, or N after N-1 retries) and its number in that run.
+   *
+   * @generated from field: uint32 run = 1;
+   */
+  run: number;
+
+  /**
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp started_at = 3;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * Absent while it runs, and for an attempt whose worker was lost (the next attempt
+   * took the task over).
+   *
+   * @generated from field: google.protobuf.Timestamp ended_at = 4;
+   */
+  endedAt?: Timestamp | undefined;
+
+  /**
+   * RUNNING while it runs; RETRYING (failed, retried), FAILED, SUCCEEDED or CANCELLED
+   * when it ended; UNSPECIFIED when its worker was lost.
+   *
+   * @generated from field: taskwire.v1.TaskState outcome = 5;
+   */
+  outcome: TaskState;
+
+  /**
+   * @generated from field: taskwire.v1.TaskError error = 6;
+   */
+  error?: TaskError | undefined;
+
+  /**
+   * The worker that ran it (`taskwire-worker@<host>:<pid>`), if it said.
+   *
+   * @generated from field: string worker = 7;
+   */
+  worker: string;
+};
+
+/**
+ * Describes the message taskwire.v1.Attempt.
+ * Use `create(AttemptSchema)` to create a new message.
+ */
+export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_task, 3);
 
 /**
  * One step in a task's history, as WatchTask and WatchTasks stream it.
@@ -242,11 +316,12 @@ export type TaskEvent = Message<"taskwire.v1.TaskEvent"> & {
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_task, 3);
+  messageDesc(file_taskwire_v1_task, 4);
 
 /**
  * Where a task is in its life. SUCCEEDED, FAILED and CANCELLED are terminal: a task
- * in one of them never changes again.
+ * in one of them never changes again, except that RetryTask starts a new run of a
+ * FAILED task (QUEUED again, attempts from 1).
  *
  * @generated from enum taskwire.v1.TaskState
  */
@@ -297,6 +372,14 @@ export enum TaskState {
    * @generated from enum value: TASK_STATE_CANCELLED = 6;
    */
   CANCELLED = 6,
+
+  /**
+   * Accepted and stored with a run_at in the future (SubmitTaskRequest's delay or
+   * run_at); enqueued, and then QUEUED, once that time comes. Cancel it to drop it.
+   *
+   * @generated from enum value: TASK_STATE_SCHEDULED = 7;
+   */
+  SCHEDULED = 7,
 }
 
 /**
