@@ -161,3 +161,147 @@ async fn unreachable_server_exits_5() {
     .await;
     assert_eq!(out.status.code(), Some(5));
 }
+
+/// Dead letters and delays from the command line: `retry` one task (a new run),
+/// `attempts` shows both runs, a bulk retry asks first (and without an answer does
+/// nothing), `--yes` retries exactly the counted tasks, `discard` deletes them;
+/// `submit --delay` is SCHEDULED and listed as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_dead_letters_and_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::spawn(dir.path()).await;
+    let addr = dev.addr.to_string();
+    let batch = format!("batch=cli-{}", std::process::id());
+
+    // Two dead letters: demo.fail always fails (exit 1 with --watch).
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = run(args(
+            &addr,
+            &[
+                "submit",
+                "demo.fail",
+                "--label",
+                &batch,
+                "--watch",
+                "--json",
+            ],
+        ))
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first: serde_json::Value =
+            serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+        ids.push(first["task_id"].as_str().unwrap().to_string());
+    }
+
+    // Retry one: run 2.
+    let out = run(args(&addr, &["retry", &ids[0], "--json"])).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(t["run"], 2);
+    // It fails again; then its attempts show both runs.
+    let attempts = taskwire_tests::eventually("both runs end", || {
+        let addr = addr.clone();
+        let id = ids[0].clone();
+        async move {
+            let out = run(args(&addr, &["attempts", &id, "--json"])).await;
+            let lines: Vec<serde_json::Value> = stdout(&out)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (lines.len() == 2 && lines[1]["outcome"] == "FAILED").then_some(lines)
+        }
+    })
+    .await;
+    assert_eq!(
+        (attempts[0]["run"].as_u64(), attempts[1]["run"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(attempts[0]["error"]["code"], "DEMO_FAILURE");
+
+    // Bulk: a dry run counts; without --yes and no answer on stdin nothing happens.
+    let filter = ["--all", "--kind", "demo.fail", "--label", batch.as_str()];
+    let dry = run(args(
+        &addr,
+        &[&["retry"], &filter[..], &["--dry-run"]].concat(),
+    ))
+    .await;
+    assert_eq!(
+        stdout(&dry).trim(),
+        format!("2 failed task(s) match (kind demo.fail, label {batch})")
+    );
+    let unconfirmed = run(args(&addr, &[&["retry"], &filter[..]].concat())).await;
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    let yes = run(args(&addr, &[&["retry"], &filter[..], &["--yes"]].concat())).await;
+    assert_eq!(
+        yes.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&yes.stderr)
+    );
+    let mut retried: Vec<String> = stdout(&yes).lines().map(str::to_string).collect();
+    retried.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(retried, expected);
+
+    // Discard them once they failed again; then they are gone (exit 4: not found).
+    taskwire_tests::eventually("the retried runs fail again", || {
+        let addr = addr.clone();
+        async move {
+            let dry = run(args(
+                &addr,
+                &[&["discard"], &filter[..], &["--dry-run"]].concat(),
+            ))
+            .await;
+            stdout(&dry).starts_with("2 ").then_some(())
+        }
+    })
+    .await;
+    let gone = run(args(
+        &addr,
+        &[&["discard"], &filter[..], &["--yes"]].concat(),
+    ))
+    .await;
+    assert_eq!(
+        gone.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    for id in &ids {
+        let out = run(args(&addr, &["status", id])).await;
+        assert_eq!(out.status.code(), Some(4), "{id} was discarded");
+    }
+
+    // A delayed submit is SCHEDULED.
+    let out = run(args(
+        &addr,
+        &["submit", "demo.echo", "--delay", "1h", "--json"],
+    ))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = run(args(&addr, &["ls", "--state", "scheduled", "--json"])).await;
+    let rows: Vec<serde_json::Value> = stdout(&listed)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "TASK_STATE_SCHEDULED");
+    assert!(rows[0]["run_at"].is_string());
+}

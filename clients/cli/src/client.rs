@@ -70,7 +70,8 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Only tasks in this state: queued, running, retrying, succeeded, failed, cancelled.
+    /// Only tasks in this state: scheduled, queued, running, retrying, succeeded,
+    /// failed, cancelled.
     #[arg(long, value_parser = parse_state)]
     state: Option<TaskState>,
     #[arg(long)]
@@ -100,7 +101,7 @@ fn parse_time(s: &str) -> Result<prost_types::Timestamp, String> {
         .map_err(|_| format!("{s:?} is not an RFC 3339 time like 2026-12-24T18:00:00Z"))
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s:?} is not key=value"))
@@ -123,9 +124,9 @@ pub struct Target {
     pub ca: Option<PathBuf>,
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
+pub(crate) type Authed = InterceptedService<Channel, Bearer>;
 
-async fn channel(to: &Target) -> Result<Authed, CliError> {
+pub(crate) async fn channel(to: &Target) -> Result<Authed, CliError> {
     let addr = &to.addr;
     let mut endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| CliError::Usage(format!("bad address {addr:?}: {e}")))?

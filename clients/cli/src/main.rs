@@ -7,6 +7,7 @@
 //! 5 taskwire could not be reached.
 
 mod client;
+mod dead_letters;
 mod dev;
 mod keys;
 mod nats_permissions;
@@ -62,6 +63,14 @@ enum Command {
     Cancel(client::IdArgs),
     /// Lists tasks, newest first.
     Ls(client::LsArgs),
+    /// Retries a FAILED task (a new run under the same id), or with --all every FAILED
+    /// task matching the filters, after a dry run and a confirmation.
+    Retry(dead_letters::RetryArgs),
+    /// Deletes every FAILED task matching the filters (--all), after a dry run and a
+    /// confirmation.
+    Discard(dead_letters::DiscardArgs),
+    /// Prints a task's attempts, in every run: start, duration, outcome, error, worker.
+    Attempts(dead_letters::AttemptsArgs),
     /// Shows each kind's queue: waiting, running, the oldest wait, recent outcomes.
     Kinds(client::KindsArgs),
     /// Creates, lists and revokes API keys, in the database.
@@ -90,6 +99,9 @@ async fn main() -> ExitCode {
         Command::Watch(args) => client::watch(&watch, args).await,
         Command::Cancel(args) => client::cancel(&api, args).await,
         Command::Ls(args) => client::ls(&api, args).await,
+        Command::Retry(args) => dead_letters::retry(&api, args).await,
+        Command::Discard(args) => dead_letters::discard(&api, args).await,
+        Command::Attempts(args) => dead_letters::attempts(&api, args).await,
         Command::Kinds(args) => client::kinds(&api, args).await,
         Command::Keys(cmd) => keys::run(cmd).await,
         Command::NatsPermissions(args) => {

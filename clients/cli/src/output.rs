@@ -62,6 +62,8 @@ pub fn task_json(t: &Task) -> Value {
         "error": error(&t.error),
         "attempt": t.attempt,
         "max_attempts": t.max_attempts,
+        "run": t.run,
+        "run_at": t.run_at.as_ref().map(rfc3339),
         "labels": t.labels,
         "created_at": t.created_at.as_ref().map(rfc3339),
         "started_at": t.started_at.as_ref().map(rfc3339),
@@ -83,10 +85,60 @@ pub fn task_line(t: &Task) -> String {
         t.attempt,
         t.max_attempts
     );
+    if t.run > 1 {
+        line += &format!("  run {}", t.run);
+    }
     if let Some(e) = &t.error {
         line += &format!("  error {}: {}", e.code, e.message);
     }
     line
+}
+
+/// One attempt of a task's history as JSON (scripts).
+pub fn attempt_json(a: &taskwire::pb::v1::Attempt) -> Value {
+    json!({
+        "run": a.run,
+        "attempt": a.attempt,
+        "started_at": a.started_at.as_ref().map(rfc3339),
+        "ended_at": a.ended_at.as_ref().map(rfc3339),
+        "outcome": outcome(a.outcome),
+        "error": error(&a.error),
+        "worker": a.worker,
+    })
+}
+
+/// One attempt of a task's history as a line for people.
+pub fn attempt_line(a: &taskwire::pb::v1::Attempt) -> String {
+    let took = match (&a.started_at, &a.ended_at) {
+        (Some(s), Some(e)) => {
+            let us =
+                taskwire::json::timestamp_to_micros(e) - taskwire::json::timestamp_to_micros(s);
+            format!("{:.3}s", us as f64 / 1e6)
+        }
+        _ => "-".into(),
+    };
+    let mut line = format!(
+        "run {} attempt {}  {:<9} {:>9}  started {}  {}",
+        a.run,
+        a.attempt,
+        outcome(a.outcome),
+        took,
+        a.started_at.as_ref().map_or("-".into(), rfc3339),
+        if a.worker.is_empty() { "-" } else { &a.worker },
+    );
+    if let Some(e) = &a.error {
+        line += &format!("  error {}: {}", e.code, e.message);
+    }
+    line
+}
+
+/// An attempt's outcome: its end state, RUNNING while it runs, LOST when its worker
+/// vanished (the next attempt took over).
+fn outcome(state: i32) -> &'static str {
+    match TaskState::try_from(state) {
+        Ok(TaskState::Unspecified) => "LOST",
+        _ => short_state(state),
+    }
 }
 
 /// RFC 3339 in UTC with microseconds, e.g. 2026-11-25T02:51:22.260488Z.
