@@ -147,3 +147,47 @@ fn overlap_counting() {
     assert_eq!(most_at_once(&[(0, 10), (5, 20), (6, 7)]), 3);
     assert_eq!(most_at_once(&[]), 0);
 }
+
+/// `--max-rate demo.echo=4`: the worker starts at most 4 a second (after a burst of
+/// 4), so 12 tasks that would otherwise all start at once take at least 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paces_a_kind_by_its_rate() {
+    let nats = NatsServer::start();
+    let db = Db::Sqlite.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+    let mut config = worker_config(&nats.url());
+    config.max_rate = vec![KindLimit {
+        kind: "demo.echo".into(),
+        max: 4,
+    }];
+    let _worker = Running::worker(config);
+    let mut client = api.client().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(submit(&mut client, submit_req("demo.echo", serde_json::json!(i))).await);
+    }
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    let mut starts = Vec::new();
+    for id in &ids {
+        wait_terminal(&client, id).await;
+        let started = eventually("the recorder stores the start", || {
+            let store = store.clone();
+            let id = TaskId::parse(id).unwrap();
+            async move { store.get_task(id).await.unwrap()?.started_at_us }
+        })
+        .await;
+        starts.push(started);
+    }
+    starts.sort();
+    let span = starts[11] - starts[0];
+    assert!(
+        span >= 1_800_000,
+        "12 starts at 4/s (burst 4) take 2 s, took {span} µs"
+    );
+    // In any one second: at most the burst and a second's worth.
+    for (i, &s) in starts.iter().enumerate() {
+        let in_window = starts[i..].iter().filter(|&&t| t < s + 1_000_000).count();
+        assert!(in_window <= 8, "{in_window} starts within a second of {s}");
+    }
+}

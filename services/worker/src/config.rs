@@ -61,6 +61,13 @@ pub struct Config {
     #[arg(long = "max-running", env = "TASKWIRE_MAX_RUNNING", value_delimiter = ',', value_parser = parse_kind_limit)]
     pub max_running: Vec<KindLimit>,
 
+    /// At most N tasks of KIND started per second by this worker (`KIND=N`, repeatable
+    /// or comma-separated), in bursts of up to N. Per worker process: with R replicas
+    /// the kind starts up to R x N per second (--max-running bounds a kind across all
+    /// workers).
+    #[arg(long = "max-rate", env = "TASKWIRE_MAX_RATE", value_delimiter = ',', value_parser = parse_kind_limit)]
+    pub max_rate: Vec<KindLimit>,
+
     /// On SIGTERM, how long running handlers may take to finish before they are
     /// stopped and their tasks handed back for another worker.
     #[arg(long, env = "TASKWIRE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
@@ -90,6 +97,16 @@ fn parse_kind_limit(s: &str) -> Result<KindLimit, String> {
 }
 
 impl Config {
+    /// The `--max-rate` given for `kind`, if any and above 0 (the last one wins).
+    pub fn max_rate_of(&self, kind: &str) -> Option<u32> {
+        self.max_rate
+            .iter()
+            .rev()
+            .find(|l| l.kind == kind)
+            .map(|l| l.max)
+            .filter(|&n| n > 0)
+    }
+
     /// The `--max-running` given for `kind`, if any (the last one wins).
     pub fn max_running_of(&self, kind: &str) -> Option<u32> {
         self.max_running

@@ -24,21 +24,34 @@ const PULL_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::f
 /// kinds able to run only a fifth of its slots for one kind with a backlog, while the
 /// idle kinds' pulls held the rest (docs/benchmarks.md, W4). Kinds that are busy at
 /// once share the slots as they free up: the semaphore serves waiters in order.
+///
+/// With `--max-rate KIND=N` it also waits for a start token before each pull and asks
+/// for no more messages than it holds tokens: a task fetched early would wait with its
+/// ack_wait running.
 pub(crate) async fn pull_loop(
     shared: Arc<Shared>,
     consumer: jetstream::consumer::Consumer<pull::Config>,
+    kind: String,
     attempts: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut busy = false;
     let mut failures = PULL_RETRY.retries();
+    let mut rate = shared.config.max_rate_of(&kind).map(StartRate::per_second);
     loop {
+        let tokens = match rate.as_mut() {
+            None => usize::MAX,
+            Some(r) => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = r.available() => n,
+            },
+        };
         let mut permit = tokio::select! {
             _ = shutdown.cancelled() => return,
             p = shared.permits.clone().acquire_owned() => p.expect("semaphore never closed"),
         };
         let extra = if busy {
-            shared.permits.available_permits()
+            shared.permits.available_permits().min(tokens - 1)
         } else {
             0
         };
@@ -112,6 +125,67 @@ pub(crate) async fn pull_loop(
                 }
             }
         }
+        if let Some(r) = rate.as_mut() {
+            r.spend(received);
+        }
         busy = received >= wanted;
+    }
+}
+
+/// A token bucket of task starts: `rate` per second, bursts of up to `rate`.
+#[derive(Debug)]
+struct StartRate {
+    rate: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl StartRate {
+    fn per_second(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+    }
+
+    /// Waits for at least one whole token; returns how many there are.
+    async fn available(&mut self) -> usize {
+        self.refill();
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.rate;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            self.refill();
+        }
+        (self.tokens.floor() as usize).max(1)
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_are_paced() {
+        let mut r = StartRate::per_second(5);
+        // A burst of 5, then one every 200 ms.
+        assert_eq!(r.available().await, 5);
+        r.spend(5);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(r.available().await, 1);
+        assert_eq!(t0.elapsed(), Duration::from_millis(200));
+        r.spend(1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(r.available().await, 5, "the burst is capped at the rate");
     }
 }

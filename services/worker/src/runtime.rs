@@ -111,10 +111,12 @@ impl Worker {
         tracing::info!(kinds = ?shared.registry.kinds(), concurrency = shared.config.concurrency, "worker running");
         let attempts = TaskTracker::new();
         let loops = TaskTracker::new();
-        for consumer in consumers {
+        // `consumers` were made in the order of the registry's kinds.
+        for (consumer, kind) in consumers.into_iter().zip(shared.registry.kinds()) {
             loops.spawn(crate::pull::pull_loop(
                 shared.clone(),
                 consumer,
+                kind,
                 attempts.clone(),
                 shutdown.clone(),
             ));
