@@ -25,6 +25,11 @@ against the system's roots or the PEM CA file given as ``ca=`` (default: the
 datetime>)`` delays a task: it is SCHEDULED until then (``Task.run_at``), then QUEUED,
 and can be cancelled before it starts.
 
+Dead letters: ``retry(task_id)`` starts a new run of a FAILED task (same id,
+``Task.run`` + 1); ``retry_all(...)`` / ``discard_all(...)`` retry or delete every FAILED
+task matching a filter (a dry run, then exactly the tasks it counted); ``attempts(task_id)``
+lists every run's attempts; ``watch_tasks(state="FAILED")`` hears each dead-lettering.
+
 A submit starts or continues a trace: it sends ``traceparent`` (W3C trace context) as
 gRPC metadata, the one given, else the current OpenTelemetry span's when the
 ``opentelemetry`` package is installed and a span is current (it is optional).
@@ -41,6 +46,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -57,6 +63,7 @@ log = logging.getLogger("taskwire.client")
 __all__ = [
     "AsyncClient",
     "AsyncTaskWatch",
+    "BulkResult",
     "Client",
     "JSON",
     "TERMINAL_STATES",
@@ -74,6 +81,8 @@ TaskEvent = task_pb2.TaskEvent
 TaskState = task_pb2.TaskState
 ListTasksResponse = service_pb2.ListTasksResponse
 GetQueueStatsResponse = service_pb2.GetQueueStatsResponse
+BulkTasksResponse = service_pb2.BulkTasksResponse
+Attempt = task_pb2.Attempt
 
 #: SUCCEEDED, FAILED and CANCELLED: a task in one of them never changes again.
 TERMINAL_STATES: frozenset[int] = frozenset(
@@ -307,6 +316,125 @@ def _list_request(
         state=_state_value(state),  # type: ignore[arg-type]
         kind=kind or "",
         labels=dict(labels or {}),
+    )
+
+
+TimestampLike = Union[datetime.datetime, timestamp_pb2.Timestamp]
+
+
+def _bulk_request(
+    kind: str,
+    labels: Optional[Mapping[str, str]],
+    error_code: str,
+    dry_run: bool,
+    finished_before: Optional[TimestampLike],
+    limit: int,
+) -> service_pb2.BulkTasksRequest:
+    """The request of RetryTasks/DiscardTasks. ``finished_before`` is the dry run's
+    ``BulkTasksResponse.finished_before`` (a Timestamp, passed on as is) or an aware
+    datetime; a naive one is a ValueError, as for ``run_at``."""
+    req = service_pb2.BulkTasksRequest(
+        kind=kind or "",
+        labels=dict(labels or {}),
+        error_code=error_code or "",
+        dry_run=bool(dry_run),
+        limit=limit or 0,
+    )
+    if finished_before is not None:
+        if isinstance(finished_before, timestamp_pb2.Timestamp):
+            req.finished_before.CopyFrom(finished_before)
+        else:
+            req.finished_before.CopyFrom(_timestamp(finished_before, "finished_before"))
+    return req
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What :meth:`Client.retry_all` / :meth:`Client.discard_all` did.
+
+    - ``count``: the tasks retried (or discarded); for a dry run, the tasks that match
+      (what a real call would change now).
+    - ``task_ids``: their ids, in the order the calls returned them (empty for a dry run).
+    - ``matched``: the dry run's count. ``count`` can be smaller when another caller
+      retried or discarded some of them in between.
+    - ``remaining``: matching tasks left unchanged: 0 once done (for a dry run, =
+      ``matched``). Above 0 only when a call changed nothing although tasks still
+      matched (e.g. another caller was busy with the same ones): call again.
+    - ``finished_before``: the dry run's moment (UTC): only tasks that failed before it
+      were considered; tasks failing later are left alone.
+    - ``calls``: how many non-dry calls were made.
+    """
+
+    count: int
+    task_ids: tuple[str, ...]
+    matched: int
+    remaining: int
+    finished_before: datetime.datetime
+    dry_run: bool
+    calls: int = 0
+
+
+class _Bulk:
+    """The dry-run-then-repeat protocol of RetryTasks/DiscardTasks, shared by the sync
+    and async clients: ``first`` is the dry run's request; ``next_request(resp)`` is the
+    next real call's request, or None when done."""
+
+    def __init__(
+        self,
+        kind: str,
+        labels: Optional[Mapping[str, str]],
+        error_code: str,
+        dry_run: bool,
+        limit: int,
+    ) -> None:
+        self.args = (kind, labels, error_code)
+        self.dry_run = dry_run
+        self.limit = limit
+        self.first = _bulk_request(kind, labels, error_code, True, None, limit)
+        self.dry: Optional[service_pb2.BulkTasksResponse] = None
+        self.ids: list[str] = []
+        self.remaining = 0
+        self.calls = 0
+
+    def next_request(self, resp: service_pb2.BulkTasksResponse) -> Optional[service_pb2.BulkTasksRequest]:
+        if self.dry is None:
+            self.dry = resp
+            self.remaining = resp.remaining
+            if self.dry_run or resp.matched == 0:
+                return None
+        else:
+            self.calls += 1
+            self.ids.extend(resp.task_ids)
+            self.remaining = resp.remaining
+            if len(resp.task_ids) == 0:
+                # Nothing changed although tasks still match: stop rather than spin
+                # (the result's `remaining` says so).
+                return None
+        if self.remaining == 0:
+            return None
+        kind, labels, error_code = self.args
+        return _bulk_request(kind, labels, error_code, False, self.dry.finished_before, self.limit)
+
+    def result(self) -> BulkResult:
+        assert self.dry is not None
+        return BulkResult(
+            count=self.dry.matched if self.dry_run else len(self.ids),
+            task_ids=tuple(self.ids),
+            matched=self.dry.matched,
+            remaining=self.remaining,
+            finished_before=self.dry.finished_before.ToDatetime(tzinfo=datetime.timezone.utc),
+            dry_run=self.dry_run,
+            calls=self.calls,
+        )
+
+
+def _watch_tasks_request(
+    kind: str, labels: Optional[Mapping[str, str]], state: StateLike
+) -> service_pb2.WatchTasksRequest:
+    return service_pb2.WatchTasksRequest(
+        kind=kind or "",
+        labels=dict(labels or {}),
+        state=_state_value(state),  # type: ignore[arg-type]
     )
 
 
@@ -752,6 +880,108 @@ class Client:
             if not token:
                 return
 
+    # -- dead letters ---------------------------------------------------------------
+
+    def retry(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        """Starts a new run of a FAILED task (a dead letter) under the same id: QUEUED
+        again, ``run`` = the previous run + 1, attempts counted from 1, its input and
+        settings as submitted. Returns the task as it is then (a worker may have taken
+        it already). The earlier runs stay in :meth:`attempts`. FAILED_PRECONDITION if
+        the task is not FAILED, NOT_FOUND if there is no such task."""
+        req = service_pb2.RetryTaskRequest(task_id=task_id)
+        return self._unary("TaskService/RetryTask", self._tasks.RetryTask, req, timeout)
+
+    def retry_tasks(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        finished_before: Optional[TimestampLike] = None,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkTasksResponse:
+        """One ``TaskService/RetryTasks`` call: retries at most ``limit`` (1 to 1000;
+        0 = 1000) FAILED tasks matching every filter given (``kind``, ``labels``,
+        ``error_code``, e.g. ``"DEMO_FAILURE"``) that failed before ``finished_before``
+        (the dry run's ``finished_before``, a Timestamp, or an aware datetime; required
+        unless ``dry_run``). With ``dry_run=True`` it only counts (``matched``) and
+        answers the moment of the count as ``finished_before``. Call again while
+        ``remaining`` > 0. :meth:`retry_all` does all of that."""
+        req = _bulk_request(kind, labels, error_code, dry_run, finished_before, limit)
+        return self._unary("TaskService/RetryTasks", self._tasks.RetryTasks, req, timeout)
+
+    def discard_tasks(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        finished_before: Optional[TimestampLike] = None,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkTasksResponse:
+        """One ``TaskService/DiscardTasks`` call: deletes matching FAILED tasks, with
+        the same arguments and protocol as :meth:`retry_tasks`. :meth:`discard_all`
+        does the whole protocol."""
+        req = _bulk_request(kind, labels, error_code, dry_run, finished_before, limit)
+        return self._unary("TaskService/DiscardTasks", self._tasks.DiscardTasks, req, timeout)
+
+    def retry_all(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkResult:
+        """Retries every FAILED task matching the filters (all that are given must
+        match; none = every dead letter the caller may see): a dry run counts them,
+        then, unless ``dry_run``, calls RetryTasks with the dry run's
+        ``finished_before`` (at most ``limit`` tasks per call, 0 = 1000) until none is
+        left, so exactly the tasks it counted are retried, not those failing later.
+        ``timeout`` is each call's deadline. Returns a :class:`BulkResult`."""
+        bulk = _Bulk(kind, labels, error_code, dry_run, limit)
+        req: Optional[service_pb2.BulkTasksRequest] = bulk.first
+        while req is not None:
+            req = bulk.next_request(self._unary("TaskService/RetryTasks", self._tasks.RetryTasks, req, timeout))
+        return bulk.result()
+
+    def discard_all(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkResult:
+        """Deletes every FAILED task matching the filters, as :meth:`retry_all`
+        retries them (a dry run, then exactly the tasks it counted). A discarded task
+        is gone: ``status`` raises NOT_FOUND."""
+        bulk = _Bulk(kind, labels, error_code, dry_run, limit)
+        req: Optional[service_pb2.BulkTasksRequest] = bulk.first
+        while req is not None:
+            req = bulk.next_request(
+                self._unary("TaskService/DiscardTasks", self._tasks.DiscardTasks, req, timeout)
+            )
+        return bulk.result()
+
+    def attempts(self, task_id: str, *, timeout: Optional[float] = None) -> list[task_pb2.Attempt]:
+        """The task's attempts in every run, oldest first (``TaskService/ListAttempts``,
+        from its history in the event stream): ``run``, ``attempt``, ``started_at``,
+        ``ended_at`` (unset while it runs or when its worker was lost), ``outcome`` (a
+        ``TaskState``: RUNNING, RETRYING, FAILED, SUCCEEDED, CANCELLED, or UNSPECIFIED
+        for a lost worker), ``error`` and ``worker`` (e.g. ``taskwire-worker@host:pid``)."""
+        req = service_pb2.ListAttemptsRequest(task_id=task_id)
+        resp = self._unary("TaskService/ListAttempts", self._tasks.ListAttempts, req, timeout)
+        return list(resp.attempts)
+
     def queue_stats(self, window_minutes: int = 0, *, timeout: Optional[float] = None) -> GetQueueStatsResponse:
         """Every kind's queue (``TaskService/GetQueueStats``, what ``taskwire kinds``
         shows): ``kinds``, each with ``waiting``, ``running``, ``max_running`` (the
@@ -776,11 +1006,14 @@ class Client:
         *,
         kind: str = "",
         labels: Optional[Mapping[str, str]] = None,
+        state: StateLike = None,
         timeout: Optional[float] = None,
     ) -> Iterator[task_pb2.TaskEvent]:
         """The live events of every matching task (``WatchService/WatchTasks``). Live
-        only and not resumed: after an error, list again and call it anew."""
-        req = service_pb2.WatchTasksRequest(kind=kind or "", labels=dict(labels or {}))
+        only and not resumed: after an error, list again and call it anew. ``state``
+        (a ``TaskState`` value or a name) keeps only the events that move a task into
+        that state: ``state="FAILED"`` is one event per task dead-lettered."""
+        req = _watch_tasks_request(kind, labels, state)
         call = self._watch_stub.WatchTasks(req, timeout=timeout, metadata=self._metadata)
         try:
             yield from call
@@ -1060,6 +1293,85 @@ class AsyncClient:
             if not token:
                 return
 
+    async def retry(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
+        """See :meth:`Client.retry`."""
+        req = service_pb2.RetryTaskRequest(task_id=task_id)
+        return await self._unary("TaskService/RetryTask", self._tasks.RetryTask, req, timeout)
+
+    async def retry_tasks(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        finished_before: Optional[TimestampLike] = None,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkTasksResponse:
+        """See :meth:`Client.retry_tasks`."""
+        req = _bulk_request(kind, labels, error_code, dry_run, finished_before, limit)
+        return await self._unary("TaskService/RetryTasks", self._tasks.RetryTasks, req, timeout)
+
+    async def discard_tasks(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        finished_before: Optional[TimestampLike] = None,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkTasksResponse:
+        """See :meth:`Client.discard_tasks`."""
+        req = _bulk_request(kind, labels, error_code, dry_run, finished_before, limit)
+        return await self._unary("TaskService/DiscardTasks", self._tasks.DiscardTasks, req, timeout)
+
+    async def retry_all(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkResult:
+        """See :meth:`Client.retry_all`."""
+        bulk = _Bulk(kind, labels, error_code, dry_run, limit)
+        req: Optional[service_pb2.BulkTasksRequest] = bulk.first
+        while req is not None:
+            req = bulk.next_request(
+                await self._unary("TaskService/RetryTasks", self._tasks.RetryTasks, req, timeout)
+            )
+        return bulk.result()
+
+    async def discard_all(
+        self,
+        *,
+        kind: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        error_code: str = "",
+        dry_run: bool = False,
+        limit: int = 0,
+        timeout: Optional[float] = None,
+    ) -> BulkResult:
+        """See :meth:`Client.discard_all`."""
+        bulk = _Bulk(kind, labels, error_code, dry_run, limit)
+        req: Optional[service_pb2.BulkTasksRequest] = bulk.first
+        while req is not None:
+            req = bulk.next_request(
+                await self._unary("TaskService/DiscardTasks", self._tasks.DiscardTasks, req, timeout)
+            )
+        return bulk.result()
+
+    async def attempts(self, task_id: str, *, timeout: Optional[float] = None) -> list[task_pb2.Attempt]:
+        """See :meth:`Client.attempts`."""
+        req = service_pb2.ListAttemptsRequest(task_id=task_id)
+        resp = await self._unary("TaskService/ListAttempts", self._tasks.ListAttempts, req, timeout)
+        return list(resp.attempts)
+
     async def queue_stats(self, window_minutes: int = 0, *, timeout: Optional[float] = None) -> GetQueueStatsResponse:
         """See :meth:`Client.queue_stats`."""
         req = service_pb2.GetQueueStatsRequest(window_minutes=window_minutes or 0)
@@ -1074,9 +1386,11 @@ class AsyncClient:
         *,
         kind: str = "",
         labels: Optional[Mapping[str, str]] = None,
+        state: StateLike = None,
         timeout: Optional[float] = None,
     ) -> AsyncIterator[task_pb2.TaskEvent]:
-        req = service_pb2.WatchTasksRequest(kind=kind or "", labels=dict(labels or {}))
+        """See :meth:`Client.watch_tasks`."""
+        req = _watch_tasks_request(kind, labels, state)
         call = self._watch_stub.WatchTasks(req, timeout=timeout, metadata=self._metadata)
         try:
             async for ev in call:
