@@ -14,6 +14,8 @@ use taskwire::{
 use tokio::sync::Mutex;
 
 /// This process as a task's attempt history names it: `taskwire-worker@<host>:<pid>`.
+/// Sent on an attempt's claim (its first RUNNING event) only: the history needs it
+/// once per attempt, and progress events stay small.
 pub(crate) static WORKER_NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -79,7 +81,6 @@ impl EventWriter {
     /// Appends an event; returns its seq. `Conflict` means someone else wrote first.
     pub(crate) async fn write(&self, u: Update) -> Result<u64, nats::Error> {
         let mut event = nats::new_event(self.task_id, &self.kind, u.state, self.attempt);
-        event.worker = WORKER_NAME.clone();
         event.progress = u.progress;
         event.output = u.output;
         event.error = u.error;
