@@ -13,6 +13,9 @@
 #   6. node --test test/ driving chromium with playwright-core; test/auth.test.mjs starts
 #      its own nats-server, taskwire-api and taskwire-watch with --auth keys (the
 #      binaries beside $TASKWIRE_BIN) and serves dist/ itself, to test the API key field;
+#      test/dead-letters.test.mjs retries FAILED demo.fail tasks (a row, the drawer, a
+#      selection, all matching after a dry run and the in-page confirmation), discards
+#      them, and checks run numbers and 404s over REST;
 #      test/sse.test.mjs follows a task's REST event stream (SSE) with EventSource
 #      through a TCP proxy that drops it mid-task; test/rest-page.test.mjs checks
 #      api.html against the server's /openapi.json

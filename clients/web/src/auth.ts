@@ -30,6 +30,10 @@ const ACTIONS: Record<string, string> = {
   GetQueueStats: "read queue statistics (they need an admin key)",
   WatchTask: "watch tasks",
   WatchTasks: "watch tasks",
+  RetryTask: "retry tasks",
+  RetryTasks: "retry tasks",
+  DiscardTasks: "discard tasks",
+  ListAttempts: "read a task's attempts",
 };
 
 function readStored(): string {

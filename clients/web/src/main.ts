@@ -5,12 +5,23 @@
 // live-only, so ListTasks is its resume path. The detail drawer uses WatchTask with
 // after_seq for one task's events. The Queues card (queues.ts) polls GetQueueStats.
 // An API key pasted into the header (auth.ts) goes with every call; changing it starts
-// the page over: list, stream and queues.
+// the page over: list, stream and queues. Dead letters (FAILED tasks) are retried or
+// discarded from their rows and the bar dead-letters.ts shows while the list's state
+// filter is FAILED; the drawer lists a task's attempts in every run (ListAttempts).
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createApi } from "./api";
 import { authProblem, initApiKeyControl, onApiKeyChange } from "./auth";
+import {
+  initDeadLetters,
+  isDeadLetterMode,
+  refreshDeadLetterCount,
+  resetDeadLetterCount,
+  retryTask,
+  setDeadLetterMode,
+  updateSelection,
+} from "./dead-letters";
 import { $, append, clear, h } from "./dom";
 import {
   FILTER_STATES,
@@ -28,7 +39,7 @@ import {
   tsMillis,
 } from "./format";
 import { SubmitTaskRequestSchema } from "./gen/taskwire/v1/service_pb";
-import { ProgressSchema, TaskState, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
+import { ProgressSchema, TaskState, type Attempt, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
 import { nudgeQueues, restartQueues, startQueues } from "./queues";
 
 const api = createApi();
@@ -52,6 +63,8 @@ interface Row {
   note: string;
   tr: HTMLTableRowElement;
   badge: HTMLElement;
+  /** "run 2" once the task was retried (RetryTask); empty in run 1. */
+  run: HTMLElement;
   attempt: HTMLElement;
   /** A SCHEDULED task's start: "starts 12:34:56 · in 42 s". */
   runAt: HTMLElement;
@@ -66,6 +79,10 @@ interface Row {
   actions: HTMLElement;
   /** One button per row, kept across renders so a click is never lost to a re-render. */
   cancel: HTMLButtonElement;
+  /** Retry, on FAILED rows (a new run: RetryTask); kept across renders like cancel. */
+  retry: HTMLButtonElement;
+  /** The row's checkbox (dead-letter view): FAILED rows only. */
+  select: HTMLInputElement;
 }
 
 interface Filter {
@@ -82,6 +99,8 @@ let nextPageToken = "";
 let rows = new Map<string, Row>();
 let listGeneration = 0;
 let highlightId = "";
+/** Ids of the FAILED rows ticked in the dead-letter view (for "Retry selected"). */
+const selected = new Set<string>();
 
 const tbody = $<HTMLTableSectionElement>('[data-testid="task-rows"]');
 
@@ -90,6 +109,7 @@ const tbody = $<HTMLTableSectionElement>('[data-testid="task-rows"]');
 
 function newRow(task: Task): Row {
   const badge = h("span", { class: "badge", "data-testid": "task-state" });
+  const run = h("span", { class: "run", "data-testid": "task-run" });
   const attempt = h("span", { class: "attempt", "data-testid": "task-attempt" });
   const runAt = h("span", { class: "run-at", "data-testid": "task-run-at" });
   const bar = h("div", { class: "bar" });
@@ -104,16 +124,28 @@ function newRow(task: Task): Row {
   const actions = h("td", { class: "actions" });
   const id = task.id;
   const cancel = h("button", { class: "btn small danger", "data-testid": "cancel-button", onclick: () => cancelTask(id, cancel) }, "Cancel");
+  const retry = h(
+    "button",
+    { class: "btn small", "data-testid": "retry-button", title: "Start a new run of this failed task (RetryTask)", onclick: () => retryRow(id, retry) },
+    "Retry",
+  );
+  const select = h("input", { type: "checkbox", "data-testid": "task-select", "aria-label": `Select ${id}` });
+  select.addEventListener("change", () => {
+    if (select.checked) selected.add(id);
+    else selected.delete(id);
+    renderSelection();
+  });
   const tr = h(
     "tr",
     { "data-testid": "task-row", "data-task-id": id },
+    h("td", { class: "col-select" }, select),
     h(
       "td",
-      {},
+      { class: "col-id" },
       h("button", { class: "link mono", "data-testid": "task-id", title: `${id}\nclick for details`, onclick: () => openDetail(id) }, shortId(id)),
     ),
     h("td", { class: "mono kind", "data-testid": "task-kind" }, task.kind),
-    h("td", {}, badge, attempt, runAt),
+    h("td", {}, badge, run, attempt, runAt),
     h("td", { class: "col-progress" }, h("div", { class: "progress-cell" }, progress, pct)),
     h("td", { class: "message-cell" }, message),
     h("td", { class: "muted nowrap", "data-testid": "task-created" }, formatClock(tsMillis(task.createdAt))),
@@ -121,7 +153,8 @@ function newRow(task: Task): Row {
     actions,
   );
   const row: Row = {
-    task, note: task.progress?.message ?? "", tr, badge, attempt, runAt, dueChecks: 0, progress, bar, pct, message, duration, actions, cancel,
+    task, note: task.progress?.message ?? "", tr, badge, run, attempt, runAt, dueChecks: 0, progress, bar, pct, message, duration, actions, cancel,
+    retry, select,
   };
   renderRow(row);
   return row;
@@ -140,6 +173,9 @@ function renderRow(row: Row): void {
   row.tr.dataset.state = name;
   row.badge.textContent = name;
   row.badge.className = `badge state-${name.toLowerCase()}`;
+  row.tr.dataset.run = String(t.run || 1);
+  row.run.textContent = t.run > 1 ? `run ${t.run}` : "";
+  row.run.title = t.run > 1 ? `run ${t.run}: retried ${t.run - 1} time${t.run > 2 ? "s" : ""} after it failed` : "";
   row.attempt.textContent = t.attempt > 1 || t.state === TaskState.RETRYING ? `attempt ${t.attempt}/${t.maxAttempts || "?"}` : "";
 
   const fraction = displayFraction(t);
@@ -166,9 +202,17 @@ function renderRow(row: Row): void {
 
   renderDuration(row);
 
-  // Cancel is offered on non-terminal rows only; the button is added and removed, never rebuilt.
+  // Cancel is offered on non-terminal rows only, Retry on FAILED ones; the buttons are
+  // added and removed, never rebuilt.
   if (isTerminal(t.state)) row.cancel.remove();
   else if (row.cancel.parentNode !== row.actions) row.actions.appendChild(row.cancel);
+  const failed = t.state === TaskState.FAILED;
+  if (!failed) row.retry.remove();
+  else if (row.retry.parentNode !== row.actions) row.actions.appendChild(row.retry);
+  // Only a dead letter can be selected; one that left FAILED leaves the selection.
+  row.select.disabled = !failed;
+  if (!failed && selected.delete(t.id)) renderSelection();
+  row.select.checked = failed && selected.has(t.id);
 }
 
 /** When a SCHEDULED task starts, and how soon; empty in any other state. */
@@ -220,6 +264,11 @@ function rememberEarly(ev: TaskEvent): void {
 function applyEvent(ev: TaskEvent): void {
   // A task finished: the Queues card's counts changed.
   if (isTerminal(ev.state)) nudgeQueues();
+  // The drawer's own stream ends with the task's terminal event: a retry's new run
+  // (started elsewhere) shows up here first.
+  if (detail?.id === ev.taskId) detail.seen(ev);
+  // A new dead letter, or one that left: the counts on the bulk buttons change.
+  if (ev.state === TaskState.FAILED && isDeadLetterMode()) refreshDeadLetterCount();
   const row = rows.get(ev.taskId);
   if (row) {
     applyToRow(row, ev);
@@ -234,6 +283,18 @@ function applyEvent(ev: TaskEvent): void {
 /** Folds an event into a task record; false when the record already has it (by seq). */
 function foldEvent(t: Task, ev: TaskEvent): boolean {
   if (ev.seq !== 0n && ev.seq <= t.lastSeq) return false; // already applied (list and stream overlap)
+  // A FAILED task moves again only in a new run (RetryTask, here or elsewhere): the
+  // record starts over, as the server's does. Events carry no run number: this counts
+  // one, and the next listing or GetStatus says the exact run.
+  if (t.state === TaskState.FAILED && t.lastSeq > 0n && ev.seq > t.lastSeq) {
+    t.run = (t.run || 1) + 1;
+    t.attempt = 0;
+    t.progress = create(ProgressSchema, {});
+    t.output = undefined;
+    t.error = undefined;
+    t.startedAt = undefined;
+    t.finishedAt = undefined;
+  }
   if (ev.seq > t.lastSeq) t.lastSeq = ev.seq;
   const wasState = t.state;
   t.state = ev.state;
@@ -251,7 +312,9 @@ function foldEvent(t: Task, ev: TaskEvent): boolean {
 }
 
 function applyToRow(row: Row, ev: TaskEvent): void {
+  const run = row.task.run;
   if (!foldEvent(row.task, ev)) return;
+  if (row.task.run !== run) row.note = ""; // a new run: the last one's lines are done with
   const line = ev.message || ev.progress?.message;
   if (line) row.note = line;
   renderRow(row);
@@ -266,6 +329,7 @@ function showTasks(tasks: Task[]): void {
     if (old && old.task.lastSeq > task.lastSeq) {
       row = old; // the stream already moved this row past what the list read
     } else if (old) {
+      if (task.run !== old.task.run) old.note = "";
       old.task = task;
       if (task.progress?.message) old.note = task.progress.message;
       renderRow(old);
@@ -282,14 +346,122 @@ function showTasks(tasks: Task[]): void {
     next.set(task.id, row);
   }
   rows = next;
+  // What is not on the page cannot stay selected.
+  for (const id of [...selected]) if (!next.has(id)) selected.delete(id);
+  renderSelection();
   clear(tbody);
   if (tasks.length === 0) {
-    append(
-      tbody,
-      h("tr", { class: "empty", "data-testid": "empty" }, h("td", { colspan: 8 }, hasFilter() ? "No tasks match these filters." : "No tasks yet. Submit one on the left.")),
-    );
+    const text = isDeadLetterMode()
+      ? "No failed tasks match these filters: no dead letters."
+      : hasFilter()
+        ? "No tasks match these filters."
+        : "No tasks yet. Submit one on the left.";
+    append(tbody, h("tr", { class: "empty", "data-testid": "empty" }, h("td", { colspan: 9 }, text)));
   }
   for (const row of next.values()) tbody.appendChild(row.tr);
+}
+
+// ---------------------------------------------------------------------------------
+// Dead letters: Retry on a FAILED row, the selection, and the bar (dead-letters.ts)
+
+const table = $<HTMLTableElement>('[data-testid="task-table"]');
+const selectAll = $<HTMLInputElement>('[data-testid="select-all"]');
+const deadLettersToggle = $<HTMLButtonElement>('[data-testid="dead-letters-toggle"]');
+
+/** The header checkbox and "Retry selected (n)" follow the selection. */
+function renderSelection(): void {
+  const failed = [...rows.values()].filter((r) => r.task.state === TaskState.FAILED);
+  const ticked = failed.filter((r) => selected.has(r.task.id)).length;
+  selectAll.checked = failed.length > 0 && ticked === failed.length;
+  selectAll.indeterminate = ticked > 0 && ticked < failed.length;
+  selectAll.disabled = failed.length === 0;
+  updateSelection(selected.size);
+}
+
+selectAll.addEventListener("change", () => {
+  for (const row of rows.values()) {
+    if (row.task.state !== TaskState.FAILED) continue;
+    if (selectAll.checked) selected.add(row.task.id);
+    else selected.delete(row.task.id);
+    row.select.checked = selectAll.checked;
+  }
+  renderSelection();
+});
+
+/** Shows a task as an answer (RetryTask, CancelTask, GetStatus) has it, unless the row
+ * or the drawer already shows something newer. */
+function showAnswer(task: Task): void {
+  const row = rows.get(task.id);
+  if (row && task.lastSeq >= row.task.lastSeq) {
+    if (task.run !== row.task.run) row.note = task.progress?.message ?? "";
+    row.task = task;
+    renderRow(row);
+  }
+  if (detail?.id === task.id) detail.update(task);
+}
+
+async function retryRow(id: string, button: HTMLButtonElement): Promise<void> {
+  button.disabled = true;
+  button.textContent = "Retrying…";
+  try {
+    await retryTask(id);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Retry";
+  }
+}
+
+/** Reads one task again (the page's view of it was out of date); gone: list again. */
+async function refreshTask(id: string): Promise<void> {
+  try {
+    showAnswer(await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS }));
+  } catch (err) {
+    if (ConnectError.from(err).code === Code.NotFound) {
+      selected.delete(id);
+      if (detail?.id === id) closeDetail();
+      void loadPage();
+    }
+  }
+}
+
+initDeadLetters({
+  api,
+  scope: () => ({ kind: filter.kind, labels: { ...filter.labels } }),
+  selected: () => [...selected].filter((id) => rows.get(id)?.task.state === TaskState.FAILED),
+  retried: (task) => {
+    // Done with: a retried task leaves the selection (even if its new run failed already).
+    if (selected.delete(task.id)) renderSelection();
+    showAnswer(task);
+    // The new run: the drawer follows it (its stream ended with the FAILED event).
+    if (detail?.id === task.id) detail.resume();
+  },
+  stale: (id) => void refreshTask(id),
+  changed: (action, ids) => {
+    for (const id of ids) selected.delete(id);
+    if (action === "discard" && detail && ids.includes(detail.id)) closeDetail();
+    if (action === "retry" && detail && ids.includes(detail.id)) detail.resume();
+    void loadPage();
+  },
+  toast: (text, kind) => toast(text, kind),
+});
+
+deadLettersToggle.addEventListener("click", () => {
+  stateSelect.value = String(filter.state === TaskState.FAILED ? TaskState.UNSPECIFIED : TaskState.FAILED);
+  applyFilters();
+});
+
+/** The dead-letter view is the list with its state filter at FAILED. */
+function syncDeadLetterMode(): void {
+  const on = filter.state === TaskState.FAILED;
+  table.classList.toggle("dlq", on);
+  deadLettersToggle.setAttribute("aria-pressed", String(on));
+  deadLettersToggle.classList.toggle("active", on);
+  if (!on && selected.size) {
+    selected.clear();
+    for (const row of rows.values()) row.select.checked = false;
+  }
+  setDeadLetterMode(on);
+  renderSelection();
 }
 
 function hasFilter(): boolean {
@@ -316,6 +488,7 @@ async function loadPage(): Promise<void> {
     nextPageToken = res.nextPageToken;
     showTasks(res.tasks);
     listError.hidden = true;
+    if (isDeadLetterMode()) refreshDeadLetterCount();
     const page = pageTokens.length;
     const first = (page - 1) * pageSize + (res.tasks.length ? 1 : 0);
     pageInfo.textContent = `Page ${page} · ${first}–${(page - 1) * pageSize + res.tasks.length}${nextPageToken ? "" : " (last)"}`;
@@ -406,6 +579,7 @@ function applyFilters(): void {
   const streamChanged = kind !== filter.kind || JSON.stringify(labels) !== JSON.stringify(filter.labels);
   filter = { state: Number(stateSelect.value) as TaskState, kind, labels };
   pageTokens = [""];
+  syncDeadLetterMode();
   void loadPage();
   // The stream carries the same kind/label filter, so it only sends what can be shown.
   if (streamChanged) startStream();
@@ -671,11 +845,7 @@ async function cancelTask(id: string, button?: HTMLButtonElement): Promise<void>
   }
   try {
     const task = await api.tasks.cancelTask({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS });
-    const row = rows.get(id);
-    if (row && task.lastSeq >= row.task.lastSeq) {
-      row.task = task;
-      renderRow(row);
-    }
+    showAnswer(task);
     toast(`Cancelled ${shortId(id)}`, "ok");
   } catch (err) {
     const { code, message } = describeError(err);
@@ -700,11 +870,23 @@ function toast(text: string, kind: "ok" | "error"): void {
 }
 
 // ---------------------------------------------------------------------------------
-// Detail drawer: GetStatus, then WatchTask from after_seq (resumes after drops)
+// Detail drawer: GetStatus, then WatchTask from after_seq (resumes after drops, and
+// after the terminal event once a retry starts a new run); ListAttempts for every run.
 
 const drawer = $('[data-testid="task-detail"]');
 const drawerBody = $(".drawer-body", drawer);
-let detail: { id: string; abort: AbortController } | undefined;
+
+interface Detail {
+  id: string;
+  abort: AbortController;
+  /** An answer (RetryTask, GetStatus) newer than what is shown. */
+  update(task: Task): void;
+  /** Watches again from the last seq received, when the stream has ended (a new run). */
+  resume(): void;
+  /** An event for this task from the page's WatchTasks stream. */
+  seen(ev: TaskEvent): void;
+}
+let detail: Detail | undefined;
 
 function closeDetail(): void {
   detail?.abort.abort();
@@ -713,11 +895,49 @@ function closeDetail(): void {
 }
 $('[data-testid="detail-close"]').addEventListener("click", closeDetail);
 document.addEventListener("keydown", (ev) => {
-  if (ev.key === "Escape" && detail) closeDetail();
+  // Escape in the confirmation dialog closes that, not the drawer behind it.
+  if (ev.key === "Escape" && detail && !document.querySelector("dialog[open]")) closeDetail();
 });
 
 function kv(label: string, value: Node | string): HTMLElement {
   return h("div", { class: "kv" }, h("span", { class: "k" }, label), h("span", { class: "v" }, value));
+}
+
+/** What an attempt came to: its TaskState's name, or WORKER_LOST (UNSPECIFIED: its
+ * worker was lost and the next attempt took the task over). */
+function outcomeName(a: Attempt): string {
+  return a.outcome === TaskState.UNSPECIFIED ? "WORKER_LOST" : stateName(a.outcome);
+}
+
+/** One line per attempt: run and number, outcome, start, duration, error, worker. */
+function attemptLine(a: Attempt): HTMLElement {
+  const outcome = outcomeName(a);
+  const start = tsMillis(a.startedAt);
+  const end = tsMillis(a.endedAt);
+  const duration =
+    start === undefined
+      ? "—"
+      : end !== undefined
+        ? formatDuration(end - start)
+        : a.outcome === TaskState.RUNNING
+          ? `${formatDuration(Date.now() - start)} so far`
+          : "—";
+  return h(
+    "li",
+    { "data-testid": "attempt", "data-run": a.run, "data-attempt": a.attempt, "data-outcome": outcome },
+    h("span", { class: "mono", "data-testid": "attempt-label" }, `run ${a.run} · #${a.attempt}`),
+    h(
+      "span",
+      { class: `badge small state-${outcome.toLowerCase()}`, "data-testid": "attempt-outcome" },
+      outcome === "WORKER_LOST" ? "WORKER LOST" : outcome,
+    ),
+    h("span", { class: "muted nowrap", "data-testid": "attempt-start", title: start ? new Date(start).toISOString() : "" }, formatClock(start)),
+    h("span", { class: "muted nowrap", "data-testid": "attempt-duration" }, duration),
+    a.error
+      ? h("span", { class: "attempt-error", "data-testid": "attempt-error", title: a.error.message }, `${a.error.code}: ${a.error.message}`)
+      : null,
+    a.worker ? h("span", { class: "attempt-worker mono muted", "data-testid": "attempt-worker" }, a.worker) : null,
+  );
 }
 
 function openDetail(id: string): void {
@@ -726,16 +946,48 @@ function openDetail(id: string): void {
   const events = h("ol", { class: "events", "data-testid": "detail-events" });
   const summary = h("div", { class: "detail-summary" }, "Loading…");
   const streamNote = h("p", { class: "muted small", "data-testid": "detail-stream" }, "");
+  const attempts = h("ol", { class: "attempts", "data-testid": "detail-attempts" });
+  const attemptsNote = h("p", { class: "muted small", "data-testid": "detail-attempts-note" }, "Loading…");
+  const retryButton = h(
+    "button",
+    { class: "btn small", "data-testid": "detail-retry", hidden: true, title: "Start a new run of this failed task (RetryTask)" },
+    "Retry",
+  );
+  retryButton.addEventListener("click", async () => {
+    retryButton.disabled = true;
+    retryButton.textContent = "Retrying…";
+    try {
+      await retryTask(id);
+    } finally {
+      retryButton.disabled = false;
+      retryButton.textContent = "Retry";
+    }
+  });
   clear(drawerBody);
-  append(drawerBody, h("p", { class: "mono small detail-id" }, id), summary, h("h3", {}, "Events"), streamNote, events);
+  append(
+    drawerBody,
+    h("p", { class: "mono small detail-id" }, id),
+    summary,
+    h("div", { class: "detail-actions" }, retryButton),
+    h("h3", {}, "Attempts"),
+    attemptsNote,
+    attempts,
+    h("h3", {}, "Events"),
+    streamNote,
+    events,
+  );
   drawer.hidden = false;
   let lastSeq = 0n;
+  let lastState: TaskState | undefined;
 
   let current: Task | undefined;
   const addEvent = (ev: TaskEvent) => {
     if (ev.seq !== 0n && ev.seq <= lastSeq) return;
     if (ev.seq > lastSeq) lastSeq = ev.seq;
     if (current && foldEvent(current, ev)) renderSummary(current);
+    // A new attempt, or one that ended: the history changed.
+    if (ev.state !== lastState || isTerminal(ev.state)) scheduleAttempts();
+    lastState = ev.state;
     const name = stateName(ev.state);
     const text =
       ev.message ||
@@ -745,7 +997,7 @@ function openDetail(id: string): void {
     events.prepend(
       h(
         "li",
-        {},
+        { "data-testid": "detail-event", "data-state": name, "data-seq": String(ev.seq) },
         h("span", { class: "muted mono" }, `#${ev.seq}`),
         h("span", { class: `badge small state-${name.toLowerCase()}` }, name),
         h("span", { class: "ev-text" }, text),
@@ -761,6 +1013,7 @@ function openDetail(id: string): void {
       summary,
       kv("kind", h("span", { class: "mono" }, t.kind)),
       kv("state", h("span", { class: `badge state-${name.toLowerCase()}`, "data-testid": "detail-state" }, name)),
+      t.run > 1 ? kv("run", h("span", { "data-testid": "detail-run", title: `retried ${t.run - 1} time${t.run > 2 ? "s" : ""}` }, String(t.run))) : null,
       kv("attempt", `${t.attempt} of ${t.maxAttempts}`),
       kv("progress", `${Math.round((t.progress?.fraction ?? 0) * 100)}% ${t.progress?.message ?? ""}`),
       kv("labels", Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "—"),
@@ -775,9 +1028,101 @@ function openDetail(id: string): void {
       t.error ? h("h3", {}, "Error") : null,
       t.error ? h("pre", { class: "json bad" }, `${t.error.code}${t.error.retryable ? " (retryable)" : ""}\n${t.error.message}`) : null,
     );
+    retryButton.hidden = t.state !== TaskState.FAILED;
   };
 
-  detail = { id, abort };
+  // ListAttempts, again whenever an attempt starts or ends (a burst collapses into one).
+  let attemptsTimer: number | undefined;
+  let attemptsGeneration = 0;
+  const loadAttempts = async () => {
+    const generation = ++attemptsGeneration;
+    try {
+      const res = await api.tasks.listAttempts({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
+      if (generation !== attemptsGeneration || abort.signal.aborted) return;
+      clear(attempts);
+      for (const a of res.attempts) attempts.appendChild(attemptLine(a));
+      attemptsNote.textContent = res.attempts.length === 0 ? "No attempt yet." : "";
+      attemptsNote.hidden = res.attempts.length > 0;
+      attempts.dataset.count = String(res.attempts.length);
+    } catch (err) {
+      if (generation !== attemptsGeneration || abort.signal.aborted) return;
+      const { code, message } = describeError(err);
+      attemptsNote.textContent = `Could not read the attempts — ${authProblem(err, "ListAttempts")?.text ?? `${code}: ${message}`}`;
+      attemptsNote.hidden = false;
+    }
+  };
+  const scheduleAttempts = () => {
+    if (attemptsTimer !== undefined) return;
+    attemptsTimer = window.setTimeout(() => {
+      attemptsTimer = undefined;
+      void loadAttempts();
+    }, 250);
+  };
+  abort.signal.addEventListener("abort", () => window.clearTimeout(attemptsTimer), { once: true });
+
+  // WatchTask: after_seq = 0 first sends the current state; after a drop, resume
+  // with after_seq = the last seq received. The stream ends after the terminal event;
+  // a retry (a new run) starts it again from there.
+  let watching = false;
+  const watch = async () => {
+    if (watching || abort.signal.aborted || !current) return;
+    watching = true;
+    let failures = 0;
+    try {
+      while (!abort.signal.aborted) {
+        streamNote.textContent = "watching…";
+        try {
+          for await (const ev of api.watch.watchTask({ taskId: id, afterSeq: lastSeq }, { signal: abort.signal, timeoutMs: 0 })) {
+            failures = 0;
+            addEvent(ev);
+            if (isTerminal(ev.state)) {
+              // The final record (output, finished_at, the exact run) once the task is done.
+              const t = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
+              if (!current || t.lastSeq >= current.lastSeq) {
+                current = t;
+                renderSummary(t);
+              }
+            }
+          }
+          streamNote.textContent = "finished";
+          return;
+        } catch (err) {
+          if (abort.signal.aborted) return;
+          const ce = ConnectError.from(err);
+          if (ce.code === Code.NotFound || ce.code === Code.InvalidArgument) {
+            streamNote.textContent = `${describeError(ce).code}: ${ce.rawMessage}`;
+            return;
+          }
+          const auth = authProblem(ce, "WatchTask");
+          if (auth) {
+            streamNote.textContent = auth.text;
+            return;
+          }
+          failures++;
+          const delay = Math.min(10_000, 500 * 2 ** Math.min(failures - 1, 5));
+          streamNote.textContent = `disconnected (${describeError(ce).code}); resuming after #${lastSeq} in ${Math.ceil(delay / 1000)}s`;
+          await sleep(delay, abort.signal);
+        }
+      }
+    } finally {
+      watching = false;
+    }
+  };
+
+  detail = {
+    id,
+    abort,
+    update: (t) => {
+      if (current && t.lastSeq < current.lastSeq) return;
+      current = t;
+      renderSummary(t);
+      scheduleAttempts();
+    },
+    resume: () => void watch(),
+    seen: (ev) => {
+      if (!watching && ev.seq > lastSeq) void watch();
+    },
+  };
 
   void (async () => {
     try {
@@ -787,43 +1132,11 @@ function openDetail(id: string): void {
       if (abort.signal.aborted) return;
       const { code, message } = describeError(err);
       summary.textContent = authProblem(err, "GetStatus")?.text ?? `${code}: ${message}`;
+      attemptsNote.textContent = "";
       return;
     }
-    // WatchTask: after_seq = 0 first sends the current state; after a drop, resume
-    // with after_seq = the last seq received. The stream ends after the terminal event.
-    let failures = 0;
-    while (!abort.signal.aborted) {
-      streamNote.textContent = "watching…";
-      try {
-        for await (const ev of api.watch.watchTask({ taskId: id, afterSeq: lastSeq }, { signal: abort.signal, timeoutMs: 0 })) {
-          failures = 0;
-          addEvent(ev);
-          if (isTerminal(ev.state)) {
-            // The final record (output, finished_at) once the task is done.
-            current = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
-            renderSummary(current);
-          }
-        }
-        streamNote.textContent = "finished";
-        return;
-      } catch (err) {
-        if (abort.signal.aborted) return;
-        const ce = ConnectError.from(err);
-        if (ce.code === Code.NotFound || ce.code === Code.InvalidArgument) {
-          streamNote.textContent = `${describeError(ce).code}: ${ce.rawMessage}`;
-          return;
-        }
-        const auth = authProblem(ce, "WatchTask");
-        if (auth) {
-          streamNote.textContent = auth.text;
-          return;
-        }
-        failures++;
-        const delay = Math.min(10_000, 500 * 2 ** Math.min(failures - 1, 5));
-        streamNote.textContent = `disconnected (${describeError(ce).code}); resuming after #${lastSeq} in ${Math.ceil(delay / 1000)}s`;
-        await sleep(delay, abort.signal);
-      }
-    }
+    void loadAttempts();
+    await watch();
   })();
 }
 
@@ -837,12 +1150,15 @@ initApiKeyControl();
 onApiKeyChange(() => {
   closeDetail();
   rows = new Map();
+  selected.clear();
   early.clear();
   pageTokens = [""];
   nextPageToken = "";
   clear(tbody);
   listError.hidden = true;
   for (const el of [submitError, submitResult, submitWarning]) el.hidden = true;
+  resetDeadLetterCount();
+  renderSelection();
   void loadPage();
   startStream();
   restartQueues();
