@@ -33,7 +33,9 @@ creates (or updates) and pulls only its own kinds' consumers.
 A kind may have a limit on its tasks running at once across all workers
 (``Worker(max_running={"py.reverse": 2})``, the Rust workers' ``--max-running KIND=N``):
 the kind's consumer's ``max_ack_pending``. A worker not given one for a kind keeps the
-consumer's current value, so it never lifts a limit another worker set.
+consumer's current value, so it never lifts a limit another worker set. A kind may also
+have a limit on its starts per second by this worker (``Worker(max_rate={"py.reverse":
+5})``, the Rust workers' ``--max-rate KIND=N``): a token bucket each pull waits on.
 
 What it does for every delivery (docs/protocol.md §5): decode; on a redelivery, leave
 the message alone (no ack, no NAK) if the task's attempt still runs, here or on a live
@@ -41,10 +43,12 @@ worker that answers for the newest RUNNING attempt on ``taskwire.running.<task_i
 read the task's newest event, ack finished tasks (re-sending the dead letter of a
 FAILED one), take the attempt number from the history (the newest event's attempt + 1,
 or 1; never the delivery count), fail tasks whose attempts are spent, append RUNNING
-conditionally, run the handler with heartbeats (``+WPI`` every ack_wait/3) and its
-timeout, append every progress/log event with ``Nats-Expected-Last-Subject-Sequence``,
+conditionally (naming this worker, :func:`worker_name`, in the claim's ``Event.worker``),
+run the handler with heartbeats (``+WPI`` every ack_wait/3) and its timeout, append
+every progress/log event with ``Nats-Expected-Last-Subject-Sequence``,
 and turn the outcome into SUCCEEDED / RETRYING + ``-NAK {"delay":ns}`` / FAILED + dead
-letter, acking only after the outcome is stored.
+letter (``Nats-Msg-Id`` the task id, or ``<task_id>:<run>`` for a retried run N > 1),
+acking only after the outcome is stored.
 
 Every attempt continues the task's trace (``TaskMessage.traceparent``, the submit's W3C
 trace context): each event it appends carries a ``traceparent`` header with the task's
@@ -69,6 +73,7 @@ import os
 import random
 import re
 import signal
+import socket
 import ssl
 import time
 import uuid
@@ -99,6 +104,8 @@ __all__ = [
     "Worker",
     "backoff",
     "kind_consumer",
+    "task_msg_id",
+    "worker_name",
 ]
 
 log = logging.getLogger("taskwire.worker")
@@ -159,28 +166,38 @@ def kind_consumer(kind: str) -> str:
     return f"taskwire-kind-{kind.replace('.', '_')}-{h & 0xFFFFFFFF:08x}"
 
 
+def task_msg_id(task_id: str, run: int) -> str:
+    """The ``Nats-Msg-Id`` of run ``run`` of a task's message and of its dead-letter copy
+    (docs/protocol.md §4, §5 step 11): the task id for the first run (``run`` 0 or 1),
+    ``<task_id>:<run>`` for a retry's, so JetStream's duplicate window drops repeats of
+    one run, never a later run's copy."""
+    return task_id if run <= 1 else f"{task_id}:{run}"
+
+
 def valid_kind(kind: str) -> bool:
     return bool(_KIND_RE.match(kind)) and "" not in kind.split(".")
 
 
-def _kind_limits(max_running: Optional[Mapping[str, int]]) -> dict[str, int]:
-    """Checks ``Worker(max_running=...)``: valid kinds, whole numbers 0..=2^32-1."""
+def _kind_limits(limits_arg: Optional[Mapping[str, int]], what: str = "max_running") -> dict[str, int]:
+    """Checks ``Worker(max_running=...)`` or ``Worker(max_rate=...)``: valid kinds, whole
+    numbers 0..=2^32-1."""
     limits: dict[str, int] = {}
-    for kind, n in (max_running or {}).items():
+    for kind, n in (limits_arg or {}).items():
         if not isinstance(kind, str) or not valid_kind(kind):
             raise ValueError(
-                f"max_running: invalid task kind {kind!r}: [a-z0-9][a-z0-9._-]{{0,127}}, no empty dot part"
+                f"{what}: invalid task kind {kind!r}: [a-z0-9][a-z0-9._-]{{0,127}}, no empty dot part"
             )
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _MAX_RUNNING_LIMIT:
             raise ValueError(
-                f"max_running[{kind!r}] must be a whole number 0..={_MAX_RUNNING_LIMIT} (0 lifts the limit), not {n!r}"
+                f"{what}[{kind!r}] must be a whole number 0..={_MAX_RUNNING_LIMIT} (0 lifts the limit), not {n!r}"
             )
         limits[kind] = int(n)
     return limits
 
 
 def _parse_kind_limits(text: str) -> list[tuple[str, int]]:
-    """``--max-running KIND=N[,KIND=N...]``, as the Rust workers' flag takes it."""
+    """``--max-running KIND=N[,KIND=N...]`` (and ``--max-rate``), as the Rust workers'
+    flags take them."""
     out: list[tuple[str, int]] = []
     for item in text.split(","):
         kind, sep, n = item.partition("=")
@@ -202,6 +219,65 @@ def backoff(attempt: int, base: float = 1.0, maximum: float = 300.0) -> float:
     ``min(base * 2^min(attempt-1, 20), max) * (0.75 + 0.25 * U)``."""
     exp = base * (2 ** min(max(attempt - 1, 0), 20))
     return min(exp, maximum) * (0.75 + 0.25 * random.random())
+
+
+class _StartRate:
+    """A token bucket of one kind's task starts (the Rust workers' ``StartRate``):
+    ``rate`` per second, in bursts of up to ``rate``. Each pull waits for a whole token
+    and fetches no more messages than there are tokens, so no fetched task waits with
+    its ack_wait running."""
+
+    def __init__(self, rate: int) -> None:
+        if rate < 1:
+            raise ValueError("a start rate is at least 1 per second")
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.tokens + (now - self.at) * self.rate, self.rate)
+        self.at = now
+
+    async def available(self) -> int:
+        """Waits for at least one whole token; returns how many there are."""
+        self._refill()
+        if self.tokens < 1.0:
+            await asyncio.sleep((1.0 - self.tokens) / self.rate)
+            self._refill()
+        return max(int(math.floor(self.tokens)), 1)
+
+    def spend(self, n: int) -> None:
+        self.tokens -= n
+
+
+_HOSTNAME: Optional[str] = None
+
+
+def _hostname() -> str:
+    """This machine's name, as the Rust workers read it (``/proc/sys/kernel/hostname``,
+    else ``$HOSTNAME``), else the socket module's, else ``unknown``."""
+    global _HOSTNAME
+    if _HOSTNAME is None:
+        host = ""
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            with open("/proc/sys/kernel/hostname", encoding="utf-8") as f:
+                host = f.read().strip()
+        if not host:
+            host = os.environ.get("HOSTNAME", "").strip()
+        if not host:
+            with contextlib.suppress(OSError):
+                host = socket.gethostname().strip()
+        _HOSTNAME = host or "unknown"
+    return _HOSTNAME
+
+
+def worker_name() -> str:
+    """This process as a task's attempt history names it:
+    ``taskwire-python-worker@<host>:<pid>`` (the Rust workers':
+    ``taskwire-worker@<host>:<pid>``). Sent in ``Event.worker`` on each attempt's claim
+    (its first RUNNING event) only; the api's ``ListAttempts`` shows it."""
+    return f"taskwire-python-worker@{_hostname()}:{os.getpid()}"
 
 
 class TaskFailure(Exception):
@@ -463,7 +539,9 @@ class _EventWriter:
         output: Optional[Any] = None,
         error: Optional[task_pb2.TaskError] = None,
         message: str = "",
+        worker: str = "",
     ) -> int:
+        """Appends one event; ``worker`` (the worker's name) is for the claim only."""
         ev = messages_pb2.Event(
             task_id=self.task_id,
             time=_now(),
@@ -471,6 +549,7 @@ class _EventWriter:
             attempt=self.attempt,
             message=message,
             kind=self.kind,
+            worker=worker,
         )
         if progress is not None:
             ev.progress.CopyFrom(progress)
@@ -631,6 +710,17 @@ class Worker:
     lifts one another worker set. Set a limit on one worker, or the same on all. Named
     kinds without a handler here are ignored (with a warning at :meth:`start`).
 
+    ``max_rate`` (``{kind: N}``, the Rust workers' ``--max-rate KIND=N``) limits the
+    kind's task starts by this worker to at most N per second, in bursts of up to N: a
+    token bucket that each pull of the kind waits on, fetching no more messages than it
+    holds tokens (so no fetched task waits with its ack_wait running). It is per worker
+    process: R workers start up to R x N per second (``max_running`` bounds a kind
+    across all workers). N = 0, or a kind not named, has no limit.
+
+    Each attempt's claim (its first RUNNING event) carries the worker's name in
+    ``Event.worker``, :func:`worker_name` (``taskwire-python-worker@<host>:<pid>``),
+    which the api's attempt history (``Client.attempts``) shows.
+
     Connecting to a NATS that checks who connects (docs/security.md, "NATS"), as the
     Rust workers' flags do; each argument defaults to the same environment variable
     (``None``: read it; ``""``: none, whatever it says):
@@ -670,6 +760,7 @@ class Worker:
         stream_wait: float = 30.0,
         max_deliver: int = MAX_ATTEMPTS_LIMIT + 1,
         max_running: Optional[Mapping[str, int]] = None,
+        max_rate: Optional[Mapping[str, int]] = None,
         name: str = "taskwire-worker-py",
         nats_user: Optional[str] = None,
         nats_password: Optional[str] = None,
@@ -697,6 +788,8 @@ class Worker:
         # The kinds given a limit on tasks running at once (0 = lift it); kinds not
         # named keep their consumer's.
         self.max_running: dict[str, int] = _kind_limits(max_running)
+        # The kinds given a limit on tasks started per second by this worker (0 = none).
+        self.max_rate: dict[str, int] = _kind_limits(max_rate, "max_rate")
         self.name = name
         self.inbox_prefix = inbox_prefix
         self._auth = _NatsAuth.resolve(
@@ -857,6 +950,9 @@ class Worker:
         unserved = sorted(set(self.max_running) - set(self._handlers))
         if unserved:
             log.warning("max_running names kinds this worker has no handler for (ignored): %s", unserved)
+        unserved = sorted(set(self.max_rate) - set(self._handlers))
+        if unserved:
+            log.warning("max_rate names kinds this worker has no handler for (ignored): %s", unserved)
         for kind in self.kinds:
             # Only the kinds' own consumers: read, created (or updated to these
             # settings) by name, then pulled; no other JetStream call (no stream, no
@@ -879,6 +975,8 @@ class Worker:
                 raise self._no_answer("creating", name, kind) from e
             if max_ack_pending != UNLIMITED_RUNNING:
                 log.info("kind %s: at most %d task(s) run at once across all workers", kind, max_ack_pending)
+            if self.max_rate.get(kind, 0) > 0:
+                log.info("kind %s: at most %d task(s) started per second by this worker", kind, self.max_rate[kind])
             self._subs[kind] = await self._js.pull_subscribe_bind(durable=name, stream=TASKS_STREAM)
         self._slots = _Slots(self.concurrency)
 
@@ -1057,11 +1155,17 @@ class Worker:
     # -- pulling --------------------------------------------------------------------
 
     async def _pull_loop(self, kind: str, fair_share: int) -> None:
+        """Pulls one kind's tasks, fetching only as many as there are free slots (and,
+        with ``max_rate``, start tokens): a fetched task's ack_wait is already running."""
         sub = self._subs[kind]
         slots = self._slots
         assert slots is not None
+        rate = _StartRate(self.max_rate[kind]) if self.max_rate.get(kind, 0) > 0 else None
         while not self._shutdown.is_set():
-            n = await slots.acquire(fair_share)
+            most = fair_share
+            if rate is not None:
+                most = min(most, await rate.available())
+            n = await slots.acquire(most)
             try:
                 msgs = await sub.fetch(batch=n, timeout=1.0)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -1075,6 +1179,8 @@ class Worker:
                 log.warning("pull for %s failed (%r); retrying", kind, e)
                 await asyncio.sleep(0.5)
                 continue
+            if rate is not None:
+                rate.spend(len(msgs))
             await slots.release(n - len(msgs))
             for msg in msgs:
                 t = asyncio.create_task(self._process(msg))
@@ -1201,7 +1307,8 @@ class Worker:
                 return None
             writer = _EventWriter(self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout, trace)
             try:
-                await writer.write(task_pb2.TASK_STATE_RUNNING)
+                # The claim names this worker (Event.worker): the attempt history shows it.
+                await writer.write(task_pb2.TASK_STATE_RUNNING, worker=worker_name())
             except _Conflict:
                 continue
             except _Unavailable as e:
@@ -1391,8 +1498,10 @@ class Worker:
 
     async def _dead_letter(self, body: messages_pb2.TaskMessage, error: Optional[task_pb2.TaskError]) -> bool:
         """Copies the task to ``taskwire.dlq.<kind>``; False if that failed (then the
-        message is left for redelivery, which finds FAILED and sends it again)."""
-        headers = {"Nats-Msg-Id": body.task_id, SCHEMA_HEADER: SCHEMA_VERSION}
+        message is left for redelivery, which finds FAILED and sends it again). Its
+        ``Nats-Msg-Id`` is the run's (:func:`task_msg_id`): a retried run that fails
+        again within the duplicate window gets a copy of its own."""
+        headers = {"Nats-Msg-Id": task_msg_id(body.task_id, body.run), SCHEMA_HEADER: SCHEMA_VERSION}
         if error is not None:
             headers["Taskwire-Error-Code"] = error.code
             headers["Taskwire-Error-Retryable"] = "true" if error.retryable else "false"
@@ -1485,6 +1594,15 @@ def main_args(argv: Optional[list[str]] = None, description: str = "taskwire Pyt
         help="at most N tasks of KIND run at once across all workers (repeatable or comma-separated; "
         "N = 0 lifts a limit); a kind not named keeps the limit it has",
     )
+    p.add_argument(
+        "--max-rate",
+        action="append",
+        default=[],
+        type=_parse_kind_limits,
+        metavar="KIND=N",
+        help="at most N tasks of KIND started per second by this worker, in bursts of up to N "
+        "(repeatable or comma-separated; N = 0: no limit); per worker process",
+    )
     # NATS credentials and TLS, as the Rust workers take them; unset flags fall back to
     # the same environment variables (in Worker), so a password need not be a flag.
     p.add_argument("--nats-user", help=f"NATS user, with --nats-password [env: {NATS_USER_ENV}]")
@@ -1511,6 +1629,7 @@ def from_args(args: argparse.Namespace) -> Worker:
         shutdown_grace=args.shutdown_grace,
         # The last KIND=N given for a kind wins, as with the Rust flag.
         max_running=dict(pair for group in getattr(args, "max_running", None) or [] for pair in group),
+        max_rate=dict(pair for group in getattr(args, "max_rate", None) or [] for pair in group),
         nats_user=getattr(args, "nats_user", None),
         nats_password=getattr(args, "nats_password", None),
         nats_creds=getattr(args, "nats_creds", None),

@@ -2,6 +2,8 @@
 ``Worker(max_running={kind: N})`` sets the kind's consumer's ``max_ack_pending`` to N,
 a worker without it keeps what the consumer has, N = 0 lifts the limit; and with the
 limit at 2, two workers together never run more than 2 of the kind's tasks at once.
+A kind's limit on starts per second by one worker (``Worker(max_rate={kind: N})``, the
+Rust workers' ``--max-rate KIND=N``): a token bucket of N per second, bursts of up to N.
 Against dev's NATS, with in-process Workers and tasks submitted through the client.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,9 +22,10 @@ from nats.aio.client import Client as NATS
 from conftest import Dev
 from taskwire import AsyncClient
 from taskwire.client import from_value, state_name
-from taskwire.worker import UNLIMITED_RUNNING, TaskContext, Worker, from_args, kind_consumer, main_args
+from taskwire.worker import UNLIMITED_RUNNING, TaskContext, Worker, _StartRate, from_args, kind_consumer, main_args
 
 KIND = "py.limited"
+RATE_KIND = "py.rate"  # only test_max_rate_paces_the_kinds_starts serves it
 ACK_WAIT = 5.0
 TASKS = 6
 HOLD = 0.3  # seconds each task runs
@@ -38,13 +42,13 @@ async def _nats(dev: Dev) -> AsyncIterator[NATS]:
 
 @contextlib.asynccontextmanager
 async def _running_worker(
-    dev: Dev, handler: Callable[[TaskContext], Awaitable[Any]], **kw: Any
+    dev: Dev, handler: Callable[[TaskContext], Awaitable[Any]], kind: str = KIND, **kw: Any
 ) -> AsyncIterator[Worker]:
-    """A Worker for KIND on dev's NATS, pulling until the block ends."""
+    """A Worker for ``kind`` (KIND) on dev's NATS, pulling until the block ends."""
     worker = Worker(
         dev.nats_url, ack_wait=ACK_WAIT, backoff_base=0.2, backoff_max=1, shutdown_grace=2, stream_wait=15, **kw
     )
-    worker.register(KIND, handler)
+    worker.register(kind, handler)
     await worker.start()
     run = asyncio.create_task(worker.run(install_signal_handlers=False))
     try:
@@ -68,6 +72,76 @@ def test_max_running_flag() -> None:
     for bad in ("py.limited", "Py.Bad=1", "py.limited=-1", "py.limited=x", f"py.limited={2**32}"):
         with pytest.raises(SystemExit):
             main_args(["--max-running", bad])
+
+
+def test_max_rate_is_checked() -> None:
+    for bad in ({"Py.Bad": 1}, {RATE_KIND: -1}, {RATE_KIND: 1.5}, {RATE_KIND: True}, {RATE_KIND: 2**32}):
+        with pytest.raises(ValueError, match="max_rate"):
+            Worker(max_rate=bad)  # type: ignore[arg-type]
+    assert Worker(max_rate={RATE_KIND: 0}).max_rate == {RATE_KIND: 0}
+    assert Worker().max_rate == {}
+
+
+def test_max_rate_flag() -> None:
+    args = main_args(["--max-rate", "py.rate=2, py.other=0", "--max-rate", "py.rate=5"])
+    worker = from_args(args)
+    assert worker.max_rate == {"py.rate": 5, "py.other": 0}
+    assert worker.max_running == {}, "--max-rate is not --max-running"
+    both = from_args(main_args(["--max-rate", "py.rate=3", "--max-running", "py.rate=7"]))
+    assert (both.max_rate, both.max_running) == ({"py.rate": 3}, {"py.rate": 7})
+    assert from_args(main_args([])).max_rate == {}
+    for bad in ("py.rate", "Py.Bad=1", "py.rate=-1", "py.rate=x", f"py.rate={2**32}"):
+        with pytest.raises(SystemExit):
+            main_args(["--max-rate", bad])
+
+
+async def test_start_rate_is_a_token_bucket() -> None:
+    """As the Rust workers' StartRate: a burst of N, then one every 1/N s, the burst
+    capped at N."""
+    r = _StartRate(5)
+    assert await r.available() == 5
+    r.spend(5)
+    t0 = time.monotonic()
+    assert await r.available() == 1
+    waited = time.monotonic() - t0
+    assert 0.18 <= waited < 1.0, waited
+    r.spend(1)
+    await asyncio.sleep(1.3)
+    assert await r.available() == 5, "the burst is capped at the rate"
+
+
+async def test_max_rate_paces_the_kinds_starts(dev: Dev) -> None:
+    """With max_rate 4 per second, 12 tasks submitted at once start over at least 2 s
+    (a burst of 4, then one every 250 ms), never more than 8 within one second."""
+    rate, n = 4, 12
+
+    async def handler(ctx: TaskContext) -> Any:
+        return {"n": ctx.input}
+
+    async with _running_worker(dev, handler, kind=RATE_KIND, max_rate={RATE_KIND: rate}) as worker:
+        assert worker.max_rate == {RATE_KIND: rate}
+        async with AsyncClient(dev.address, timeout=15) as tw:
+            ids = [await tw.submit(RATE_KIND, i) for i in range(n)]
+
+            async def done(task_id: str) -> Any:
+                # The record once the recorder applied the outcome (started_at is the
+                # time of the task's first RUNNING event, the worker's claim).
+                deadline = time.monotonic() + 60
+                while True:
+                    t = await tw.status(task_id)
+                    if state_name(t.state) in ("SUCCEEDED", "FAILED", "CANCELLED") or time.monotonic() > deadline:
+                        return t
+                    await asyncio.sleep(0.1)
+
+            tasks = await asyncio.wait_for(asyncio.gather(*(done(t) for t in ids)), timeout=90)
+    assert [state_name(t.state) for t in tasks] == ["SUCCEEDED"] * n
+    assert [from_value(t.output) for t in tasks] == [{"n": i} for i in range(n)]
+    assert all(t.HasField("started_at") for t in tasks)
+    starts = sorted(t.started_at.ToMicroseconds() / 1e6 for t in tasks)
+    span = starts[-1] - starts[0]
+    assert span >= 1.8, f"{n} starts within {span:.3f}s at {rate}/s: {starts}"
+    busiest = max(sum(1 for s in starts if a <= s <= a + 1.0) for a in starts)
+    assert busiest <= 2 * rate, f"{busiest} starts within one second at {rate}/s: {starts}"
 
 
 async def test_max_running_sets_keeps_and_enforces_the_kinds_limit(dev: Dev) -> None:
