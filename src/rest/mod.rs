@@ -121,8 +121,8 @@ where
         }
         let path = req.uri().path();
         if path == OPENAPI_PATH && req.method() == Method::GET {
-            let doc = openapi::document();
-            return Box::pin(async move { Ok(status::json_response(StatusCode::OK, &doc)) });
+            let doc = &*openapi::DOCUMENT;
+            return Box::pin(async move { Ok(status::json_response(StatusCode::OK, doc)) });
         }
         let matched: Vec<(&Route, Vec<(String, String)>)> = self
             .routes

@@ -11,6 +11,9 @@ use serde_json::{Map, Value as Json, json};
 
 use super::routes::{self, IDEMPOTENCY_FIELD, RESUME_FIELD, Route};
 
+/// The document, built once: the descriptors do not change while a server runs.
+pub static DOCUMENT: std::sync::LazyLock<Json> = std::sync::LazyLock::new(document);
+
 /// The document, for every public route.
 pub fn document() -> Json {
     let mut schemas = BTreeMap::new();
