@@ -281,8 +281,13 @@ async fn nothing_lost_through_kills_of_every_part() {
     load.settled().await;
     load.allow(stage(4) + HEADROOM);
     let at = Instant::now();
-    let running = eventually("the worker to be killed runs tasks", || async {
-        worker1.tasks_running().await.filter(|n| *n > 0)
+    // Tasks go to whichever worker's pull is waiting: the stage's last ones may all
+    // have gone to worker2. Keep a few arriving (up to the next stage) until worker1
+    // runs some, so the kill always lands on a worker with tasks in hand.
+    let running = eventually("the worker to be killed runs tasks", || {
+        let more = (load.allowed.load(Ordering::SeqCst) + 2).min(stage(5));
+        load.allow(more);
+        async { worker1.tasks_running().await.filter(|n| *n > 0) }
     })
     .await;
     worker1.kill();
