@@ -167,13 +167,22 @@ test("EventSource resumes a dropped task stream with Last-Event-ID, gap-free, an
   const opened = await page.goto(`${proxy.url}/openapi.json`, { timeout: STEP });
   assert.equal(opened?.status(), 200, "the proxy's origin serves /openapi.json");
 
-  // Submitted once the page is ready, so it is watched from its start. Long enough
+  // Submitted once the page is ready. Long enough
   // (40 progress events over 4 s) to drop the stream mid-task and still have events
   // to resume with.
   const submitted = await rest("POST", "/v1/tasks", { kind: "demo.sleep", input: { seconds: 4, steps: 40 } });
   const id = submitted.taskId;
   assert.match(id, /^[0-9a-f-]{36}$/, `SubmitTask answered ${JSON.stringify(submitted)}`);
   assert.equal(submitted.state, "TASK_STATE_QUEUED");
+  // Followed from its first event: a stream opened before any event starts with a
+  // snapshot of seq 0, which no resume can replay against (the check below compares
+  // with the history after the first event's seq).
+  for (const deadline = Date.now() + STEP; ; ) {
+    const t = await rest("GET", `/v1/tasks/${id}`);
+    if (t.lastSeq !== "0") break;
+    assert.ok(Date.now() < deadline, `the task started within ${STEP} ms: ${JSON.stringify(t)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 
   // Every event (its lastEventId and parsed data), and every open and error with the
   // number of events received by then and the readyState it left the EventSource in.
