@@ -124,34 +124,41 @@ where
             let doc = &*openapi::DOCUMENT;
             return Box::pin(async move { Ok(status::json_response(StatusCode::OK, doc)) });
         }
-        let matched: Vec<(&Route, Vec<(String, String)>)> = self
+        // (index into `routes`, the path's variables) of every route the path matches.
+        let matched: Vec<(usize, Vec<(String, String)>)> = self
             .routes
             .iter()
-            .filter_map(|r| r.matches(path).map(|vars| (r, vars)))
+            .enumerate()
+            .filter_map(|(i, r)| r.matches(path).map(|vars| (i, vars)))
             .collect();
-        let Some((route, vars)) = matched
+        let routes = self.routes.clone();
+        let Some((index, vars)) = matched
             .iter()
-            .find(|(r, _)| r.method == req.method())
-            .map(|(r, v)| ((*r).clone(), v.clone()))
+            .find(|(i, _)| routes[*i].method == req.method())
+            .cloned()
         else {
             let resp = if matched.is_empty() {
                 not_found(req.method(), path)
             } else {
-                let allow: Vec<&str> = matched.iter().map(|(r, _)| r.method.as_str()).collect();
+                let allow: Vec<&str> = matched
+                    .iter()
+                    .map(|(i, _)| routes[*i].method.as_str())
+                    .collect();
                 method_not_allowed(req.method(), path, &allow.join(", "))
             };
             return Box::pin(async move { Ok(resp) });
         };
         Box::pin(async move {
-            let call = match grpc_request(&route, vars, req).await {
+            let route = &routes[index];
+            let call = match grpc_request(route, vars, req).await {
                 Ok(call) => call,
                 Err(resp) => return Ok(*resp),
             };
             let answer = Answer::new(inner.call(call).await?);
             Ok(if route.streams() {
-                sse::respond(&route, answer).await
+                sse::respond(route, answer).await
             } else {
-                unary(&route, answer).await
+                unary(route, answer).await
             })
         })
     }

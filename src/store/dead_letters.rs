@@ -114,7 +114,7 @@ impl Store {
             q.fetch_all(&self.pool)
                 .await?
                 .iter()
-                .map(|s| TaskId::parse(s).map_err(|_| Error::Corrupt("task id".into())))
+                .map(|s| super::stored_id(s))
                 .collect()
         })
         .await
@@ -141,7 +141,7 @@ impl Store {
             q.fetch_all(&self.pool)
                 .await?
                 .iter()
-                .map(|s| TaskId::parse(s).map_err(|_| Error::Corrupt("task id".into())))
+                .map(|s| super::stored_id(s))
                 .collect()
         })
         .await

@@ -107,6 +107,11 @@ pub enum Error {
     Config(String),
 }
 
+/// A task id read back from a row; one that does not parse is a corrupt row.
+fn stored_id(s: &str) -> Result<crate::domain::TaskId, Error> {
+    crate::domain::TaskId::parse(s).map_err(|_| Error::Corrupt("task id".into()))
+}
+
 impl Error {
     /// Whether trying again later may succeed: the database is down, slow or busy. The
     /// one place that decides it, so every caller maps the same error the same way.

@@ -344,6 +344,6 @@ async fn update(
     q.fetch_all(&mut **tx)
         .await?
         .iter()
-        .map(|s| TaskId::parse(s).map_err(|_| Error::Corrupt("task id".into())))
+        .map(|s| super::stored_id(s))
         .collect()
 }

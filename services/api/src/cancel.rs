@@ -93,7 +93,7 @@ impl TaskApi {
         Ok(())
     }
 
-    async fn current(&self, id: TaskId) -> Result<Task, ApiError> {
+    pub(crate) async fn current(&self, id: TaskId) -> Result<Task, ApiError> {
         let rec = self
             .shared
             .store

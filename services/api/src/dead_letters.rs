@@ -123,13 +123,7 @@ impl TaskApi {
         last: &nats::Stored,
     ) -> Result<Task, ApiError> {
         self.project(id, recorded, last).await?;
-        let rec = self
-            .shared
-            .store
-            .get_task(id)
-            .await?
-            .ok_or(ApiError::NotFound(id))?;
-        Ok(rec.to_proto())
+        self.current(id).await
     }
 
     /// RetryTasks and DiscardTasks: a dry run counts; a real run changes at most
