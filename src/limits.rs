@@ -57,7 +57,9 @@ impl RateLimit {
         })
     }
 
-    /// Takes `n` calls' worth for `key`, or says how long until there is room.
+    /// Takes `n` calls' worth for `key`, or says how long until there is room. A
+    /// batch larger than the bucket passes when the bucket is full and leaves it in
+    /// debt, so the average rate holds and no batch waits forever.
     pub fn take(&self, key: &str, n: u32) -> Result<(), Duration> {
         self.take_at(key, n, Instant::now())
     }
@@ -75,11 +77,12 @@ impl RateLimit {
         });
         b.tokens = (b.tokens + b.refill(now, self.rate)).min(self.rate);
         b.at = now;
-        if b.tokens >= n {
+        let needed = n.min(self.rate);
+        if b.tokens >= needed {
             b.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((n - b.tokens) / self.rate))
+            Err(Duration::from_secs_f64((needed - b.tokens) / self.rate))
         }
     }
 }
@@ -175,6 +178,21 @@ mod tests {
         // A batch larger than the burst can never pass: the wait says so.
         assert!(limit.take_at("c", 11, t0).unwrap_err() >= Duration::from_millis(100));
         assert!(RateLimit::per_second(0).is_none());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_bucket_passes_when_full_and_leaves_a_debt() {
+        let limit = RateLimit::per_second(10).unwrap();
+        let t0 = Instant::now();
+        limit.take_at("a", 25, t0).unwrap();
+        // 15 tokens owed: the bucket is full again 2.5 s later, not 1 s.
+        let wait = limit
+            .take_at("a", 25, t0 + Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(wait, Duration::from_millis(1500));
+        limit
+            .take_at("a", 25, t0 + Duration::from_millis(2500))
+            .unwrap();
     }
 
     #[test]

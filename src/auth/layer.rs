@@ -38,6 +38,7 @@ pub fn required_role(path: &str) -> Option<Role> {
         | "v1.TaskService/ListAttempts"
         | "v1.WatchService/WatchTasks" => Role::Reader,
         "v1.TaskService/SubmitTask"
+        | "v1.TaskService/SubmitTasks"
         | "v1.TaskService/CancelTask"
         | "v1.TaskService/RetryTask"
         | "v1.TaskService/RetryTasks"
@@ -175,6 +176,10 @@ mod tests {
         );
         assert_eq!(
             required_role("/taskwire.v1.TaskService/SubmitTask"),
+            Some(Role::Submitter)
+        );
+        assert_eq!(
+            required_role("/taskwire.v1.TaskService/SubmitTasks"),
             Some(Role::Submitter)
         );
         assert_eq!(

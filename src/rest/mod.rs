@@ -46,8 +46,8 @@ pub use sse::KEEP_ALIVE;
 use grpc::{Answer, Item};
 
 /// The largest REST request body read. The gRPC message limit behind it is smaller
-/// (`--max-input-bytes` + 64 KiB) and answers an oversize input 413; this only bounds
-/// what one request can make the server buffer.
+/// (`--max-input-bytes` + 64 KiB, at least 8 MiB) and answers an oversize input 413;
+/// this only bounds what one request can make the server buffer.
 pub const MAX_BODY: usize = 16 << 20;
 
 /// What a body's error may be turned into.
@@ -317,6 +317,23 @@ async fn unary(route: &Route, mut answer: Answer) -> http::Response<Body> {
 /// find; unset messages are left out.
 pub(crate) fn json_options() -> SerializeOptions {
     SerializeOptions::new().skip_default_fields(false)
+}
+
+/// Reads a message of the contract from proto3 JSON (lowerCamelCase or proto field
+/// names), as the REST surface does: for clients that take JSON from files, like the
+/// CLI's `submit --from-file`. `full_name` is the message's, e.g.
+/// `taskwire.v1.SubmitTaskRequest`.
+pub fn from_json<M: prost::Message + Default>(
+    full_name: &str,
+    json: serde_json::Value,
+) -> Result<M, String> {
+    let desc = routes::POOL
+        .get_message_by_name(full_name)
+        .ok_or_else(|| format!("no message {full_name} in the contract"))?;
+    DynamicMessage::deserialize(desc, json)
+        .map_err(|e| e.to_string())?
+        .transcode_to()
+        .map_err(|e| e.to_string())
 }
 
 /// Appends `msg` as compact proto3 JSON.

@@ -65,25 +65,37 @@ async fn sigterm_under_load_loses_nothing(db: Db) {
         &["--shutdown-grace", "500ms", "--concurrency", "8"],
     );
     let _staying = Running::worker(worker_config(&nats.url()));
+    // Stop one worker while tasks run on both. The leaving one is a process of its
+    // own, which under load may start pulling only after the other has taken (or
+    // even finished) the first tasks: tasks keep arriving, a few at a time, until it
+    // holds some. Each runs 2 s, well past the leaving worker's 500 ms grace, so
+    // what it holds when told to stop is handed back, not finished.
     let mut ids = Vec::new();
-    for _ in 0..24 {
-        ids.push(
-            super::submit(
-                &mut client,
-                submit_req(
-                    "demo.sleep",
-                    serde_json::json!({"seconds": 1.5, "steps": 3}),
-                ),
-            )
-            .await,
+    loop {
+        for _ in 0..8 {
+            let task = submit_req(
+                "demo.sleep",
+                serde_json::json!({"seconds": 2.0, "steps": 4}),
+            );
+            ids.push(super::submit(&mut client, task).await);
+        }
+        let holds = async {
+            while leaving.tasks_running().await.is_none_or(|n| n == 0) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(1), holds)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            ids.len() < 160,
+            "the leaving worker took none of {} tasks",
+            ids.len()
         );
     }
-    // Stop one worker while tasks run on both: the leaving one is a process of its
-    // own, which under load may start pulling after the other took the first tasks.
-    eventually("the leaving worker runs tasks", || async {
-        leaving.tasks_running().await.filter(|&n| n > 0)
-    })
-    .await;
     leaving.terminate();
     let status = leaving.wait_exit().await;
     assert!(status.success(), "graceful exit: {status:?}");

@@ -305,3 +305,83 @@ async fn cli_dead_letters_and_delays() {
     assert_eq!(rows[0]["state"], "TASK_STATE_SCHEDULED");
     assert!(rows[0]["run_at"].is_string());
 }
+
+/// `submit --from-file`: one task per JSON line, sent as SubmitTasks batches; a
+/// refused line is reported with its number (exit 4) and the others are submitted; a
+/// file with a malformed line sends nothing (exit 2); a resend is deduplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_submit_from_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::spawn(dir.path()).await;
+    let addr = dev.addr.to_string();
+    let file = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"kind":"demo.echo","input":{"n":1},"idempotencyKey":"f-1"}"#,
+            "\n\n",
+            r#"{"kind":"Bad Kind","idempotency_key":"f-2"}"#,
+            "\n",
+            r#"{"kind":"demo.echo","input":{"n":3},"labels":{"from":"file"},"idempotencyKey":"f-3"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+
+    let lines = |o: &std::process::Output| -> Vec<serde_json::Value> {
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let first = run(args(&addr, &["submit", "--from-file", path, "--json"])).await;
+    assert_eq!(
+        first.status.code(),
+        Some(4),
+        "a task was refused: {first:?}"
+    );
+    let first = lines(&first);
+    assert_eq!(first.len(), 3, "{first:?}");
+    // Line numbers are the file's (line 2 is blank).
+    assert_eq!(
+        first
+            .iter()
+            .map(|l| l["line"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 3, 4]
+    );
+    assert_eq!(first[1]["error"]["code"], 3, "{first:?}");
+    for l in [&first[0], &first[2]] {
+        assert_eq!(l["deduplicated"], false, "{l}");
+        let id = l["task_id"].as_str().unwrap();
+        let out = run(args(&addr, &["watch", id, "--json"])).await;
+        assert_eq!(out.status.code(), Some(0), "{id} succeeded: {out:?}");
+    }
+
+    // Again: the same tasks, deduplicated.
+    let again = lines(&run(args(&addr, &["submit", "--from-file", path, "--json"])).await);
+    for i in [0, 2] {
+        assert_eq!(again[i]["task_id"], first[i]["task_id"]);
+        assert_eq!(again[i]["deduplicated"], true);
+    }
+
+    // A malformed line: a usage error naming it, and nothing sent.
+    std::fs::write(
+        &file,
+        "{\"kind\":\"demo.echo\",\"idempotencyKey\":\"f-9\"}\n{\"kind\":\n",
+    )
+    .unwrap();
+    let bad = run(args(&addr, &["submit", "--from-file", path])).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("line 2"),
+        "{bad:?}"
+    );
+    let listed = run(args(&addr, &["ls", "--kind", "demo.echo", "--json"])).await;
+    assert_eq!(
+        stdout(&listed).lines().count(),
+        2,
+        "only the first file's two tasks exist: {listed:?}"
+    );
+}

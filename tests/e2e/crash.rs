@@ -4,7 +4,7 @@
 
 use taskwire::{
     domain::TaskId,
-    pb::v1::{GetStatusRequest, TaskState},
+    pb::v1::{GetStatusRequest, SubmitTasksRequest, TaskState, submit_tasks_result::Outcome},
     store::Store,
 };
 use taskwire_tests::{
@@ -122,18 +122,36 @@ async fn an_unconfirmed_publish_is_accepted_and_runs_once(db: Db) {
             .unwrap_or_else(|e| panic!("{fault}: accepted, not {e:?}"))
             .into_inner()
             .task_id;
-        let task = wait_terminal(&client, &id).await;
-        assert_eq!(task.state, TaskState::Succeeded as i32, "{fault}: {task:?}");
-
+        // A batch's publishes fail the same way, each task on its own.
+        let batch = client
+            .submit_tasks(SubmitTasksRequest {
+                tasks: (0..3)
+                    .map(|i| submit_req("demo.echo", serde_json::json!({"batch": i})))
+                    .collect(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{fault}: the batch is accepted, not {e:?}"))
+            .into_inner();
+        let mut ids = vec![id];
+        for r in batch.results {
+            match r.outcome {
+                Some(Outcome::Accepted(a)) => ids.push(a.task_id),
+                other => panic!("{fault}: accepted, not {other:?}"),
+            }
+        }
         let js = nats.jetstream().await;
-        let events = task_events(&js, &id).await;
-        let runs = events
-            .iter()
-            .filter(|(_, e)| e.state == TaskState::Running as i32 && e.progress.is_none())
-            .count();
-        assert_eq!(runs, 1, "{fault}: run once: {events:?}");
         let store = Store::connect(&db.url, &Default::default()).await.unwrap();
-        wait_outbox_cleared(&store, TaskId::parse(&id).unwrap()).await;
+        for id in &ids {
+            let task = wait_terminal(&client, id).await;
+            assert_eq!(task.state, TaskState::Succeeded as i32, "{fault}: {task:?}");
+            let events = task_events(&js, id).await;
+            let runs = events
+                .iter()
+                .filter(|(_, e)| e.state == TaskState::Running as i32 && e.progress.is_none())
+                .count();
+            assert_eq!(runs, 1, "{fault}: run once: {events:?}");
+            wait_outbox_cleared(&store, TaskId::parse(id).unwrap()).await;
+        }
         assert!(
             tasks_in_stream(&js).await.is_empty(),
             "{fault}: nothing left to run"

@@ -3,6 +3,7 @@
 //! modules, so the workspace links it once.
 
 mod auth;
+mod batch;
 mod cancel;
 mod chaos;
 mod cli;

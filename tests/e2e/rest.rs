@@ -189,6 +189,24 @@ async fn rest_surface(db: Db) {
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert_eq!(rpc_code(&refused), 9, "FAILED_PRECONDITION");
 
+    // A batch: one result per task, in order; the bad one refused, the other taken.
+    let batch = rest
+        .post(
+            "/v1/tasks:batchSubmit",
+            &json!({"tasks": [{"kind": "Bad Kind"}, {"kind": "demo.echo", "input": 2}]}),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    let results = batch.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{}", batch.body);
+    assert_eq!(results[0]["error"]["code"], 3, "{}", batch.body);
+    assert!(results[0]["accepted"].is_null(), "{}", batch.body);
+    let bid = results[1]["accepted"]["taskId"].as_str().unwrap();
+    assert_eq!(
+        rest.get(&format!("/v1/tasks/{bid}")).await.body["kind"],
+        "demo.echo"
+    );
+
     // Bad input: a clear status, and nothing written.
     let before = rest.get("/v1/tasks?page_size=1000").await.body["tasks"]
         .as_array()
@@ -245,6 +263,14 @@ async fn rest_surface(db: Db) {
         (
             "a malformed task id",
             rest.http.get(format!("{}/v1/tasks/not-a-uuid", rest.base)),
+            400,
+            3,
+        ),
+        (
+            "an empty batch",
+            rest.http
+                .post(format!("{}/v1/tasks:batchSubmit", rest.base))
+                .body(r#"{"tasks":[]}"#),
             400,
             3,
         ),

@@ -87,10 +87,11 @@ async fn bad_submits_change_nothing(db: Db) {
             with(|r| r.input = Some(taskwire::json::json_to_value(&big(1 << 20)))),
             Code::ResourceExhausted,
         ),
-        // Larger than the server's whole-message limit: still RESOURCE_EXHAUSTED.
+        // Larger than the server's whole-message limit (8 MiB, room for a batch): still
+        // RESOURCE_EXHAUSTED.
         (
-            "input of 5 MiB",
-            with(|r| r.input = Some(taskwire::json::json_to_value(&big(5 << 20)))),
+            "input of 9 MiB",
+            with(|r| r.input = Some(taskwire::json::json_to_value(&big(9 << 20)))),
             Code::ResourceExhausted,
         ),
     ];

@@ -386,6 +386,53 @@ pub async fn closed_loop(
     lat
 }
 
+/// `clients` concurrent callers each making `calls` SubmitTasks calls of `batch` tasks
+/// of `kind`; every task must be accepted. Returns each call's latency.
+pub async fn closed_loop_batches(
+    to: &Target,
+    kind: &'static str,
+    clients: usize,
+    calls: usize,
+    batch: usize,
+) -> Vec<Duration> {
+    use taskwire::pb::v1::{SubmitTasksRequest, submit_tasks_result::Outcome};
+    let chans = Arc::new(channels(to, 8).await);
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let chans = chans.clone();
+            tokio::spawn(async move {
+                let mut c = TaskServiceClient::new(chans[i % chans.len()].clone());
+                let mut lat = Vec::with_capacity(calls);
+                for _ in 0..calls {
+                    let tasks = (0..batch)
+                        .map(|j| submit_req(kind, serde_json::json!({"i": i, "j": j})))
+                        .collect();
+                    let t = Instant::now();
+                    let results = c
+                        .submit_tasks(SubmitTasksRequest { tasks })
+                        .await
+                        .expect("submit a batch")
+                        .into_inner()
+                        .results;
+                    lat.push(t.elapsed());
+                    assert!(
+                        results
+                            .iter()
+                            .all(|r| matches!(r.outcome, Some(Outcome::Accepted(_)))),
+                        "every task of a batch is accepted"
+                    );
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("client"));
+    }
+    lat
+}
+
 /// A WatchTask stream of `task_id` from its current state.
 pub async fn watch(client: &mut WatchServiceClient<Conn>, task_id: String) -> Streaming<TaskEvent> {
     client

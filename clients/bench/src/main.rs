@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - `raw`: R, raw JetStream, the reference of the same run.
-//! - `w1` .. `w5`: submit; end to end; round trip; fan-out; footprint.
+//! - `w1` .. `w5`: submit; end to end (W2B: with SubmitTasks batches); round trip;
+//!   fan-out; footprint.
 //! - `w1r`, `w4r`: W1 and W4 over REST/JSON and Server-Sent Events, through `rest`,
 //!   their HTTP/1.1 client.
 //! - `deployment`: the processes measured, on free loopback ports (through the test
@@ -45,11 +46,11 @@ enum Which {
 /// taskwire-bench: measure taskwire on this machine (loopback only, bounded).
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Workloads to run, comma-separated: r,w1,w1r,w2,w3,w4,w4r,w5 (w1r and w4r: W1
-    /// and W4 over REST and SSE).
+    /// Workloads to run, comma-separated: r,w1,w1r,w2,w2b,w3,w4,w4r,w5 (w1r and w4r:
+    /// W1 and W4 over REST and SSE; w2b: W2 with SubmitTasks batches).
     #[arg(
         long,
-        default_value = "r,w1,w1r,w2,w3,w4,w4r,w5",
+        default_value = "r,w1,w1r,w2,w2b,w3,w4,w4r,w5",
         value_delimiter = ','
     )]
     workloads: Vec<String>,
@@ -70,6 +71,11 @@ pub struct Args {
     /// W2: worker processes.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// W2B: tasks per SubmitTasks call, and concurrent callers.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    batch_size: u16,
+    #[arg(long, default_value_t = 8)]
+    batch_clients: usize,
     /// W3: sequential round trips.
     #[arg(long, default_value_t = 500)]
     round_trips: usize,
@@ -165,8 +171,13 @@ async fn main() {
         }
         if wants("w2") {
             let cpu = CpuSince::now(&d);
-            w2::run(&args, &d, name, &mut results).await;
+            w2::run(&args, &d, name, &mut results, w2::Submits::Single).await;
             cpu.report(&d, &mut results, "W2", name);
+        }
+        if wants("w2b") {
+            let cpu = CpuSince::now(&d);
+            w2::run(&args, &d, name, &mut results, w2::Submits::Batched).await;
+            cpu.report(&d, &mut results, "W2B", name);
         }
         if wants("w3") {
             w3::run(&args, &d, name, &mut results).await;

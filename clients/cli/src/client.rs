@@ -8,8 +8,8 @@ use taskwire::auth::Bearer;
 use taskwire::backoff::Backoff;
 use taskwire::pb::v1::{
     CancelTaskRequest, GetQueueStatsRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest,
-    TaskEvent, TaskState, WatchTaskRequest, task_service_client::TaskServiceClient,
-    watch_service_client::WatchServiceClient,
+    SubmitTasksRequest, TaskEvent, TaskState, WatchTaskRequest, submit_tasks_result::Outcome,
+    task_service_client::TaskServiceClient, watch_service_client::WatchServiceClient,
 };
 use tonic::{
     service::interceptor::InterceptedService,
@@ -21,7 +21,14 @@ use crate::{CliError, output};
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The task kind, e.g. demo.sleep.
-    kind: String,
+    #[arg(required_unless_present = "from_file")]
+    kind: Option<String>,
+    /// Submit every task of a file (`-`: standard input) instead, one
+    /// SubmitTaskRequest per line in JSON (`{"kind":"demo.echo","input":{..},
+    /// "idempotencyKey":"k1"}`), in batches of 1,000. Prints a line per task: its id,
+    /// or with --json its answer or error, with its line number.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "input", "idempotency_key", "max_attempts", "labels", "delay", "run_at", "watch"])]
+    from_file: Option<PathBuf>,
     /// The input, as JSON.
     #[arg(long, default_value = "null")]
     input: String,
@@ -158,14 +165,18 @@ async fn tasks(to: &Target) -> Result<TaskServiceClient<Authed>, CliError> {
 }
 
 pub async fn submit(to: &Target, watch_to: &Target, a: SubmitArgs) -> Result<(), CliError> {
+    if let Some(path) = &a.from_file {
+        return submit_file(to, path, a.json).await;
+    }
+    let kind = a.kind.expect("clap requires KIND without --from-file");
     let input: serde_json::Value = serde_json::from_str(&a.input)
         .map_err(|e| CliError::Usage(format!("--input is not JSON: {e}")))?;
     // With OTEL_EXPORTER_OTLP_ENDPOINT set, the submit starts the task's trace: its span
     // context goes to the api as the traceparent metadata.
     let _telemetry = taskwire::telemetry::init("taskwire-cli", Default::default());
-    let span = tracing::info_span!("taskwire submit", kind = %a.kind);
+    let span = tracing::info_span!("taskwire submit", kind = %kind);
     let mut request = tonic::Request::new(SubmitTaskRequest {
-        kind: a.kind,
+        kind,
         input: Some(taskwire::json::json_to_value(&input)),
         idempotency_key: a.idempotency_key.unwrap_or_default(),
         max_attempts: a.max_attempts,
@@ -204,6 +215,79 @@ pub async fn submit(to: &Target, watch_to: &Target, a: SubmitArgs) -> Result<(),
         println!("{line}");
     } else {
         println!("{}", resp.task_id);
+    }
+    Ok(())
+}
+
+/// Tasks per SubmitTasks call (the server's limit).
+const FILE_BATCH: usize = 1000;
+
+/// `submit --from-file`: every line read and checked before anything is sent (a
+/// malformed line is a usage error, exit 2), then sent in batches. Exits 4 if the
+/// server refused any task; the others are submitted all the same.
+async fn submit_file(to: &Target, path: &std::path::Path, json: bool) -> Result<(), CliError> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut requests = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line =
+            line.map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let task = serde_json::from_str(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|v| taskwire::rest::from_json("taskwire.v1.SubmitTaskRequest", v))
+            .map_err(|e| CliError::Usage(format!("line {}: {e}", i + 1)))?;
+        requests.push((i + 1, task));
+    }
+    let mut client = tasks(to).await?;
+    let mut refused = 0;
+    for chunk in requests.chunks(FILE_BATCH) {
+        let (lines, batch): (Vec<usize>, Vec<SubmitTaskRequest>) = chunk.iter().cloned().unzip();
+        let results = client
+            .submit_tasks(SubmitTasksRequest { tasks: batch })
+            .await?
+            .into_inner()
+            .results;
+        for (line, result) in lines.into_iter().zip(results) {
+            match result.outcome {
+                Some(Outcome::Accepted(a)) if json => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"line": line, "task_id": a.task_id, "state": output::state_name(a.state), "deduplicated": a.deduplicated})
+                    );
+                }
+                Some(Outcome::Accepted(a)) => println!("{}", a.task_id),
+                Some(Outcome::Error(e)) => {
+                    refused += 1;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"line": line, "error": {"code": e.code, "message": e.message}})
+                        );
+                    } else {
+                        eprintln!("line {line}: {}: {}", tonic::Code::from(e.code), e.message);
+                    }
+                }
+                None => {
+                    return Err(CliError::Rejected(tonic::Status::internal(
+                        "the server answered a task with no outcome",
+                    )));
+                }
+            }
+        }
+    }
+    if refused > 0 {
+        return Err(CliError::Rejected(tonic::Status::invalid_argument(
+            format!("{refused} of {} tasks refused", requests.len()),
+        )));
     }
     Ok(())
 }

@@ -54,8 +54,10 @@ pub struct Config {
     #[arg(long, env = "TASKWIRE_OUTBOX_POLL", default_value = "1s", value_parser = parse_duration)]
     pub outbox_poll: Duration,
 
-    /// SubmitTask calls one tenant may make per second on this replica, in bursts of
-    /// as many (0: no limit); past it, RESOURCE_EXHAUSTED with a retry hint.
+    /// Tasks one tenant may submit per second on this replica, in bursts of as many
+    /// (0: no limit); past it, RESOURCE_EXHAUSTED with a retry hint. A SubmitTasks
+    /// batch counts each of its tasks; one larger than the burst passes when the
+    /// bucket is full and leaves it in debt.
     #[arg(long, env = "TASKWIRE_TENANT_SUBMIT_RATE", default_value_t = 0)]
     pub tenant_submit_rate: u32,
 

@@ -31,6 +31,10 @@ mod submit;
 
 use std::sync::Arc;
 
+/// The largest request the api decodes when --max-input-bytes asks for less: room for
+/// a SubmitTasks batch of 1,000 tasks of 8 KiB.
+const MAX_BATCH_REQUEST_BYTES: usize = 8 << 20;
+
 use taskwire::{
     admin::{Admin, Checks},
     config::ConfigError,
@@ -107,9 +111,12 @@ impl Api {
             lease: config.outbox_lease,
             poll: config.outbox_poll,
         };
-        // Room for the largest input plus the rest of the request; anything larger is
-        // answered RESOURCE_EXHAUSTED (`serve::oversize_is_resource_exhausted`).
-        let service = TaskServiceServer::new(api).max_decoding_message_size(max_request);
+        // Room for the largest input plus the rest of the request, or for a SubmitTasks
+        // batch of many smaller ones; anything larger is answered RESOURCE_EXHAUSTED
+        // (`serve::oversize_is_resource_exhausted`). Each task's input is checked
+        // against --max-input-bytes on its own.
+        let service = TaskServiceServer::new(api)
+            .max_decoding_message_size(max_request.max(MAX_BATCH_REQUEST_BYTES));
         Ok(Self {
             service,
             relay,

@@ -15,8 +15,9 @@ use taskwire::{
     pb::v1::{
         BulkTasksRequest, BulkTasksResponse, CancelTaskRequest, GetQueueStatsRequest,
         GetQueueStatsResponse, GetStatusRequest, ListAttemptsRequest, ListAttemptsResponse,
-        ListTasksRequest, ListTasksResponse, RetryTaskRequest, SubmitTaskRequest,
-        SubmitTaskResponse, Task, task_service_server::TaskService,
+        ListTasksRequest, ListTasksResponse, RetryTaskRequest, SubmitTaskError, SubmitTaskRequest,
+        SubmitTaskResponse, SubmitTasksRequest, SubmitTasksResponse, SubmitTasksResult, Task,
+        submit_tasks_result::Outcome, task_service_server::TaskService,
     },
     store::{ListQuery, NewTask, PageToken, Store},
 };
@@ -27,6 +28,8 @@ use crate::{config::Fault, error::ApiError, submit::ValidSubmit};
 /// ListTasks' page size when the request says 0, and the largest allowed.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The most tasks one SubmitTasks call takes.
+pub const MAX_BATCH_TASKS: usize = 1000;
 
 /// What the RPC handlers share.
 #[derive(Debug)]
@@ -62,24 +65,65 @@ impl TaskService for TaskApi {
         &self,
         req: Request<SubmitTaskRequest>,
     ) -> Result<Response<SubmitTaskResponse>, Status> {
-        let principal = auth::principal(&req)?;
-        let caller = match &principal.scope {
-            // Idempotency keys are unique per tenant: a tenant's callers share them,
-            // whatever header they send.
-            Scope::Tenant(t) => Caller::parse(t.as_str()).map_err(ApiError::from)?,
-            Scope::All => caller_of(&req)?,
-        };
-        let tenant = principal.tenant();
-        if let Some(limit) = &self.shared.submit_rate {
-            limit.take(tenant.as_str(), 1).map_err(|retry_after| {
-                taskwire::limits::exhausted(
-                    "this tenant is over its submit rate; retry later",
-                    retry_after,
-                )
-            })?;
-        }
+        let (caller, tenant) = self.submitter(&req, 1)?;
         let valid = self.parse_submit(caller, tenant, req.into_inner())?;
         Ok(Response::new(self.submit(valid).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(tasks = req.get_ref().tasks.len()))]
+    async fn submit_tasks(
+        &self,
+        req: Request<SubmitTasksRequest>,
+    ) -> Result<Response<SubmitTasksResponse>, Status> {
+        let n = req.get_ref().tasks.len();
+        if n == 0 || n > MAX_BATCH_TASKS {
+            return Err(ApiError::from(InvalidInput::Malformed {
+                field: "tasks",
+                reason: format!("a batch holds 1 to {MAX_BATCH_TASKS} tasks, not {n}"),
+            })
+            .into());
+        }
+        let (caller, tenant) = self.submitter(&req, n as u32)?;
+        // Each task is checked alone: a refused one does not hold back the others.
+        let mut valid = Vec::with_capacity(n);
+        let refused: Vec<Option<ApiError>> = req
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(
+                |t| match self.parse_submit(caller.clone(), tenant.clone(), t) {
+                    Ok(v) => {
+                        valid.push(v);
+                        None
+                    }
+                    Err(e) => Some(e),
+                },
+            )
+            .collect();
+        let mut answers = self.submit_all(valid).await?.into_iter();
+        let results = refused
+            .into_iter()
+            .map(|refused| {
+                let answer = match refused {
+                    Some(e) => Err(e),
+                    None => answers.next().expect("an answer per valid task"),
+                };
+                let outcome = match answer {
+                    Ok(accepted) => Outcome::Accepted(accepted),
+                    Err(e) => {
+                        let status = Status::from(e);
+                        Outcome::Error(SubmitTaskError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
+                };
+                SubmitTasksResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(SubmitTasksResponse { results }))
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
@@ -161,6 +205,28 @@ impl TaskService for TaskApi {
 
 impl TaskApi {
     /// Every field of a SubmitTaskRequest checked, before anything is written.
+    /// Who submits (the idempotency scope) and for which tenant, once `n` tasks are
+    /// taken from the tenant's submit rate.
+    fn submitter<T>(&self, req: &Request<T>, n: u32) -> Result<(Caller, Tenant), Status> {
+        let principal = auth::principal(req)?;
+        let caller = match &principal.scope {
+            // Idempotency keys are unique per tenant: a tenant's callers share them,
+            // whatever header they send.
+            Scope::Tenant(t) => Caller::parse(t.as_str()).map_err(ApiError::from)?,
+            Scope::All => caller_of(req)?,
+        };
+        let tenant = principal.tenant();
+        if let Some(limit) = &self.shared.submit_rate {
+            limit.take(tenant.as_str(), n).map_err(|retry_after| {
+                taskwire::limits::exhausted(
+                    "this tenant is over its submit rate; retry later",
+                    retry_after,
+                )
+            })?;
+        }
+        Ok((caller, tenant))
+    }
+
     fn parse_submit(
         &self,
         caller: Caller,

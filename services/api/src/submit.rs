@@ -8,10 +8,13 @@
 //! relay. UNAVAILABLE is answered only before anything is written, so a caller told
 //! UNAVAILABLE has no task, and no task it was told about can run.
 
+use std::collections::{BTreeSet, HashMap};
+
 use bytes::Bytes;
+use futures::future::join_all;
 use prost::Message;
 use taskwire::{
-    domain::TaskId,
+    domain::{TaskId, TaskKind},
     json, nats,
     pb::{
         internal::v1::TaskMessage,
@@ -29,73 +32,130 @@ use crate::{config::Fault, error::ApiError, service::TaskApi};
 pub struct ValidSubmit(pub NewTask);
 
 impl TaskApi {
-    /// Stores the task with its outbox row, publishes it, answers. UNAVAILABLE only
-    /// before anything is written (NATS known down, or the database failed), so a
-    /// caller told UNAVAILABLE has no task.
+    /// SubmitTask: one task through [`TaskApi::submit_all`].
     pub(crate) async fn submit(&self, req: ValidSubmit) -> Result<SubmitTaskResponse, ApiError> {
+        let mut answers = self.submit_all(vec![req]).await?;
+        answers.pop().expect("an answer per task")
+    }
+
+    /// Stores the tasks with their outbox rows (sharing commits with each other and
+    /// with concurrent calls), publishes the due ones with pipelined acks, and answers
+    /// each, in order. The whole call is UNAVAILABLE only before anything is written
+    /// (NATS known down); a task whose insert fails gets its own error, and its caller
+    /// has no such task.
+    pub(crate) async fn submit_all(
+        &self,
+        reqs: Vec<ValidSubmit>,
+    ) -> Result<Vec<Result<SubmitTaskResponse, ApiError>>, ApiError> {
         let s = &self.shared;
         // Fail fast, before writing anything, when NATS is known to be down.
         if !nats::is_connected(&s.nats) {
             return Err(nats::Error::unavailable("submitting", "not connected").into());
         }
         let now = json::now_micros();
-        let task = NewTask {
-            id: TaskId::new(),
-            created_at_us: now,
-            ..req.0
-        };
         let traceparent = trace::current_traceparent();
-        // A delayed task's row is leased until it is due: the relay enqueues it then.
-        let outbox = OutboxEntry {
-            subject: nats::task_subject(task.kind.as_str()),
-            payload: task_message(&task, traceparent.clone()).encode_to_vec(),
-            lease_until_us: task
-                .run_at_us
-                .unwrap_or(now + s.outbox_lease.as_micros() as i64),
-        };
+        let staged: Vec<(NewTask, OutboxEntry)> = reqs
+            .into_iter()
+            .map(|req| {
+                let task = NewTask {
+                    id: TaskId::new(),
+                    created_at_us: now,
+                    ..req.0
+                };
+                // A delayed task's row is leased until it is due: the relay enqueues
+                // it then.
+                let outbox = OutboxEntry {
+                    subject: nats::task_subject(task.kind.as_str()),
+                    payload: task_message(&task, traceparent.clone()).encode_to_vec(),
+                    lease_until_us: task
+                        .run_at_us
+                        .unwrap_or(now + s.outbox_lease.as_micros() as i64),
+                };
+                (task, outbox)
+            })
+            .collect();
 
-        // Whether a worker serves the kind is asked while the task is written.
-        let (inserted, warning) = tokio::join!(
-            s.inserter.insert(task.clone(), outbox.clone()),
-            s.kinds.warning(&task.kind)
+        // Whether a worker serves each kind is asked while the tasks are written.
+        let kinds: BTreeSet<&TaskKind> = staged.iter().map(|(t, _)| &t.kind).collect();
+        let (inserted, warnings) = tokio::join!(
+            join_all(
+                staged
+                    .iter()
+                    .map(|(t, o)| s.inserter.insert(t.clone(), o.clone()))
+            ),
+            join_all(kinds.into_iter().map(|k| async move {
+                s.kinds
+                    .warning(k)
+                    .await
+                    .map(|w| (k.as_str().to_string(), w))
+            }))
         );
-        // Metrics label kinds no worker serves as one value: a caller inventing kinds
-        // must not grow the label set.
-        let label = if warning.is_some() {
-            metrics::UNSERVED_KIND
-        } else {
-            task.kind.as_str()
-        };
-        let warning = warning.unwrap_or_default();
-        match inserted? {
-            Inserted::New => {}
-            // The first task is committed with its outbox row: enqueued by its own call
-            // or by the relay, never withdrawn.
-            Inserted::Duplicate(id) => {
-                metrics::task_event(metrics::TASKS_DEDUPLICATED, label);
-                return Ok(SubmitTaskResponse {
-                    task_id: id.to_string(),
-                    state: TaskState::Queued as i32,
-                    deduplicated: true,
-                    warning,
-                });
-            }
-        }
-        if s.fault == Some(Fault::AbortAfterCommit) {
+        let warnings: HashMap<String, String> = warnings.into_iter().flatten().collect();
+        if s.fault == Some(Fault::AbortAfterCommit) && inserted.iter().any(|r| r.is_ok()) {
             std::process::abort();
         }
 
-        let id = task.id;
-        if task.run_at_us.is_some() {
-            metrics::task_event(metrics::TASKS_SUBMITTED, label);
-            tracing::info!(task_id = %id, "task scheduled");
-            return Ok(SubmitTaskResponse {
-                task_id: id.to_string(),
-                state: TaskState::Scheduled as i32,
-                deduplicated: false,
-                warning,
+        // Publish every new, due task before waiting for any ack: a batch costs about
+        // one JetStream round trip, not one per task.
+        join_all(
+            staged
+                .iter()
+                .zip(&inserted)
+                .filter(|((task, _), inserted)| {
+                    task.run_at_us.is_none() && matches!(inserted, Ok(Inserted::New))
+                })
+                .map(|((task, outbox), _)| self.publish(task.id, outbox, traceparent.as_deref())),
+        )
+        .await;
+
+        let mut answers = Vec::with_capacity(staged.len());
+        for ((task, _), inserted) in staged.iter().zip(inserted) {
+            let warning = warnings.get(task.kind.as_str()).cloned();
+            // Metrics label kinds no worker serves as one value: a caller inventing
+            // kinds must not grow the label set.
+            let label = if warning.is_some() {
+                metrics::UNSERVED_KIND
+            } else {
+                task.kind.as_str()
+            };
+            let answer =
+                |task_id: TaskId, state: TaskState, deduplicated: bool| SubmitTaskResponse {
+                    task_id: task_id.to_string(),
+                    state: state as i32,
+                    deduplicated,
+                    warning: warning.clone().unwrap_or_default(),
+                };
+            answers.push(match inserted {
+                Err(e) => Err(e),
+                // The first task is committed with its outbox row: enqueued by its own
+                // call or by the relay, never withdrawn.
+                Ok(Inserted::Duplicate(id)) => {
+                    metrics::task_event(metrics::TASKS_DEDUPLICATED, label);
+                    Ok(answer(id, TaskState::Queued, true))
+                }
+                Ok(Inserted::New) if task.run_at_us.is_some() => {
+                    metrics::task_event(metrics::TASKS_SUBMITTED, label);
+                    tracing::info!(task_id = %task.id, "task scheduled");
+                    Ok(answer(task.id, TaskState::Scheduled, false))
+                }
+                Ok(Inserted::New) => {
+                    metrics::task_event(metrics::TASKS_SUBMITTED, label);
+                    tracing::info!(task_id = %task.id, "task accepted");
+                    Ok(answer(task.id, TaskState::Queued, false))
+                }
             });
         }
+        Ok(answers)
+    }
+
+    /// Publishes a committed task. Whatever the outcome, the task is accepted: once
+    /// the publish is confirmed its outbox row is deleted (in the background); if not,
+    /// the relay publishes it once this call's lease runs out (JetStream drops a second
+    /// copy by its id, if the first did arrive). An UNAVAILABLE answer here could be
+    /// followed by the task running anyway (the publish may have arrived with its ack
+    /// lost), which a caller must never see.
+    async fn publish(&self, id: TaskId, outbox: &OutboxEntry, traceparent: Option<&str>) {
+        let s = &self.shared;
         let published = match s.fault {
             // Tests: NATS took nothing, or took it and the ack was lost.
             Some(Fault::FailPublish) => {
@@ -104,10 +164,10 @@ impl TaskApi {
             _ => {
                 nats::publish_task(
                     &s.js,
-                    outbox.subject,
+                    outbox.subject.clone(),
                     &id.to_string(),
-                    Bytes::from(outbox.payload),
-                    traceparent.as_deref(),
+                    Bytes::from(outbox.payload.clone()),
+                    traceparent,
                 )
                 .await
             }
@@ -126,25 +186,12 @@ impl TaskApi {
                 }
                 s.outbox_cleaner.forget(id);
             }
-            // The task is committed with its outbox row: the relay publishes it once
-            // this call's lease runs out (JetStream drops a second copy by its id, if
-            // the first did arrive). So the task is accepted, and the answer is OK: an
-            // UNAVAILABLE here could be followed by the task running anyway (the
-            // publish may have arrived with its ack lost), which a caller must never see.
             Err(e) => tracing::warn!(
                 task_id = %id,
                 error = %chain(&e),
                 "publish not confirmed; the outbox relay enqueues the task"
             ),
         }
-        metrics::task_event(metrics::TASKS_SUBMITTED, label);
-        tracing::info!(task_id = %id, "task accepted");
-        Ok(SubmitTaskResponse {
-            task_id: id.to_string(),
-            state: TaskState::Queued as i32,
-            deduplicated: false,
-            warning,
-        })
     }
 }
 
