@@ -4,7 +4,8 @@
   (proto/taskwire/v1), e.g. ``from taskwire.v1 import task_pb2, service_pb2_grpc``.
 - ``taskwire.internal.v1``: generated NATS message bodies (for workers).
 - ``taskwire.client``: :class:`Client` and :class:`AsyncClient`, a thin typed client
-  (:class:`TaskwireError` for failed calls, :class:`TaskwireWarning` for warned submits).
+  (:class:`TaskwireError` for failed calls, :class:`TaskwireWarning` for warned submits;
+  :class:`TaskSpec` and :class:`SubmitResult` for batch submits).
 - ``taskwire.worker``: :class:`Worker`, a runtime that speaks docs/protocol.md.
 
 The client is imported lazily so that ``import taskwire.worker`` needs no grpcio and
@@ -21,6 +22,8 @@ __all__ = [
     "AsyncClient",
     "AsyncTaskWatch",
     "Client",
+    "SubmitResult",
+    "TaskSpec",
     "TaskWatch",
     "TaskwireError",
     "TaskwireWarning",
@@ -34,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
         AsyncClient,
         AsyncTaskWatch,
         Client,
+        SubmitResult,
+        TaskSpec,
         TaskWatch,
         TaskwireError,
         TaskwireWarning,

@@ -25,6 +25,11 @@ against the system's roots or the PEM CA file given as ``ca=`` (default: the
 datetime>)`` delays a task: it is SCHEDULED until then (``Task.run_at``), then QUEUED,
 and can be cancelled before it starts.
 
+``submit_tasks([TaskSpec(...), ...])`` submits up to 1,000 tasks in one call and
+returns a :class:`SubmitResult` per task, in order: a task the server refuses carries
+its error code and message there (nothing is raised for it) and the others are
+accepted; only a failure of the whole call raises :class:`TaskwireError`.
+
 Dead letters: ``retry(task_id)`` starts a new run of a FAILED task (same id,
 ``Task.run`` + 1); ``retry_all(...)`` / ``discard_all(...)`` retry or delete every FAILED
 task matching a filter (a dry run, then exactly the tasks it counted); ``attempts(task_id)``
@@ -45,7 +50,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -66,7 +71,10 @@ __all__ = [
     "BulkResult",
     "Client",
     "JSON",
+    "SubmitResult",
     "TERMINAL_STATES",
+    "TaskSpec",
+    "TaskSpecLike",
     "TaskWatch",
     "TaskwireError",
     "TaskwireWarning",
@@ -301,6 +309,141 @@ def _with_traceparent(
     if tp is None:
         return metadata
     return tuple(m for m in metadata if m[0].lower() != _trace.TRACEPARENT) + ((_trace.TRACEPARENT, tp),)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a :meth:`Client.submit_tasks` batch, with the same fields and
+    meanings as :meth:`Client.submit`'s arguments (``task_timeout`` per attempt;
+    ``delay`` or ``run_at``, not both). A plain dict with these keys works too; a
+    dataclass gives the caller's type checker the names to check."""
+
+    kind: str
+    input: JSON = None
+    idempotency_key: str = ""
+    max_attempts: int = 0
+    labels: Optional[Mapping[str, str]] = None
+    task_timeout: Optional[Seconds] = None
+    delay: Optional[Seconds] = None
+    run_at: Optional[datetime.datetime] = None
+
+
+#: What :meth:`Client.submit_tasks` takes per task: a :class:`TaskSpec`, a dict of its
+#: fields, or a ready ``SubmitTaskRequest`` (sent as is).
+TaskSpecLike = Union[TaskSpec, Mapping[str, Any], service_pb2.SubmitTaskRequest]
+
+# google.rpc.Code (SubmitTaskError.code) -> grpc.StatusCode: the same numbers.
+_STATUS_CODES: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """One task's outcome in a :meth:`Client.submit_tasks` batch, at the task's index.
+
+    Accepted (``ok``; ``code`` 0): ``task_id``, ``state`` (a ``TaskState``: QUEUED, or
+    SCHEDULED for a delayed task), ``deduplicated`` (its idempotency key was seen
+    before: ``task_id`` is the first submit's) and ``warning`` (e.g. no worker serves
+    its kind; no :class:`TaskwireWarning` is emitted for a batch). Refused: ``code``
+    is the ``google.rpc.Code`` SubmitTask would have answered for this task alone
+    (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE), ``message`` says why,
+    and the task was not written: resending it (with its key) is safe.
+    """
+
+    task_id: str = ""
+    state: int = task_pb2.TASK_STATE_UNSPECIFIED
+    deduplicated: bool = False
+    warning: str = ""
+    code: int = 0
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task was accepted (or deduplicated)."""
+        return self.code == 0
+
+    @property
+    def status_code(self) -> grpc.StatusCode:
+        """``code`` as a ``grpc.StatusCode`` (OK when accepted), comparable with
+        :attr:`TaskwireError.code`."""
+        return _STATUS_CODES.get(self.code, grpc.StatusCode.UNKNOWN)
+
+    @property
+    def error(self) -> Optional[TaskwireError]:
+        """The refusal as the error a lone ``submit`` would have raised (None when
+        accepted), for callers that treat any refused task as a failure."""
+        if self.ok:
+            return None
+        return TaskwireError(self.status_code, self.message, "TaskService/SubmitTasks")
+
+
+def _task_request(task: TaskSpecLike) -> service_pb2.SubmitTaskRequest:
+    if isinstance(task, service_pb2.SubmitTaskRequest):
+        return task
+    if isinstance(task, Mapping):
+        fields = TaskSpec.__dataclass_fields__
+        unknown = sorted(str(k) for k in task if k not in fields)
+        if unknown:
+            raise TypeError(f"unknown task field(s) {', '.join(unknown)}; a task takes {', '.join(fields)}")
+        task = TaskSpec(**task)
+    if not isinstance(task, TaskSpec):
+        raise TypeError(f"a task must be a TaskSpec, a dict or a SubmitTaskRequest, not {type(task).__name__}")
+    return _submit_request(
+        task.kind,
+        task.input,
+        task.idempotency_key,
+        task.max_attempts,
+        task.labels,
+        task.task_timeout,
+        task.delay,
+        task.run_at,
+    )
+
+
+def _submit_tasks_request(tasks: Iterable[TaskSpecLike]) -> service_pb2.SubmitTasksRequest:
+    """The request of a batch submit. Every task is checked here, before any call: a
+    task the client itself refuses (as ``submit`` would, e.g. ``delay`` with ``run_at``)
+    raises ValueError/TypeError naming its index, and nothing is sent. Size limits are
+    the server's (an empty batch or one over 1,000 tasks is its INVALID_ARGUMENT)."""
+    if isinstance(tasks, (str, bytes, Mapping, TaskSpec, service_pb2.SubmitTaskRequest)):
+        # One task where a batch belongs: iterating it would make nonsense tasks.
+        raise TypeError(f"tasks must be a list of tasks, not a single {type(tasks).__name__}")
+    req = service_pb2.SubmitTasksRequest()
+    for i, task in enumerate(tasks):
+        try:
+            req.tasks.append(_task_request(task))
+        except TypeError as e:
+            raise TypeError(f"tasks[{i}]: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"tasks[{i}]: {e}") from e
+    return req
+
+
+def _submit_results(
+    req: service_pb2.SubmitTasksRequest, resp: service_pb2.SubmitTasksResponse
+) -> list[SubmitResult]:
+    """The response's results as :class:`SubmitResult` objects, in request order. A
+    response that does not answer every task breaks the contract (a result per task):
+    that is raised as a whole-call error (INTERNAL) rather than mismatched by index."""
+    if len(resp.results) != len(req.tasks):
+        raise TaskwireError(
+            grpc.StatusCode.INTERNAL,
+            f"the server answered {len(resp.results)} results for {len(req.tasks)} tasks",
+            "TaskService/SubmitTasks",
+        )
+    out: list[SubmitResult] = []
+    for r in resp.results:
+        which = r.WhichOneof("outcome")
+        if which == "accepted":
+            a = r.accepted
+            out.append(SubmitResult(a.task_id, a.state, a.deduplicated, a.warning))
+        elif which == "error":
+            # code 0 would read as accepted: a refusal always carries a failure code.
+            out.append(SubmitResult(code=r.error.code or grpc.StatusCode.UNKNOWN.value[0], message=r.error.message))
+        else:
+            # Not accepted as far as this client can tell (an outcome it does not know).
+            unknown = "the server sent no outcome this client knows"
+            out.append(SubmitResult(code=grpc.StatusCode.UNKNOWN.value[0], message=unknown))
+    return out
 
 
 def _list_request(
@@ -836,6 +979,39 @@ class Client:
         metadata = _with_traceparent(self._metadata, traceparent)
         return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
+    def submit_tasks(
+        self,
+        tasks: Iterable[TaskSpecLike],
+        *,
+        traceparent: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> list[SubmitResult]:
+        """Submits 1 to 1,000 tasks in one call (``TaskService/SubmitTasks``), far
+        cheaper than as many ``submit`` calls, and returns one :class:`SubmitResult`
+        per task, in order.
+
+        Each task is a :class:`TaskSpec` (or a dict of its fields: ``kind``, ``input``,
+        ``idempotency_key``, ``max_attempts``, ``labels``, ``task_timeout``, ``delay``,
+        ``run_at``, as :meth:`submit` takes them; or a ``SubmitTaskRequest``). The
+        server checks each task alone: a task it refuses (``result.ok`` is false,
+        ``result.code`` e.g. 3 INVALID_ARGUMENT for a malformed kind) does not hold
+        back the others, and nothing is raised for it, so look at every result.
+        Resending the whole batch with the same idempotency keys is how to retry the
+        refused ones: the accepted ones answer ``deduplicated`` with their first ids.
+        Warnings are in ``result.warning`` (none is emitted).
+
+        Raises :class:`TaskwireError` only when the whole call fails and nothing was
+        written: INVALID_ARGUMENT for an empty batch or one over 1,000 tasks (split a
+        larger one yourself), RESOURCE_EXHAUSTED over the submit rate (every task
+        counts), UNAVAILABLE, or the auth errors. A task the client refuses itself
+        (``delay`` with ``run_at``, a naive ``run_at``, an unknown dict key) raises
+        ValueError/TypeError naming its index, before any call. ``traceparent`` is
+        the whole batch's, as for :meth:`submit`: every task joins that trace."""
+        req = _submit_tasks_request(tasks)
+        metadata = _with_traceparent(self._metadata, traceparent)
+        resp = self._unary("TaskService/SubmitTasks", self._tasks.SubmitTasks, req, timeout, metadata)
+        return _submit_results(req, resp)
+
     def status(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
         """The task's current record."""
         req = service_pb2.GetStatusRequest(task_id=task_id)
@@ -1254,6 +1430,20 @@ class AsyncClient:
         req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout, delay, run_at)
         metadata = _with_traceparent(self._metadata, traceparent)
         return await self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
+
+    async def submit_tasks(
+        self,
+        tasks: Iterable[TaskSpecLike],
+        *,
+        traceparent: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> list[SubmitResult]:
+        """See :meth:`Client.submit_tasks`: a result per task, in order; only a
+        whole-call failure raises."""
+        req = _submit_tasks_request(tasks)
+        metadata = _with_traceparent(self._metadata, traceparent)
+        resp = await self._unary("TaskService/SubmitTasks", self._tasks.SubmitTasks, req, timeout, metadata)
+        return _submit_results(req, resp)
 
     async def status(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
         req = service_pb2.GetStatusRequest(task_id=task_id)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import Dev, OtlpSink, PyWorker
 from helpers import eventually, final_status, states
-from taskwire import AsyncClient, Client
+from taskwire import AsyncClient, Client, TaskSpec
 from taskwire._trace import TraceParent
 from taskwire.client import from_value, is_terminal, state_name
 from taskwire.internal.v1 import messages_pb2
@@ -116,6 +116,21 @@ def test_no_trace_context_no_header(dev: Dev, py_worker: PyWorker) -> None:
     stored = stored_events(dev, task_id)
     assert states(ev for _, _, ev in stored) == ["RUNNING"] * 3 + ["SUCCEEDED"]
     assert all("traceparent" not in headers for _, headers, _ in stored), [h for _, h, _ in stored]
+
+
+def test_submit_tasks_sends_the_traceparent_for_every_task(traced_dev: Dev) -> None:
+    # One traceparent per batch call: every task of it joins that trace (dev's Rust
+    # worker runs them; their events carry the trace id).
+    with Client(traced_dev.address, timeout=15) as client:
+        results = client.submit_tasks(
+            [TaskSpec("demo.echo", {"batch": 0}), TaskSpec("demo.echo", {"batch": 1})], traceparent=TRACEPARENT
+        )
+        assert all(r.ok for r in results), results
+        for r in results:
+            assert state_name(final_status(client, r.task_id, timeout=30).state) == "SUCCEEDED"
+    for r in results:
+        tps = trace_headers(stored_events(traced_dev, r.task_id))
+        assert tps and all(tp is not None and tp.trace_id == TRACE_ID for tp in tps), tps
 
 
 def test_a_malformed_traceparent_is_refused_before_sending(client: Client) -> None:

@@ -24,6 +24,7 @@ export interface AuthProblem {
 /** What each method does, for "this key may not …". */
 const ACTIONS: Record<string, string> = {
   SubmitTask: "submit tasks",
+  SubmitTasks: "submit tasks",
   CancelTask: "cancel tasks",
   ListTasks: "list tasks",
   GetStatus: "read tasks",

@@ -118,13 +118,42 @@ export function parseLabels(text: string): Record<string, string> {
   return labels;
 }
 
+/** "INVALID_ARGUMENT" for 3: a gRPC status code by its gRPC name (the number when unknown). */
+export function codeName(code: number): string {
+  const name = Code[code as Code];
+  // Connect names codes in camelCase ("InvalidArgument"); show the gRPC spelling.
+  return name ? name.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase() : String(code);
+}
+
 /** "UNAVAILABLE: nats cannot be reached" for a ConnectError; the message otherwise. */
 export function describeError(err: unknown): { code: string; message: string } {
   const ce = ConnectError.from(err);
-  const code = Code[ce.code] ?? String(ce.code);
-  // Connect names codes in camelCase ("InvalidArgument"); show the gRPC spelling.
-  const grpc = code.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
-  return { code: grpc, message: ce.rawMessage || "(no message)" };
+  return { code: codeName(ce.code), message: ce.rawMessage || "(no message)" };
+}
+
+/** The most copies the submit form sends: one SubmitTasks call takes 1 to 1000 tasks. */
+export const MAX_COPIES = 1000;
+
+/** Parses the submit form's copies: a whole number from 1 to MAX_COPIES; empty means 1.
+ * Throws, saying why, on anything else. */
+export function parseCopies(text: string): number {
+  const t = text.trim();
+  if (t === "") return 1;
+  const n = Number(t);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_COPIES) throw new Error(`must be a whole number from 1 to ${MAX_COPIES}, not "${t}"`);
+  return n;
+}
+
+/** "1–3, 7, 9–12" for [1, 2, 3, 7, 9, 10, 11, 12] (ascending): which copies of a batch. */
+export function formatRanges(numbers: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < numbers.length; ) {
+    let j = i;
+    while (j + 1 < numbers.length && numbers[j + 1] === numbers[j] + 1) j++;
+    parts.push(j === i ? String(numbers[i]) : `${numbers[i]}${j === i + 1 ? ", " : "–"}${numbers[j]}`);
+    i = j + 1;
+  }
+  return parts.join(", ");
 }
 
 /** "…22808851": taskwire ids are UUIDv7, whose leading digits are a timestamp that

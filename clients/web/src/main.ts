@@ -8,10 +8,11 @@
 // the page over: list, stream and queues. Dead letters (FAILED tasks) are retried or
 // discarded from their rows and the bar dead-letters.ts shows while the list's state
 // filter is FAILED; the drawer lists a task's attempts in every run (ListAttempts).
+// The submit form sends more than one copy of a task as one SubmitTasks call.
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createApi } from "./api";
+import { createApi, submitTasks, type BatchSubmitted } from "./api";
 import { authProblem, initApiKeyControl, onApiKeyChange } from "./auth";
 import {
   initDeadLetters,
@@ -25,12 +26,16 @@ import {
 import { $, append, clear, h } from "./dom";
 import {
   FILTER_STATES,
+  MAX_COPIES,
+  codeName,
   compactJson,
   describeError,
   formatClock,
   formatCountdown,
   formatDuration,
+  formatRanges,
   isTerminal,
+  parseCopies,
   parseDelay,
   parseLabels,
   prettyJson,
@@ -38,12 +43,16 @@ import {
   stateName,
   tsMillis,
 } from "./format";
-import { SubmitTaskRequestSchema } from "./gen/taskwire/v1/service_pb";
+import { SubmitTaskRequestSchema, type SubmitTaskRequest } from "./gen/taskwire/v1/service_pb";
 import { ProgressSchema, TaskState, type Attempt, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
 import { nudgeQueues, restartQueues, startQueues } from "./queues";
 
 const api = createApi();
 const UNARY_TIMEOUT_MS = 15_000;
+/** A SubmitTasks call of up to 1000 tasks: more time than one task's submit. */
+const BATCH_TIMEOUT_MS = 60_000;
+/** The refusal reasons a batch's answer lists; the rest are counted. */
+const MAX_REFUSAL_LINES = 5;
 
 /** The demo kinds `taskwire dev` runs, with an example input for each. */
 const PRESETS: { kind: string; input: JsonValue; hint: string }[] = [
@@ -98,7 +107,8 @@ let pageTokens: string[] = [""];
 let nextPageToken = "";
 let rows = new Map<string, Row>();
 let listGeneration = 0;
-let highlightId = "";
+/** The tasks of the last submit (one, or a batch's accepted copies): their rows are highlighted. */
+let freshIds = new Set<string>();
 /** Ids of the FAILED rows ticked in the dead-letter view (for "Retry selected"). */
 const selected = new Set<string>();
 
@@ -342,7 +352,7 @@ function showTasks(tasks: Task[]): void {
       early.delete(task.id);
       for (const ev of missed) applyToRow(row, ev);
     }
-    row.tr.classList.toggle("fresh", task.id === highlightId);
+    row.tr.classList.toggle("fresh", freshIds.has(task.id));
     next.set(task.id, row);
   }
   rows = next;
@@ -701,6 +711,39 @@ delayInput.addEventListener("input", () => {
   else delayInput.setAttribute("aria-invalid", "true");
 });
 
+const copiesInput = $<HTMLInputElement>('[data-testid="submit-copies"]');
+
+/** The copies field as a number (throws, saying why, when it is not 1..1000). A number
+ * field reads "" for text that is no number, which must not pass for the default 1. */
+function readCopies(): number {
+  if (copiesInput.validity.badInput) throw new Error(`must be a whole number from 1 to ${MAX_COPIES}`);
+  return parseCopies(copiesInput.value);
+}
+
+/** "Submit task", or "Submit 5 tasks" when the copies field asks for more than one. */
+function submitLabel(): string {
+  let n = 1;
+  try {
+    n = readCopies();
+  } catch {
+    // the submit says why
+  }
+  return n > 1 ? `Submit ${n} tasks` : "Submit task";
+}
+
+// The button says how many tasks a click sends; the field says at once when it cannot.
+copiesInput.addEventListener("input", () => {
+  let ok = true;
+  try {
+    readCopies();
+  } catch {
+    ok = false;
+  }
+  if (ok) copiesInput.removeAttribute("aria-invalid");
+  else copiesInput.setAttribute("aria-invalid", "true");
+  if (!submitButton.disabled) submitButton.textContent = submitLabel();
+});
+
 const datalist = $("#kind-options");
 const presets = $('[data-testid="presets"]');
 for (const p of PRESETS) {
@@ -743,6 +786,17 @@ function validateInput(): { ok: true; value: JsonValue | undefined } | { ok: fal
   }
 }
 inputArea.addEventListener("input", () => validateInput());
+
+/** What the result notice says in data attributes: one task's answer, or a batch's. */
+const RESULT_DATA = ["taskId", "state", "copies", "accepted", "refused", "deduplicated", "taskIds"];
+
+/** Empties the result notice and its answer's data attributes (not its data-testid);
+ * `kind` is its look: ok, or warn for a batch with refused copies. */
+function resetSubmitResult(kind: "ok" | "warn"): void {
+  submitResult.className = `notice ${kind}`;
+  for (const name of RESULT_DATA) delete submitResult.dataset[name];
+  clear(submitResult);
+}
 
 function showSubmitError(kind: "json" | "form" | "grpc", text: string): void {
   submitError.dataset.kind = kind;
@@ -794,6 +848,16 @@ submitForm.addEventListener("submit", async (ev) => {
     delayInput.focus();
     return;
   }
+  let copies: number;
+  try {
+    copies = readCopies();
+    copiesInput.removeAttribute("aria-invalid");
+  } catch (err) {
+    copiesInput.setAttribute("aria-invalid", "true");
+    showSubmitError("form", `Copies: ${(err as Error).message}`);
+    copiesInput.focus();
+    return;
+  }
   const maxAttempts = Number($<HTMLInputElement>('[data-testid="submit-max-attempts"]').value || 0);
   const idempotencyKey = $<HTMLInputElement>('[data-testid="submit-idempotency-key"]').value.trim();
 
@@ -808,10 +872,23 @@ submitForm.addEventListener("submit", async (ev) => {
   submitButton.disabled = true;
   submitButton.textContent = "Submitting…";
   try {
+    if (copies > 1) await submitCopies(request, copies, delayMs);
+    else await submitOne(request, delayMs);
+  } finally {
+    submitButton.disabled = false;
+    submitButton.textContent = submitLabel();
+  }
+});
+
+/** SubmitTask: one task; the result links its id (the detail drawer). */
+async function submitOne(request: SubmitTaskRequest, delayMs: number | undefined): Promise<void> {
+  try {
     const res = await api.tasks.submitTask(request, { timeoutMs: UNARY_TIMEOUT_MS });
-    highlightId = res.taskId;
+    freshIds = new Set([res.taskId]);
     const scheduled = res.state === TaskState.SCHEDULED;
-    submitResult.replaceChildren(
+    resetSubmitResult("ok");
+    append(
+      submitResult,
       res.deduplicated ? "Already submitted with that key: " : scheduled ? "Scheduled " : "Submitted ",
       h("button", { type: "button", class: "link mono", "data-testid": "submit-result-id", onclick: () => openDetail(res.taskId) }, res.taskId),
       scheduled && delayMs !== undefined ? ` to start ${formatCountdown(delayMs)}` : "",
@@ -822,18 +899,86 @@ submitForm.addEventListener("submit", async (ev) => {
     // Accepted, but e.g. no worker has ever served this kind (often a typo): it waits queued.
     submitWarning.textContent = res.warning;
     submitWarning.hidden = res.warning === "";
-    // Show it now: WatchTasks sends nothing until the task starts running.
-    if (pageTokens.length > 1) pageTokens = [""];
-    nudgeQueues();
-    await loadPage();
+    await showSubmitted();
   } catch (err) {
     const { code, message } = describeError(err);
     showSubmitError("grpc", authProblem(err, "SubmitTask")?.text ?? `${code}: ${message}`);
-  } finally {
-    submitButton.disabled = false;
-    submitButton.textContent = "Submit task";
   }
-});
+}
+
+/**
+ * SubmitTasks: `copies` copies of one task in a single call. Each copy goes without an
+ * idempotency key, or, when the form has one, with key-<n> (n = 1..copies): one key for
+ * every copy would fold them all into one task, while key-<n> makes sending the same
+ * form again answer each copy deduplicated. A refused copy does not hold back the
+ * others, so the result counts both, and says why copies were refused.
+ */
+async function submitCopies(request: SubmitTaskRequest, copies: number, delayMs: number | undefined): Promise<void> {
+  const key = request.idempotencyKey;
+  // The copies share the input's Value: it is only encoded, never changed.
+  const tasks = Array.from({ length: copies }, (_, i) => ({ ...request, idempotencyKey: key ? `${key}-${i + 1}` : "" }));
+  let res: BatchSubmitted;
+  try {
+    res = await submitTasks(api, tasks, { timeoutMs: BATCH_TIMEOUT_MS });
+  } catch (err) {
+    const { code, message } = describeError(err);
+    const older = ConnectError.from(err).code === Code.Unimplemented ? " (this server predates SubmitTasks: send 1 copy at a time)" : "";
+    showSubmitError("grpc", authProblem(err, "SubmitTasks")?.text ?? `${code}: ${message}${older}`);
+    return;
+  }
+  const ids = res.accepted.map((a) => a.response.taskId);
+  freshIds = new Set(ids);
+  const accepted = ids.length;
+  const refused = res.refused.length;
+  const deduplicated = res.accepted.filter((a) => a.response.deduplicated).length;
+  const scheduled = res.accepted.some((a) => a.response.state === TaskState.SCHEDULED);
+
+  let summary = `Submitted ${copies} copies: ${accepted === copies ? `all ${copies}` : accepted || "none"} accepted`;
+  if (refused) summary += `, ${refused} refused`;
+  if (deduplicated) summary += `; ${deduplicated === accepted ? "all" : deduplicated} already submitted with those keys`;
+  if (scheduled && delayMs !== undefined) summary += `; they start ${formatCountdown(delayMs)}`;
+
+  // Refusals by reason, with the copies (1-based) each applies to.
+  const reasons = new Map<string, number[]>();
+  for (const r of res.refused) {
+    const reason = `${codeName(r.code)}: ${r.message || "(no message)"}`;
+    let copiesOf = reasons.get(reason);
+    if (!copiesOf) reasons.set(reason, (copiesOf = []));
+    copiesOf.push(r.index + 1);
+  }
+  const lines = [...reasons].slice(0, MAX_REFUSAL_LINES).map(([reason, which]) =>
+    h("li", { "data-testid": "submit-refusal" }, `${reason} (${which.length === 1 ? "copy" : "copies"} ${formatRanges(which)})`),
+  );
+  if (reasons.size > MAX_REFUSAL_LINES) lines.push(h("li", {}, `and ${reasons.size - MAX_REFUSAL_LINES} other reasons`));
+
+  resetSubmitResult(refused ? "warn" : "ok");
+  append(
+    submitResult,
+    h("span", { "data-testid": "submit-summary" }, summary),
+    lines.length ? h("ul", { class: "batch-refusals", "data-testid": "submit-refusals" }, ...lines) : null,
+  );
+  Object.assign(submitResult.dataset, {
+    copies: String(copies),
+    accepted: String(accepted),
+    refused: String(refused),
+    deduplicated: String(deduplicated),
+    taskIds: ids.join(" "),
+  });
+  submitResult.hidden = false;
+  // The copies are of one kind: their warnings (no worker serves it) say the same.
+  const warnings = [...new Set(res.accepted.map((a) => a.response.warning).filter((w) => w !== ""))];
+  submitWarning.textContent = warnings.join(" ");
+  submitWarning.hidden = warnings.length === 0;
+  if (accepted) await showSubmitted();
+}
+
+/** Shows what was just submitted: WatchTasks sends nothing until a task starts running,
+ * so list the first page now. */
+async function showSubmitted(): Promise<void> {
+  if (pageTokens.length > 1) pageTokens = [""];
+  nudgeQueues();
+  await loadPage();
+}
 
 // ---------------------------------------------------------------------------------
 // Cancelling

@@ -530,6 +530,137 @@ test("a delayed task waits SCHEDULED with its start shown, then runs by itself; 
   await page.fill('[data-testid="submit-delay"]', "");
 });
 
+// Copies: the submit form sends more than one copy of a task as one SubmitTasks call.
+const SUBMIT_CALLS = /^\/taskwire\.v1\.TaskService\/SubmitTasks?$/;
+const BATCH_TAG = `b${Date.now().toString(36)}`;
+
+/**
+ * Fills the submit form with `copies` copies and submits it; answers what the result
+ * notice says (its data attributes, summary and refusal lines) and the submit calls the
+ * page made. A new answer is a new summary element (a batch answered deduplicated has
+ * the same ids as the last one, so the ids cannot tell it from the old), and the button
+ * is enabled again once the list was read again.
+ */
+async function submitCopies(kind, input, copies, { key = "", labels = "" } = {}) {
+  await page.fill('[data-testid="submit-kind"]', kind);
+  await page.fill('[data-testid="submit-input"]', input);
+  await page.fill('[data-testid="submit-labels"]', labels);
+  await page.fill('[data-testid="submit-delay"]', "");
+  await page.fill('[data-testid="submit-idempotency-key"]', key);
+  await page.fill('[data-testid="submit-copies"]', String(copies));
+  assert.equal(await page.textContent('[data-testid="submit-button"]'), `Submit ${copies} tasks`);
+  const sent = grpcRequests.length;
+  const old = await page.evaluateHandle(() => document.querySelector('[data-testid="submit-summary"]'));
+  await page.click('[data-testid="submit-button"]');
+  await page.waitForFunction(
+    (prev) => {
+      const result = document.querySelector('[data-testid="submit-result"]');
+      const summary = result.querySelector('[data-testid="submit-summary"]');
+      const answered = (!result.hidden && summary && summary !== prev) || !document.querySelector('[data-testid="submit-error"]').hidden;
+      return answered && !document.querySelector('[data-testid="submit-button"]').disabled;
+    },
+    old,
+    { timeout: STEP },
+  );
+  await old.dispose();
+  const err = page.locator('[data-testid="submit-error"]');
+  if (await err.isVisible()) assert.fail(`submit ${copies} copies of ${kind} failed: ${await err.textContent()}`);
+  const result = await page.evaluate(() => {
+    const el = document.querySelector('[data-testid="submit-result"]');
+    return {
+      visible: !el.hidden,
+      className: el.className,
+      ...el.dataset,
+      summary: el.querySelector('[data-testid="submit-summary"]')?.textContent ?? "",
+      refusals: [...el.querySelectorAll('[data-testid="submit-refusal"]')].map((li) => li.textContent),
+    };
+  });
+  assert.ok(result.visible, "the batch's answer is shown");
+  result.ids = result.taskIds ? result.taskIds.split(" ") : [];
+  result.calls = grpcRequests.slice(sent).filter((p) => SUBMIT_CALLS.test(p));
+  return result;
+}
+
+test("copies: 5 of a task in one SubmitTasks call, each its own row that succeeds", async () => {
+  const r = await submitCopies("demo.echo", '{"copy":true}', 5, { labels: `batch=${BATCH_TAG}` });
+  assert.deepEqual(r.calls, ["/taskwire.v1.TaskService/SubmitTasks"], "one SubmitTasks call, no SubmitTask");
+  assert.equal(r.summary, "Submitted 5 copies: all 5 accepted");
+  assert.match(r.className, /\bok\b/);
+  assert.deepEqual([r.copies, r.accepted, r.refused, r.deduplicated], ["5", "5", "0", "0"]);
+  assert.equal(new Set(r.ids).size, 5, `five tasks: ${r.ids}`);
+  for (const id of r.ids) assert.match(id, /^[0-9a-f-]{36}$/);
+  assert.ok(await page.isHidden('[data-testid="submit-warning"]'), "a demo kind has no warning");
+  // Five new rows, listed at once and highlighted, each moved to SUCCEEDED by the stream.
+  for (const id of r.ids) {
+    await row(id).waitFor({ timeout: STEP });
+    assert.match(await row(id).getAttribute("class"), /\bfresh\b/);
+  }
+  for (const id of r.ids) {
+    await page.waitForSelector(`[data-testid="task-row"][data-task-id="${id}"][data-state="SUCCEEDED"]`, { timeout: STEP });
+    assert.match(await row(id).locator('[data-testid="task-message"]').textContent(), /"copy":true/);
+    const record = await restTask(id);
+    assert.equal(record.state, "TASK_STATE_SUCCEEDED");
+    assert.equal(record.labels?.batch, BATCH_TAG, "every copy carries the form's labels");
+  }
+});
+
+test("copies with an idempotency key: copy n gets key-n, so sending again deduplicates each", async () => {
+  const key = `batch-${BATCH_TAG}`;
+  const first = await submitCopies("demo.echo", '{"keyed":true}', 3, { key });
+  assert.deepEqual(first.calls, ["/taskwire.v1.TaskService/SubmitTasks"]);
+  assert.deepEqual([first.accepted, first.refused, first.deduplicated], ["3", "0", "0"]);
+  assert.equal(new Set(first.ids).size, 3, "three keys, three tasks");
+
+  const again = await submitCopies("demo.echo", '{"keyed":true}', 3, { key });
+  assert.deepEqual([again.accepted, again.refused, again.deduplicated], ["3", "0", "3"]);
+  assert.deepEqual(again.ids, first.ids, "each copy answered with its first task, in order");
+  assert.equal(again.summary, "Submitted 3 copies: all 3 accepted; all already submitted with those keys");
+
+  // One task with copy 2's key is copy 2's task.
+  await page.fill('[data-testid="submit-idempotency-key"]', `${key}-2`);
+  await page.fill('[data-testid="submit-copies"]', "1");
+  assert.equal(await page.textContent('[data-testid="submit-button"]'), "Submit task");
+  const sent = grpcRequests.length;
+  await page.click('[data-testid="submit-button"]');
+  await page.waitForSelector('[data-testid="submit-result"]:not([hidden])[data-task-id]');
+  assert.equal(await page.getAttribute('[data-testid="submit-result"]', "data-task-id"), first.ids[1]);
+  assert.match(await page.textContent('[data-testid="submit-result"]'), /^Already submitted with that key: /);
+  assert.deepEqual(grpcRequests.slice(sent).filter((p) => SUBMIT_CALLS.test(p)), ["/taskwire.v1.TaskService/SubmitTask"]);
+  for (const id of first.ids) await page.waitForSelector(`[data-testid="task-row"][data-task-id="${id}"][data-state="SUCCEEDED"]`);
+});
+
+test("copies the server refuses are counted and explained; the others are accepted", async () => {
+  // Keys are at most 256 characters: with a 254-character key, key-1..key-9 fit and
+  // key-10..key-12 are one too long.
+  const key = `refuse-${BATCH_TAG}-`.padEnd(254, "k");
+  const r = await submitCopies("demo.echo", '{"refused":"some"}', 12, { key });
+  assert.deepEqual(r.calls, ["/taskwire.v1.TaskService/SubmitTasks"]);
+  assert.deepEqual([r.accepted, r.refused], ["9", "3"]);
+  assert.equal(r.summary, "Submitted 12 copies: 9 accepted, 3 refused");
+  assert.match(r.className, /\bwarn\b/, "the answer is a warning when copies were refused");
+  assert.equal(r.refusals.length, 1, `one reason: ${JSON.stringify(r.refusals)}`);
+  assert.match(r.refusals[0], /^INVALID_ARGUMENT: .*idempotency_key.* \(copies 10–12\)$/);
+  assert.equal(new Set(r.ids).size, 9);
+  for (const id of r.ids) await page.waitForSelector(`[data-testid="task-row"][data-task-id="${id}"][data-state="SUCCEEDED"]`, { timeout: STEP });
+});
+
+test("copies outside 1..1000 are refused on the page, before any call", async () => {
+  await page.fill('[data-testid="submit-idempotency-key"]', "");
+  const sent = grpcRequests.length;
+  for (const bad of ["0", "1001", "2.5"]) {
+    await page.fill('[data-testid="submit-copies"]', bad);
+    assert.equal(await page.getAttribute('[data-testid="submit-copies"]', "aria-invalid"), "true", `${bad} is marked`);
+    await page.click('[data-testid="submit-button"]');
+    await page.waitForSelector('[data-testid="submit-error"]:not([hidden])');
+    assert.match(await page.textContent('[data-testid="submit-error"]'), /^Copies: must be a whole number from 1 to 1000/);
+  }
+  assert.deepEqual(grpcRequests.slice(sent).filter((p) => SUBMIT_CALLS.test(p)), [], "no submit for copies out of range");
+  // Back to one copy for anything submitted after this.
+  await page.fill('[data-testid="submit-copies"]', "1");
+  assert.equal(await page.getAttribute('[data-testid="submit-copies"]', "aria-invalid"), null);
+  assert.equal(await page.textContent('[data-testid="submit-button"]'), "Submit task");
+});
+
 test("no page errors, and all traffic stayed on 127.0.0.1", () => {
   assert.deepEqual(pageErrors, []);
   assert.deepEqual(offHost, []);

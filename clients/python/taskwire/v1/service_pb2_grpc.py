@@ -43,6 +43,11 @@ class TaskServiceStub:
                 request_serializer=taskwire_dot_v1_dot_service__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_service__pb2.SubmitTaskResponse.FromString,
                 _registered_method=True)
+        self.SubmitTasks = channel.unary_unary(
+                '/taskwire.v1.TaskService/SubmitTasks',
+                request_serializer=taskwire_dot_v1_dot_service__pb2.SubmitTasksRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_service__pb2.SubmitTasksResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/taskwire.v1.TaskService/GetStatus',
                 request_serializer=taskwire_dot_v1_dot_service__pb2.GetStatusRequest.SerializeToString,
@@ -103,6 +108,22 @@ class TaskServiceServicer:
         same idempotency key, which returns it if its commit succeeded after all). Once the
         task is committed the answer is OK, even if its publish was not confirmed: it is
         then enqueued from the database's outbox, up to 30 s later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTasks(self, request, context):
+        """Submits up to 1,000 tasks in one call, each as SubmitTask would: its own
+        idempotency key, its own result, in request order. A task that SubmitTask would
+        refuse (a malformed field, input over the size limit) gets that error in its
+        result and the others are accepted: resend the whole batch with the same keys to
+        retry what failed, and the accepted ones answer deduplicated. The tasks are
+        committed together where they can be and published with pipelined acks, so a batch
+        costs far less than as many calls. The tenant's submit rate, if limited, counts
+        every task of the batch.
+        Errors (for the whole call, nothing written): INVALID_ARGUMENT (no tasks, or over
+        1,000), RESOURCE_EXHAUSTED (over the submit rate), UNAVAILABLE (as SubmitTask).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,6 +228,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=taskwire_dot_v1_dot_service__pb2.SubmitTaskRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_service__pb2.SubmitTaskResponse.SerializeToString,
             ),
+            'SubmitTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTasks,
+                    request_deserializer=taskwire_dot_v1_dot_service__pb2.SubmitTasksRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_service__pb2.SubmitTasksResponse.SerializeToString,
+            ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=taskwire_dot_v1_dot_service__pb2.GetStatusRequest.FromString,
@@ -278,6 +304,33 @@ class TaskService:
             '/taskwire.v1.TaskService/SubmitTask',
             taskwire_dot_v1_dot_service__pb2.SubmitTaskRequest.SerializeToString,
             taskwire_dot_v1_dot_service__pb2.SubmitTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskService/SubmitTasks',
+            taskwire_dot_v1_dot_service__pb2.SubmitTasksRequest.SerializeToString,
+            taskwire_dot_v1_dot_service__pb2.SubmitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskwire/v1/service.proto.
  */
 export const file_taskwire_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSLkAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkSKAoFZGVsYXkYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInMKElN1Ym1pdFRhc2tSZXNwb25zZRIPCgd0YXNrX2lkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEhQKDGRlZHVwbGljYXRlZBgDIAEoCBIPCgd3YXJuaW5nGAQgASgJIiMKEEdldFN0YXR1c1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIiMKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLzAQoQQnVsa1Rhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEjkKBmxhYmVscxgCIAMoCzIpLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkSEgoKZXJyb3JfY29kZRgDIAEoCRIPCgdkcnlfcnVuGAQgASgIEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ+ChFCdWxrVGFza3NSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEhEKCXJlbWFpbmluZxgCIAEoBBIzCg9maW5pc2hlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHRhc2tfaWRzGAQgAygJIiYKE0xpc3RBdHRlbXB0c1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI+ChRMaXN0QXR0ZW1wdHNSZXNwb25zZRImCghhdHRlbXB0cxgBIAMoCzIULnRhc2t3aXJlLnYxLkF0dGVtcHQi2AEKEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSDAoEa2luZBgEIAEoCRI5CgZsYWJlbHMYBSADKAsyKS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES50YXNrd2lyZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIuChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIWCg53aW5kb3dfbWludXRlcxgBIAEoDSKAAQoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEiUKBWtpbmRzGAEgAygLMhYudGFza3dpcmUudjEuS2luZFN0YXRzEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDndpbmRvd19taW51dGVzGAMgASgNIsMBCglLaW5kU3RhdHMSDAoEa2luZBgBIAEoCRIPCgd3YWl0aW5nGAIgASgEEg8KB3J1bm5pbmcYAyABKAQSMQoOb2xkZXN0X3dhaXRpbmcYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJc3VjY2VlZGVkGAUgASgEEg4KBmZhaWxlZBgGIAEoBBIbChNmaW5pc2hlZF9wZXJfbWludXRlGAcgAygEEhMKC21heF9ydW5uaW5nGAggASgEIrMBChFXYXRjaFRhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEiUKBXN0YXRlGAMgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEjoKBmxhYmVscxgCIAMoCzIqLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBDK8BwoLVGFza1NlcnZpY2USYwoKU3VibWl0VGFzaxIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8udGFza3dpcmUudjEuU3VibWl0VGFza1Jlc3BvbnNlIhSC0+STAg46ASoiCS92MS90YXNrcxJaCglHZXRTdGF0dXMSHS50YXNrd2lyZS52MS5HZXRTdGF0dXNSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzayIbgtPkkwIVEhMvdjEvdGFza3Mve3Rhc2tfaWR9EmYKCkNhbmNlbFRhc2sSHi50YXNrd2lyZS52MS5DYW5jZWxUYXNrUmVxdWVzdBoRLnRhc2t3aXJlLnYxLlRhc2siJYLT5JMCHzoBKiIaL3YxL3Rhc2tzL3t0YXNrX2lkfTpjYW5jZWwSXQoJTGlzdFRhc2tzEh0udGFza3dpcmUudjEuTGlzdFRhc2tzUmVxdWVzdBoeLnRhc2t3aXJlLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIhGC0+STAgsSCS92MS90YXNrcxJjCglSZXRyeVRhc2sSHS50YXNrd2lyZS52MS5SZXRyeVRhc2tSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzayIkgtPkkwIeOgEqIhkvdjEvdGFza3Mve3Rhc2tfaWR9OnJldHJ5EmcKClJldHJ5VGFza3MSHS50YXNrd2lyZS52MS5CdWxrVGFza3NSZXF1ZXN0Gh4udGFza3dpcmUudjEuQnVsa1Rhc2tzUmVzcG9uc2UiGoLT5JMCFDoBKiIPL3YxL3Rhc2tzOnJldHJ5EmsKDERpc2NhcmRUYXNrcxIdLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1JlcXVlc3QaHi50YXNrd2lyZS52MS5CdWxrVGFza3NSZXNwb25zZSIcgtPkkwIWOgEqIhEvdjEvdGFza3M6ZGlzY2FyZBJ5CgxMaXN0QXR0ZW1wdHMSIC50YXNrd2lyZS52MS5MaXN0QXR0ZW1wdHNSZXF1ZXN0GiEudGFza3dpcmUudjEuTGlzdEF0dGVtcHRzUmVzcG9uc2UiJILT5JMCHhIcL3YxL3Rhc2tzL3t0YXNrX2lkfS9hdHRlbXB0cxJvCg1HZXRRdWV1ZVN0YXRzEiEudGFza3dpcmUudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaIi50YXNrd2lyZS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2UiF4LT5JMCERIPL3YxL3F1ZXVlLXN0YXRzMtQBCgxXYXRjaFNlcnZpY2USaAoJV2F0Y2hUYXNrEh0udGFza3dpcmUudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudCIigtPkkwIcEhovdjEvdGFza3Mve3Rhc2tfaWR9L2V2ZW50czABEloKCldhdGNoVGFza3MSHi50YXNrd2lyZS52MS5XYXRjaFRhc2tzUmVxdWVzdBoWLnRhc2t3aXJlLnYxLlRhc2tFdmVudCISgtPkkwIMEgovdjEvZXZlbnRzMAFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskwire_v1_task]);
+  fileDesc("Chl0YXNrd2lyZS92MS9zZXJ2aWNlLnByb3RvEgt0YXNrd2lyZS52MSLkAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEa2luZBgBIAEoCRIlCgVpbnB1dBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgNEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOgoGbGFiZWxzGAYgAygLMioudGFza3dpcmUudjEuU3VibWl0VGFza1JlcXVlc3QuTGFiZWxzRW50cnkSKAoFZGVsYXkYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInMKElN1Ym1pdFRhc2tSZXNwb25zZRIPCgd0YXNrX2lkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEhQKDGRlZHVwbGljYXRlZBgDIAEoCBIPCgd3YXJuaW5nGAQgASgJIkMKElN1Ym1pdFRhc2tzUmVxdWVzdBItCgV0YXNrcxgBIAMoCzIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0IkYKE1N1Ym1pdFRhc2tzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tzUmVzdWx0IoIBChFTdWJtaXRUYXNrc1Jlc3VsdBIzCghhY2NlcHRlZBgBIAEoCzIfLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXNwb25zZUgAEi0KBWVycm9yGAIgASgLMhwudGFza3dpcmUudjEuU3VibWl0VGFza0Vycm9ySABCCQoHb3V0Y29tZSIwCg9TdWJtaXRUYXNrRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJIiMKEEdldFN0YXR1c1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIiMKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLzAQoQQnVsa1Rhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEjkKBmxhYmVscxgCIAMoCzIpLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkSEgoKZXJyb3JfY29kZRgDIAEoCRIPCgdkcnlfcnVuGAQgASgIEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ+ChFCdWxrVGFza3NSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEhEKCXJlbWFpbmluZxgCIAEoBBIzCg9maW5pc2hlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHRhc2tfaWRzGAQgAygJIiYKE0xpc3RBdHRlbXB0c1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI+ChRMaXN0QXR0ZW1wdHNSZXNwb25zZRImCghhdHRlbXB0cxgBIAMoCzIULnRhc2t3aXJlLnYxLkF0dGVtcHQi2AEKEExpc3RUYXNrc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSDAoEa2luZBgEIAEoCRI5CgZsYWJlbHMYBSADKAsyKS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES50YXNrd2lyZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIuChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIWCg53aW5kb3dfbWludXRlcxgBIAEoDSKAAQoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEiUKBWtpbmRzGAEgAygLMhYudGFza3dpcmUudjEuS2luZFN0YXRzEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDndpbmRvd19taW51dGVzGAMgASgNIsMBCglLaW5kU3RhdHMSDAoEa2luZBgBIAEoCRIPCgd3YWl0aW5nGAIgASgEEg8KB3J1bm5pbmcYAyABKAQSMQoOb2xkZXN0X3dhaXRpbmcYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJc3VjY2VlZGVkGAUgASgEEg4KBmZhaWxlZBgGIAEoBBIbChNmaW5pc2hlZF9wZXJfbWludXRlGAcgAygEEhMKC21heF9ydW5uaW5nGAggASgEIrMBChFXYXRjaFRhc2tzUmVxdWVzdBIMCgRraW5kGAEgASgJEiUKBXN0YXRlGAMgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEjoKBmxhYmVscxgCIAMoCzIqLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBDKwCAoLVGFza1NlcnZpY2USYwoKU3VibWl0VGFzaxIeLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8udGFza3dpcmUudjEuU3VibWl0VGFza1Jlc3BvbnNlIhSC0+STAg46ASoiCS92MS90YXNrcxJyCgtTdWJtaXRUYXNrcxIfLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tzUmVxdWVzdBogLnRhc2t3aXJlLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UiIILT5JMCGjoBKiIVL3YxL3Rhc2tzOmJhdGNoU3VibWl0EloKCUdldFN0YXR1cxIdLnRhc2t3aXJlLnYxLkdldFN0YXR1c1JlcXVlc3QaES50YXNrd2lyZS52MS5UYXNrIhuC0+STAhUSEy92MS90YXNrcy97dGFza19pZH0SZgoKQ2FuY2VsVGFzaxIeLnRhc2t3aXJlLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GhEudGFza3dpcmUudjEuVGFzayIlgtPkkwIfOgEqIhovdjEvdGFza3Mve3Rhc2tfaWR9OmNhbmNlbBJdCglMaXN0VGFza3MSHS50YXNrd2lyZS52MS5MaXN0VGFza3NSZXF1ZXN0Gh4udGFza3dpcmUudjEuTGlzdFRhc2tzUmVzcG9uc2UiEYLT5JMCCxIJL3YxL3Rhc2tzEmMKCVJldHJ5VGFzaxIdLnRhc2t3aXJlLnYxLlJldHJ5VGFza1JlcXVlc3QaES50YXNrd2lyZS52MS5UYXNrIiSC0+STAh46ASoiGS92MS90YXNrcy97dGFza19pZH06cmV0cnkSZwoKUmV0cnlUYXNrcxIdLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1JlcXVlc3QaHi50YXNrd2lyZS52MS5CdWxrVGFza3NSZXNwb25zZSIagtPkkwIUOgEqIg8vdjEvdGFza3M6cmV0cnkSawoMRGlzY2FyZFRhc2tzEh0udGFza3dpcmUudjEuQnVsa1Rhc2tzUmVxdWVzdBoeLnRhc2t3aXJlLnYxLkJ1bGtUYXNrc1Jlc3BvbnNlIhyC0+STAhY6ASoiES92MS90YXNrczpkaXNjYXJkEnkKDExpc3RBdHRlbXB0cxIgLnRhc2t3aXJlLnYxLkxpc3RBdHRlbXB0c1JlcXVlc3QaIS50YXNrd2lyZS52MS5MaXN0QXR0ZW1wdHNSZXNwb25zZSIkgtPkkwIeEhwvdjEvdGFza3Mve3Rhc2tfaWR9L2F0dGVtcHRzEm8KDUdldFF1ZXVlU3RhdHMSIS50YXNrd2lyZS52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBoiLnRhc2t3aXJlLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZSIXgtPkkwIREg8vdjEvcXVldWUtc3RhdHMy1AEKDFdhdGNoU2VydmljZRJoCglXYXRjaFRhc2sSHS50YXNrd2lyZS52MS5XYXRjaFRhc2tSZXF1ZXN0GhYudGFza3dpcmUudjEuVGFza0V2ZW50IiKC0+STAhwSGi92MS90YXNrcy97dGFza19pZH0vZXZlbnRzMAESWgoKV2F0Y2hUYXNrcxIeLnRhc2t3aXJlLnYxLldhdGNoVGFza3NSZXF1ZXN0GhYudGFza3dpcmUudjEuVGFza0V2ZW50IhKC0+STAgwSCi92MS9ldmVudHMwAWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskwire_v1_task]);
 
 /**
  * @generated from message taskwire.v1.SubmitTaskRequest
@@ -137,6 +137,105 @@ export const SubmitTaskResponseSchema: GenMessage<SubmitTaskResponse> = /*@__PUR
   messageDesc(file_taskwire_v1_service, 1);
 
 /**
+ * @generated from message taskwire.v1.SubmitTasksRequest
+ */
+export type SubmitTasksRequest = Message<"taskwire.v1.SubmitTasksRequest"> & {
+  /**
+   * 1 to 1,000 tasks.
+   *
+   * @generated from field: repeated taskwire.v1.SubmitTaskRequest tasks = 1;
+   */
+  tasks: SubmitTaskRequest[];
+};
+
+/**
+ * Describes the message taskwire.v1.SubmitTasksRequest.
+ * Use `create(SubmitTasksRequestSchema)` to create a new message.
+ */
+export const SubmitTasksRequestSchema: GenMessage<SubmitTasksRequest> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 2);
+
+/**
+ * @generated from message taskwire.v1.SubmitTasksResponse
+ */
+export type SubmitTasksResponse = Message<"taskwire.v1.SubmitTasksResponse"> & {
+  /**
+   * One per task, in request order.
+   *
+   * @generated from field: repeated taskwire.v1.SubmitTasksResult results = 1;
+   */
+  results: SubmitTasksResult[];
+};
+
+/**
+ * Describes the message taskwire.v1.SubmitTasksResponse.
+ * Use `create(SubmitTasksResponseSchema)` to create a new message.
+ */
+export const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 3);
+
+/**
+ * One task's outcome in a SubmitTasks call.
+ *
+ * @generated from message taskwire.v1.SubmitTasksResult
+ */
+export type SubmitTasksResult = Message<"taskwire.v1.SubmitTasksResult"> & {
+  /**
+   * @generated from oneof taskwire.v1.SubmitTasksResult.outcome
+   */
+  outcome: {
+    /**
+     * Accepted (or deduplicated), as SubmitTask answers.
+     *
+     * @generated from field: taskwire.v1.SubmitTaskResponse accepted = 1;
+     */
+    value: SubmitTaskResponse;
+    case: "accepted";
+  } | {
+    /**
+     * Refused, with what SubmitTask would have answered for this task alone.
+     *
+     * @generated from field: taskwire.v1.SubmitTaskError error = 2;
+     */
+    value: SubmitTaskError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message taskwire.v1.SubmitTasksResult.
+ * Use `create(SubmitTasksResultSchema)` to create a new message.
+ */
+export const SubmitTasksResultSchema: GenMessage<SubmitTasksResult> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 4);
+
+/**
+ * Why one task of a batch was refused, in google.rpc.Status's shape.
+ *
+ * @generated from message taskwire.v1.SubmitTaskError
+ */
+export type SubmitTaskError = Message<"taskwire.v1.SubmitTaskError"> & {
+  /**
+   * A google.rpc.Code: 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message taskwire.v1.SubmitTaskError.
+ * Use `create(SubmitTaskErrorSchema)` to create a new message.
+ */
+export const SubmitTaskErrorSchema: GenMessage<SubmitTaskError> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_service, 5);
+
+/**
  * @generated from message taskwire.v1.GetStatusRequest
  */
 export type GetStatusRequest = Message<"taskwire.v1.GetStatusRequest"> & {
@@ -151,7 +250,7 @@ export type GetStatusRequest = Message<"taskwire.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 2);
+  messageDesc(file_taskwire_v1_service, 6);
 
 /**
  * @generated from message taskwire.v1.CancelTaskRequest
@@ -168,7 +267,7 @@ export type CancelTaskRequest = Message<"taskwire.v1.CancelTaskRequest"> & {
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 3);
+  messageDesc(file_taskwire_v1_service, 7);
 
 /**
  * @generated from message taskwire.v1.RetryTaskRequest
@@ -185,7 +284,7 @@ export type RetryTaskRequest = Message<"taskwire.v1.RetryTaskRequest"> & {
  * Use `create(RetryTaskRequestSchema)` to create a new message.
  */
 export const RetryTaskRequestSchema: GenMessage<RetryTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 4);
+  messageDesc(file_taskwire_v1_service, 8);
 
 /**
  * Which FAILED tasks a bulk retry or discard applies to: all filters must match.
@@ -242,7 +341,7 @@ export type BulkTasksRequest = Message<"taskwire.v1.BulkTasksRequest"> & {
  * Use `create(BulkTasksRequestSchema)` to create a new message.
  */
 export const BulkTasksRequestSchema: GenMessage<BulkTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 5);
+  messageDesc(file_taskwire_v1_service, 9);
 
 /**
  * @generated from message taskwire.v1.BulkTasksResponse
@@ -282,7 +381,7 @@ export type BulkTasksResponse = Message<"taskwire.v1.BulkTasksResponse"> & {
  * Use `create(BulkTasksResponseSchema)` to create a new message.
  */
 export const BulkTasksResponseSchema: GenMessage<BulkTasksResponse> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 6);
+  messageDesc(file_taskwire_v1_service, 10);
 
 /**
  * @generated from message taskwire.v1.ListAttemptsRequest
@@ -299,7 +398,7 @@ export type ListAttemptsRequest = Message<"taskwire.v1.ListAttemptsRequest"> & {
  * Use `create(ListAttemptsRequestSchema)` to create a new message.
  */
 export const ListAttemptsRequestSchema: GenMessage<ListAttemptsRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 7);
+  messageDesc(file_taskwire_v1_service, 11);
 
 /**
  * @generated from message taskwire.v1.ListAttemptsResponse
@@ -318,7 +417,7 @@ export type ListAttemptsResponse = Message<"taskwire.v1.ListAttemptsResponse"> &
  * Use `create(ListAttemptsResponseSchema)` to create a new message.
  */
 export const ListAttemptsResponseSchema: GenMessage<ListAttemptsResponse> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 8);
+  messageDesc(file_taskwire_v1_service, 12);
 
 /**
  * @generated from message taskwire.v1.ListTasksRequest
@@ -365,7 +464,7 @@ export type ListTasksRequest = Message<"taskwire.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 9);
+  messageDesc(file_taskwire_v1_service, 13);
 
 /**
  * @generated from message taskwire.v1.ListTasksResponse
@@ -389,7 +488,7 @@ export type ListTasksResponse = Message<"taskwire.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 10);
+  messageDesc(file_taskwire_v1_service, 14);
 
 /**
  * @generated from message taskwire.v1.GetQueueStatsRequest
@@ -408,7 +507,7 @@ export type GetQueueStatsRequest = Message<"taskwire.v1.GetQueueStatsRequest"> &
  * Use `create(GetQueueStatsRequestSchema)` to create a new message.
  */
 export const GetQueueStatsRequestSchema: GenMessage<GetQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 11);
+  messageDesc(file_taskwire_v1_service, 15);
 
 /**
  * @generated from message taskwire.v1.GetQueueStatsResponse
@@ -441,7 +540,7 @@ export type GetQueueStatsResponse = Message<"taskwire.v1.GetQueueStatsResponse">
  * Use `create(GetQueueStatsResponseSchema)` to create a new message.
  */
 export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 12);
+  messageDesc(file_taskwire_v1_service, 16);
 
 /**
  * @generated from message taskwire.v1.KindStats
@@ -507,7 +606,7 @@ export type KindStats = Message<"taskwire.v1.KindStats"> & {
  * Use `create(KindStatsSchema)` to create a new message.
  */
 export const KindStatsSchema: GenMessage<KindStats> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 13);
+  messageDesc(file_taskwire_v1_service, 17);
 
 /**
  * @generated from message taskwire.v1.WatchTasksRequest
@@ -542,7 +641,7 @@ export type WatchTasksRequest = Message<"taskwire.v1.WatchTasksRequest"> & {
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 14);
+  messageDesc(file_taskwire_v1_service, 18);
 
 /**
  * @generated from message taskwire.v1.WatchTaskRequest
@@ -566,7 +665,7 @@ export type WatchTaskRequest = Message<"taskwire.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_service, 15);
+  messageDesc(file_taskwire_v1_service, 19);
 
 /**
  * The front door: start tasks, read them, cancel them. Served by the api process,
@@ -595,6 +694,25 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof SubmitTaskRequestSchema;
     output: typeof SubmitTaskResponseSchema;
+  },
+  /**
+   * Submits up to 1,000 tasks in one call, each as SubmitTask would: its own
+   * idempotency key, its own result, in request order. A task that SubmitTask would
+   * refuse (a malformed field, input over the size limit) gets that error in its
+   * result and the others are accepted: resend the whole batch with the same keys to
+   * retry what failed, and the accepted ones answer deduplicated. The tasks are
+   * committed together where they can be and published with pipelined acks, so a batch
+   * costs far less than as many calls. The tenant's submit rate, if limited, counts
+   * every task of the batch.
+   * Errors (for the whole call, nothing written): INVALID_ARGUMENT (no tasks, or over
+   * 1,000), RESOURCE_EXHAUSTED (over the submit rate), UNAVAILABLE (as SubmitTask).
+   *
+   * @generated from rpc taskwire.v1.TaskService.SubmitTasks
+   */
+  submitTasks: {
+    methodKind: "unary";
+    input: typeof SubmitTasksRequestSchema;
+    output: typeof SubmitTasksResponseSchema;
   },
   /**
    * Reads a task's current state. It is never older than an event a watcher has
