@@ -190,26 +190,38 @@ impl History {
         }
     }
 
-    /// Folds into `record` the events of its task that it has not seen, in order, as
-    /// the recorder will apply them ([`TaskRecord::fold`]): what every read does so it
-    /// is never older than the stream (the database trails it by the recorder's lag).
-    /// At most `limit` events are read one by one; if more remain, the newest is folded
-    /// last. A terminal record is final and left as it is.
-    pub async fn catch_up(&self, record: &mut TaskRecord, limit: usize) -> Result<(), Error> {
+    /// Folds into `record` the events of its task that it has not seen, up to `newest`
+    /// (the task's newest event, [`History::last`]), in order, as the recorder will
+    /// apply them ([`TaskRecord::fold`]): what every read does so it is never older
+    /// than the stream (the database trails it by the recorder's lag). The caller reads
+    /// `newest` itself, so that it can read it beside the record (one round trip for
+    /// both, not two), and knowing where the history ends spares the read that would
+    /// find nothing after it. At most `limit` events before `newest` are read one by
+    /// one; if more remain, `newest` is folded after them. A terminal record is final
+    /// and left as it is.
+    pub async fn catch_up(
+        &self,
+        record: &mut TaskRecord,
+        newest: Option<Stored>,
+        limit: usize,
+    ) -> Result<(), Error> {
+        let Some(newest) = newest else { return Ok(()) };
         if record.state.is_terminal() {
             return Ok(());
         }
         for _ in 0..limit {
+            if record.last_seq >= newest.seq {
+                break;
+            }
             match self.next_after(record.id, record.last_seq).await? {
-                Some(next) => {
+                Some(next) if next.seq < newest.seq => {
                     record.fold(&next.to_update()?);
                 }
-                None => return Ok(()),
+                _ => break,
             }
         }
-        if let Some(newest) = self.last(record.id).await? {
-            record.fold(&newest.to_update()?);
-        }
+        // A no-op when the record has it already.
+        record.fold(&newest.to_update()?);
         Ok(())
     }
 

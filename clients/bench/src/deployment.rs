@@ -57,6 +57,14 @@ impl Nats {
         }
     }
 
+    /// A JetStream context on the deployment's NATS.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        match self {
+            Self::Single(n) => n.jetstream().await,
+            Self::Cluster(c) => c.jetstream().await,
+        }
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         match self {
             Self::Single(n) => n.pid().into_iter().collect(),

@@ -94,18 +94,45 @@ impl Results {
         workload: &'static str,
         db: &'static str,
         what: &str,
+        l: Vec<Duration>,
+    ) {
+        self.percentiles(
+            workload,
+            db,
+            what,
+            l,
+            &[("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999)],
+        );
+    }
+
+    /// Records the p50 of `l`.
+    pub fn median(
+        &mut self,
+        workload: &'static str,
+        db: &'static str,
+        what: &str,
+        l: Vec<Duration>,
+    ) {
+        self.percentiles(workload, db, what, l, &[("p50", 0.50)]);
+    }
+
+    fn percentiles(
+        &mut self,
+        workload: &'static str,
+        db: &'static str,
+        what: &str,
         mut l: Vec<Duration>,
+        which: &[(&str, f64)],
     ) {
         if l.is_empty() {
             return;
         }
         l.sort();
-        let pct = |p: f64| {
-            l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1].as_secs_f64() * 1000.0
-        };
-        self.add(workload, db, format!("{what} p50"), pct(0.50), "ms");
-        self.add(workload, db, format!("{what} p99"), pct(0.99), "ms");
-        self.add(workload, db, format!("{what} p99.9"), pct(0.999), "ms");
+        for (name, p) in which {
+            let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
+            let ms = l[i].as_secs_f64() * 1000.0;
+            self.add(workload, db, format!("{what} {name}"), ms, "ms");
+        }
     }
 
     /// Writes every figure as a JSON array.

@@ -74,7 +74,15 @@ impl TaskApi {
     /// when it trails by up to [`FOLD_LIMIT`] events (the recorder's usual lag is one
     /// or two); beyond, those and the newest are folded.
     pub(crate) async fn fresh(&self, mut record: TaskRecord) -> TaskRecord {
-        if let Err(e) = self.shared.history.catch_up(&mut record, FOLD_LIMIT).await {
+        if record.state.is_terminal() {
+            return record;
+        }
+        let history = &self.shared.history;
+        let caught_up = match history.last(record.id).await {
+            Ok(newest) => history.catch_up(&mut record, newest, FOLD_LIMIT).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = caught_up {
             tracing::debug!(task_id = %record.id, error = %chain(&e), "answering from the record alone");
         }
         record

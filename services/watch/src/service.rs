@@ -17,7 +17,7 @@ use taskwire::{
     domain::{Labels, TaskId, TaskKind},
     json,
     limits::{self, Permit, Quota},
-    nats::History,
+    nats::{self, History, Stored},
     pb::{
         internal::v1::Event,
         v1::{
@@ -168,10 +168,16 @@ impl WatchService for WatchApi {
         let id = TaskId::parse(&task_id).map_err(WatchError::from)?;
         // Join the hub first: whatever is stored after this is also queued for us.
         let sub = self.hub.subscribe(id, HUB_BUFFER);
-        let record = self
-            .store
-            .get_task(id)
-            .await
+        // A fresh watch starts from the record with the newest stored event folded in:
+        // both are read at once.
+        let (record, newest) = tokio::join!(self.store.get_task(id), async {
+            if after_seq == 0 {
+                Some(self.history.last(id).await)
+            } else {
+                None
+            }
+        });
+        let record = record
             .map_err(WatchError::from)?
             // Another tenant's task is NOT_FOUND, as a missing one is.
             .filter(|r| scope.sees(&r.tenant))
@@ -186,12 +192,7 @@ impl WatchService for WatchApi {
         if after_seq > 0 {
             metrics::counter!(metrics::WATCH_RESUMES).increment(1);
         }
-        tokio::spawn(watcher.run(
-            OpenStream::new("WatchTask", permits),
-            record,
-            after_seq,
-            sub,
-        ));
+        tokio::spawn(watcher.run(OpenStream::new("WatchTask", permits), record, newest, sub));
         Ok(Response::new(event_stream(rx)))
     }
 }
@@ -216,30 +217,34 @@ enum End {
 }
 
 impl Watcher {
+    /// `newest` is the task's newest stored event, read for a fresh watch (after_seq
+    /// = 0) beside the record; `None` for a resume.
     async fn run(
         mut self,
         _open: OpenStream,
         record: TaskRecord,
-        after_seq: u64,
+        newest: Option<Result<Option<Stored>, nats::Error>>,
         mut sub: crate::hub::Subscription,
     ) {
         let result = async {
-            if after_seq == 0 {
+            if let Some(newest) = newest {
                 // The current state: the record with every stored event it has not seen
                 // folded in, so a watch started after GetStatus never shows less than it
-                // did. That read goes to the end of the stored history, and the hub was
-                // joined before it: nothing is left to refill.
+                // did. That read goes to the newest stored event, read after the hub
+                // was joined: nothing is left to refill.
                 let mut record = record;
+                let events_failed = |source| {
+                    End::Failed(WatchError::Events {
+                        source,
+                        resume_after: 0,
+                    })
+                };
+                let newest = newest.map_err(events_failed)?;
                 self.api
                     .history
-                    .catch_up(&mut record, usize::MAX)
+                    .catch_up(&mut record, newest, usize::MAX)
                     .await
-                    .map_err(|source| {
-                        End::Failed(WatchError::Events {
-                            source,
-                            resume_after: 0,
-                        })
-                    })?;
+                    .map_err(events_failed)?;
                 self.send_snapshot(&record).await?;
             } else {
                 self.refill().await?;
