@@ -139,18 +139,27 @@ async fn rest_surface(db: Db) {
     assert_eq!(done["lastSeq"], grpc.last_seq.to_string());
     assert_eq!(done["attempt"], grpc.attempt);
 
-    // List: filters in the query string.
-    let listed = rest
-        .get("/v1/tasks?kind=demo.echo&state=succeeded&label=surface=rest&page_size=10")
-        .await;
-    assert_eq!(listed.status, 200, "{}", listed.body);
-    let ids: Vec<&str> = listed.body["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [id.as_str()]);
+    // List: filters in the query string. A list by a terminal state waits up to 5 s
+    // for the recorder, then lists what it has recorded: under CI's load the recorder
+    // can be further behind, so the list is asked again until the task is in it.
+    let ids: Vec<String> = eventually("the succeeded task is listed", || {
+        let rest = rest.clone();
+        async move {
+            let listed = rest
+                .get("/v1/tasks?kind=demo.echo&state=succeeded&label=surface=rest&page_size=10")
+                .await;
+            assert_eq!(listed.status, 200, "{}", listed.body);
+            let ids: Vec<String> = listed.body["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_string())
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        }
+    })
+    .await;
+    assert_eq!(ids, std::slice::from_ref(&id));
     let none = rest.get("/v1/tasks?label=surface=grpc").await;
     assert_eq!(none.body["tasks"], json!([]));
 

@@ -402,19 +402,24 @@ pub async fn wait_serving(addr: SocketAddr) {
 
 /// A plain HTTP/1.0 GET (the admin listener's endpoints): (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// [`http_get`], or why it could not be done: for a process that may not listen yet.
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timed_out = |_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time");
     let mut conn = tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(addr))
         .await
-        .expect("connects in time")
-        .expect("connects");
+        .map_err(timed_out)??;
     conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .expect("request sent");
+        .await?;
     let mut raw = Vec::new();
     tokio::time::timeout(PATIENCE, conn.read_to_end(&mut raw))
         .await
-        .expect("answers in time")
-        .expect("reads");
+        .map_err(timed_out)??;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -422,5 +427,5 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, body.to_string())
+    Ok((status, body.to_string()))
 }

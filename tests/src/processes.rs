@@ -156,11 +156,13 @@ impl WorkerProcess {
     /// How many tasks it is running now (its `taskwire_worker_slots{state="used"}`),
     /// or None if its /metrics does not answer in time or has no such series yet.
     pub async fn tasks_running(&self) -> Option<u64> {
+        // None while the process is starting (its admin listener not bound yet).
         let body = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            crate::http_get(self.admin, "/metrics"),
+            crate::try_http_get(self.admin, "/metrics"),
         )
         .await
+        .ok()?
         .ok()?
         .1;
         body.lines()
@@ -354,15 +356,13 @@ impl ServiceProcess {
         self.proc = Some(Proc::spawn(&mut cmd, self.bin));
         let admin = self.admin;
         eventually(&format!("{} is ready", self.bin), || async move {
-            let connected = tokio::time::timeout(
+            // Not listening yet, or not ready: ask again.
+            let ready = tokio::time::timeout(
                 Duration::from_secs(1),
-                tokio::net::TcpStream::connect(admin),
+                crate::try_http_get(admin, "/readyz"),
             )
             .await;
-            if !matches!(connected, Ok(Ok(_))) {
-                return None;
-            }
-            (crate::http_get(admin, "/readyz").await.0 == 200).then_some(())
+            matches!(ready, Ok(Ok((200, _)))).then_some(())
         })
         .await;
     }
