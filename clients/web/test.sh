@@ -10,7 +10,7 @@
 #   5. `taskwire dev` on free loopback ports, a temp data dir, no --web-dir; fails when
 #      the binary has no dashboard built in, or one that differs from dist/ (a binary
 #      compiled before the last change to src/: rebuild it)
-#   6. node --test test/ driving chromium with playwright-core; test/auth.test.mjs starts
+#   6. node --test test/*.test.mjs driving chromium with playwright-core; test/auth.test.mjs starts
 #      its own nats-server, taskwire-api and taskwire-watch with --auth keys (the
 #      binaries beside $TASKWIRE_BIN) and serves dist/ itself, to test the API key field;
 #      test/dead-letters.test.mjs retries FAILED demo.fail tasks (a row, the drawer, a
@@ -174,7 +174,7 @@ mkdir -p "$ARTIFACTS_DIR"
 # auth.test.mjs also reads TASKWIRE_BIN and TASKWIRE_NATS_SERVER (its own backend).
 TASKWIRE_WEB_URL="$web_url" TASKWIRE_GRPC_URL="$grpc_url" CHROMIUM="$CHROMIUM" ARTIFACTS_DIR="$ARTIFACTS_DIR" \
   TASKWIRE_BIN="$TASKWIRE_BIN" TASKWIRE_NATS_SERVER="$NATS_SERVER" \
-  timeout 360 node --test --test-reporter=tap --test-timeout=240000 --test-concurrency=1 test/
+  timeout 360 node --test --test-reporter=tap --test-timeout=240000 --test-concurrency=1 test/*.test.mjs
 
 say "stop taskwire dev"
 kill -INT "$tw_pid"

@@ -20,7 +20,7 @@ import { dirname, extname, join, normalize, resolve, sep } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { chromium } from "playwright-core";
+import { ARTIFACTS, STEP, collectPageErrors, launchChromium, openPage, sleep } from "./harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(here, "../../..");
@@ -30,10 +30,7 @@ const API_BIN = process.env.TASKWIRE_API_BIN || join(dirname(TASKWIRE_BIN), "tas
 const WATCH_BIN = process.env.TASKWIRE_WATCH_BIN || join(dirname(TASKWIRE_BIN), "taskwire-watch");
 const NATS_SERVER = process.env.TASKWIRE_NATS_SERVER || join(REPO, ".venv/bin/nats-server");
 const NATS_CONF = join(REPO, "deploy/nats.conf");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARTIFACTS = process.env.ARTIFACTS_DIR || join(here, "..", "test-artifacts");
 
-const STEP = 30_000; // the bound for any one wait in this file
 const STORAGE = "taskwire.dashboard.apiKey"; // src/auth.ts API_KEY_STORAGE
 const run = promisify(execFile);
 
@@ -66,8 +63,6 @@ function freePort() {
     });
   });
 }
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function start(name, cmd, args) {
   const log = openSync(join(work, `${name}.log`), "w");
@@ -222,22 +217,12 @@ before(async () => {
   web = await serveDist(`window.TASKWIRE_GRPC_URL = ${JSON.stringify(apiUrl)};\nwindow.TASKWIRE_WATCH_URL = ${JSON.stringify(watchUrl)};\n`);
   webUrl = `http://127.0.0.1:${web.address().port}/`;
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: STEP,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  page = await browser.newPage({ viewport: { width: 1500, height: 860 }, deviceScaleFactor: 1 });
-  page.setDefaultTimeout(STEP);
+  browser = await launchChromium();
+  page = await openPage(browser, { viewport: { width: 1500, height: 860 }, deviceScaleFactor: 1 });
   page.on("request", (req) => {
     if (new URL(req.url()).pathname.startsWith("/taskwire.v1.")) requests.push(req);
   });
-  page.on("pageerror", (err) => pageErrors.push(String(err)));
-  page.on("console", (msg) => {
-    consoleLines.push(`${msg.type()}: ${msg.text()}`);
-    if (msg.type() === "error") pageErrors.push(`console: ${msg.text()}`);
-  });
+  collectPageErrors(page, { into: pageErrors, consoleLines });
   await page.goto(webUrl, { waitUntil: "load", timeout: STEP });
 });
 

@@ -7,20 +7,22 @@
 //   ARTIFACTS_DIR      where the screenshot goes (default ../test-artifacts)
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
-import net from "node:net";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import {
+  ARTIFACTS,
+  STEP,
+  collectOffHost,
+  collectPageErrors,
+  launchChromium,
+  openPage,
+  requireEnv,
+  sleep,
+  startTcpProxy,
+  submitTask,
+} from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const WEB_URL = process.env.TASKWIRE_WEB_URL;
-const GRPC_URL = process.env.TASKWIRE_GRPC_URL;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARTIFACTS = process.env.ARTIFACTS_DIR || join(here, "..", "test-artifacts");
-if (!WEB_URL || !GRPC_URL) throw new Error("TASKWIRE_WEB_URL and TASKWIRE_GRPC_URL must be set (run test.sh)");
-
-const STEP = 30_000; // the bound for any one wait in this file
+const [WEB_URL, GRPC_URL] = requireEnv("TASKWIRE_WEB_URL", "TASKWIRE_GRPC_URL");
 
 let browser;
 let page;
@@ -39,51 +41,21 @@ const consoleLines = []; // everything the page logged, saved for debugging
 
 const row = (id) => page.locator(`[data-testid="task-row"][data-task-id="${id}"]`);
 
-async function submit(kind, input, { labels = "", delay = "" } = {}) {
-  const before = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
-  await page.fill('[data-testid="submit-kind"]', kind);
-  await page.fill('[data-testid="submit-input"]', input);
-  await page.fill('[data-testid="submit-labels"]', labels);
-  await page.fill('[data-testid="submit-delay"]', delay);
-  await page.click('[data-testid="submit-button"]');
-  await page.waitForFunction(
-    (prev) => {
-      const el = document.querySelector('[data-testid="submit-result"]');
-      const err = document.querySelector('[data-testid="submit-error"]');
-      return (el && !el.hidden && el.dataset.taskId && el.dataset.taskId !== prev) || (err && !err.hidden);
-    },
-    before,
-    { timeout: STEP },
-  );
-  const err = page.locator('[data-testid="submit-error"]');
-  if (await err.isVisible()) assert.fail(`submit ${kind} failed: ${await err.textContent()}`);
-  const id = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
-  assert.match(id, /^[0-9a-f-]{36}$/);
+/** submitTask (options: labels, delay), then waits for the task's row. */
+async function submit(kind, input, options) {
+  const id = await submitTask(page, kind, input, options);
   await row(id).waitFor({ timeout: STEP });
   return id;
 }
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: STEP,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  page = await browser.newPage({ viewport: { width: 1500, height: 860 }, deviceScaleFactor: 1 });
-  page.setDefaultTimeout(STEP);
+  browser = await launchChromium();
+  page = await openPage(browser, { viewport: { width: 1500, height: 860 }, deviceScaleFactor: 1 });
+  collectOffHost(page, offHost);
+  collectPageErrors(page, { into: pageErrors, consoleLines });
   page.on("request", (req) => {
     const url = new URL(req.url());
-    if (url.protocol.startsWith("http") && url.hostname !== "127.0.0.1") offHost.push(req.url());
     if (url.pathname.startsWith("/taskwire.v1.")) grpcRequests.push(url.pathname);
     if (url.pathname.startsWith("/taskwire.v1.WatchService/WatchTask")) {
       watchRequests.push(url.pathname);
@@ -93,11 +65,6 @@ before(async () => {
   });
   page.on("requestfinished", (req) => openStreams.delete(req));
   page.on("requestfailed", (req) => openStreams.delete(req));
-  page.on("pageerror", (err) => pageErrors.push(String(err)));
-  page.on("console", (msg) => {
-    consoleLines.push(`${msg.type()}: ${msg.text()}`);
-    if (msg.type() === "error") pageErrors.push(`console: ${msg.text()}`);
-  });
   // Record every progress value a row shows, to prove the bar moved live.
   await page.addInitScript(() => {
     window.__fractions = {};
@@ -232,7 +199,7 @@ test("filters by state, kind and label", async () => {
   await page.waitForSelector('[data-testid="stream-status"][data-status="live"]');
   // A kind/label filter change replaces the stream; it never adds one.
   assert.ok(watchRequests.every((p) => p === "/taskwire.v1.WatchService/WatchTasks"));
-  for (let i = 0; i < 50 && openStreams.size !== 1; i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 50 && openStreams.size !== 1; i++) await sleep(100);
   assert.equal(openStreams.size, 1, "exactly one stream open after filter changes");
 });
 
@@ -256,45 +223,6 @@ test("pages with next/prev page tokens", async () => {
   assert.deepEqual(await page.$$eval('[data-testid="task-row"]', (rs) => rs.map((r) => r.dataset.taskId)), first);
 });
 
-// A TCP proxy between a second page and the gRPC port, so the test can drop the
-// WatchTasks connection the way a flaky network would.
-async function startProxy(targetPort) {
-  const sockets = new Set();
-  let refusing = false;
-  const server = net.createServer((client) => {
-    if (refusing) return client.destroy();
-    const upstream = net.connect(targetPort, "127.0.0.1");
-    const close = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("error", close);
-      s.on("close", close);
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${server.address().port}`,
-    cut() {
-      refusing = true;
-      for (const s of sockets) s.destroy();
-    },
-    restore() {
-      refusing = false;
-    },
-    close() {
-      this.cut();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
-
 /** SubmitTask straight to the server over grpc-web (no input), for a task the page did not submit. */
 async function submitDirect(kind) {
   const kindBytes = new TextEncoder().encode(kind);
@@ -313,11 +241,12 @@ async function submitDirect(kind) {
 }
 
 test("after a dropped stream it reconnects with backoff and re-lists to catch up", async () => {
-  const proxy = await startProxy(Number(new URL(GRPC_URL).port));
+  // A TCP proxy between a second page and the gRPC port, so the test can drop the
+  // WatchTasks connection the way a flaky network would.
+  const proxy = await startTcpProxy(Number(new URL(GRPC_URL).port));
   const context = await browser.newContext({ viewport: { width: 1300, height: 700 } });
   try {
-    const p = await context.newPage();
-    p.setDefaultTimeout(STEP);
+    const p = await openPage(context);
     const streams = [];
     p.on("request", (req) => {
       if (new URL(req.url()).pathname.startsWith("/taskwire.v1.WatchService/")) streams.push(new URL(req.url()).pathname);
@@ -342,7 +271,7 @@ test("after a dropped stream it reconnects with backoff and re-lists to catch up
     // While the page is offline: the task finishes, and another client submits one.
     const otherId = await submitDirect("demo.echo");
     echoIds.push(otherId);
-    await new Promise((r) => setTimeout(r, 2500));
+    await sleep(2500);
     assert.equal(await p.getAttribute(`[data-testid="task-row"][data-task-id="${id}"]`, "data-state"), "RUNNING", "offline: nothing new arrived");
 
     proxy.restore();

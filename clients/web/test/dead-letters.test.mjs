@@ -16,19 +16,11 @@
 // FAILED is never counted, retried or discarded here; none of its tasks outlives it.
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { ARTIFACTS, STEP, collectOffHost, collectPageErrors, launchChromium, openPage, requireEnv, sleep, submitTask } from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const WEB_URL = process.env.TASKWIRE_WEB_URL;
-const GRPC_URL = process.env.TASKWIRE_GRPC_URL;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARTIFACTS = process.env.ARTIFACTS_DIR || join(here, "..", "test-artifacts");
-if (!WEB_URL || !GRPC_URL) throw new Error("TASKWIRE_WEB_URL and TASKWIRE_GRPC_URL must be set (run test.sh)");
-
-const STEP = 30_000; // the bound for any one wait in this file
+const [WEB_URL, GRPC_URL] = requireEnv("TASKWIRE_WEB_URL", "TASKWIRE_GRPC_URL");
 const RETRY_TASK = "/taskwire.v1.TaskService/RetryTask";
 
 // This run's own label: what the list and every bulk call here are filtered by.
@@ -44,28 +36,7 @@ const retryCalls = []; // RetryTask requests the page made
 const row = (id, p = page) => p.locator(`[data-testid="task-row"][data-task-id="${id}"]`);
 const rowSel = (id, extra = "") => `[data-testid="task-row"][data-task-id="${id}"]${extra}`;
 
-async function submit(kind, input, labels) {
-  const before = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
-  await page.fill('[data-testid="submit-kind"]', kind);
-  await page.fill('[data-testid="submit-input"]', input);
-  await page.fill('[data-testid="submit-labels"]', labels);
-  await page.fill('[data-testid="submit-delay"]', "");
-  await page.click('[data-testid="submit-button"]');
-  await page.waitForFunction(
-    (prev) => {
-      const el = document.querySelector('[data-testid="submit-result"]');
-      const err = document.querySelector('[data-testid="submit-error"]');
-      return (el && !el.hidden && el.dataset.taskId && el.dataset.taskId !== prev) || (err && !err.hidden);
-    },
-    before,
-    { timeout: STEP },
-  );
-  const err = page.locator('[data-testid="submit-error"]');
-  if (await err.isVisible()) assert.fail(`submit ${kind} failed: ${await err.textContent()}`);
-  const id = await page.getAttribute('[data-testid="submit-result"]', "data-task-id");
-  assert.match(id, /^[0-9a-f-]{36}$/);
-  return id;
-}
+const submit = (kind, input, labels) => submitTask(page, kind, input, { labels });
 
 /** GET /v1/tasks/{id}: { status, task } (task only with 200). */
 async function restGet(id) {
@@ -94,7 +65,7 @@ async function waitRest(id, ok, what) {
     last = await restGet(id);
     if (ok(last)) return last;
     if (Date.now() > deadline) assert.fail(`${id}: not ${what} within ${STEP / 1000}s; last: ${last.status} ${last.body}`);
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
   }
 }
 const failedInRun = (run) => (r) => r.status === 200 && r.task.state === "TASK_STATE_FAILED" && r.task.run === run;
@@ -132,22 +103,12 @@ async function openConfirm(p, button) {
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: STEP,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  page = await browser.newPage({ viewport: { width: 1500, height: 900 }, deviceScaleFactor: 1 });
-  page.setDefaultTimeout(STEP);
+  browser = await launchChromium();
+  page = await openPage(browser, { viewport: { width: 1500, height: 900 }, deviceScaleFactor: 1 });
+  collectOffHost(page, offHost);
+  collectPageErrors(page, { into: pageErrors });
   page.on("request", (req) => {
-    const url = new URL(req.url());
-    if (url.protocol.startsWith("http") && url.hostname !== "127.0.0.1") offHost.push(req.url());
-    if (url.pathname === RETRY_TASK) retryCalls.push(req.url());
-  });
-  page.on("pageerror", (err) => pageErrors.push(String(err)));
-  page.on("console", (msg) => {
-    if (msg.type() === "error") pageErrors.push(`console: ${msg.text()}`);
+    if (new URL(req.url()).pathname === RETRY_TASK) retryCalls.push(req.url());
   });
   // Every (state, run) a row shows, in order, to see a retried row go through its new run.
   await page.addInitScript(() => {
@@ -216,7 +177,7 @@ test("Retry on a row: the task goes back to QUEUED/RUNNING in run 2, then FAILED
   // row moves through the run from the WatchTasks events, then the answer arrives.
   await page.route(`**${RETRY_TASK}`, async (route) => {
     const response = await route.fetch();
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     await route.fulfill({ response });
   });
   const calls = retryCalls.length;
@@ -337,7 +298,7 @@ test("Retry all N matching: a dry run counts them, the page asks, then exactly t
   assert.equal(asked.count, ids.length);
   await page.click('[data-testid="confirm-cancel"]');
   await page.waitForSelector('[data-testid="confirm-dialog"]', { state: "hidden" });
-  await new Promise((r) => setTimeout(r, 500));
+  await sleep(500);
   for (const id of ids) assert.equal((await restGet(id)).task.run, runs.get(id), "cancelled: not retried");
 
   asked = await openConfirm(page, "retry-all");
@@ -394,8 +355,7 @@ test("a refused retry is shown: FAILED_PRECONDITION on a page that missed the ta
   // A second page whose WatchTasks never gets through: it lists, but hears of nothing.
   const context = await browser.newContext({ viewport: { width: 1300, height: 800 } });
   try {
-    const p = await context.newPage();
-    p.setDefaultTimeout(STEP);
+    const p = await openPage(context);
     await p.route("**/taskwire.v1.WatchService/WatchTasks", (route) => route.abort());
     await p.goto(WEB_URL, { timeout: STEP });
     await p.click('[data-testid="dead-letters-toggle"]');

@@ -5,24 +5,14 @@
 //   CHROMIUM           the browser binary (default /usr/bin/chromium)
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
+import { STEP, collectPageErrors, launchChromium, openPage, requireEnv } from "./harness.mjs";
 
-const WEB_URL = process.env.TASKWIRE_WEB_URL;
-const REST_URL = process.env.TASKWIRE_GRPC_URL;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!WEB_URL || !REST_URL) throw new Error("TASKWIRE_WEB_URL and TASKWIRE_GRPC_URL must be set (run test.sh)");
-
-const STEP = 30_000; // the bound for any one wait in this file
+const [WEB_URL, REST_URL] = requireEnv("TASKWIRE_WEB_URL", "TASKWIRE_GRPC_URL");
 
 let browser;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: STEP,
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -39,11 +29,8 @@ test("api.html lists every route of /openapi.json; the dashboard links to it", a
   );
   assert.ok(expected.length >= 7, `the document has the routes (${expected.length})`);
 
-  const page = await browser.newPage();
-  page.setDefaultTimeout(STEP);
-  const pageErrors = [];
-  page.on("pageerror", (err) => pageErrors.push(String(err)));
-  page.on("console", (msg) => msg.type() === "error" && pageErrors.push(`console: ${msg.text()}`));
+  const page = await openPage(browser);
+  const pageErrors = collectPageErrors(page);
 
   await page.goto(WEB_URL, { timeout: STEP });
   await page.click('[data-testid="api-link"]');

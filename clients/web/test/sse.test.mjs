@@ -11,85 +11,14 @@
 // It submits a task: it must run after dashboard.test.mjs, whose paging test counts the
 // server's tasks (node --test runs the files one at a time, in name order).
 import assert from "node:assert/strict";
-import net from "node:net";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
+import { STEP, collectPageErrors, launchChromium, openPage, requireEnv, sleep, startTcpProxy } from "./harness.mjs";
 
-const REST_URL = process.env.TASKWIRE_GRPC_URL;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!REST_URL) throw new Error("TASKWIRE_GRPC_URL must be set (run test.sh)");
-
-const STEP = 30_000; // the bound for any one wait in this file
+const [REST_URL] = requireEnv("TASKWIRE_GRPC_URL");
 const TERMINAL = new Set(["TASK_STATE_SUCCEEDED", "TASK_STATE_FAILED", "TASK_STATE_CANCELLED"]);
 
 let browser;
 let proxy;
-
-/**
- * A TCP proxy on a free loopback port to `targetPort`. It reads the head of every
- * HTTP/1.1 request passing through (a connection may carry several, kept alive), and
- * `drop()` destroys every open connection while it goes on listening, so the browser's
- * reconnect gets through.
- */
-async function startProxy(targetPort) {
-  const sockets = new Set();
-  const requests = []; // { method, path, headers (lower-case names) }
-  const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, "127.0.0.1");
-    const close = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("error", close);
-      s.on("close", close);
-    }
-    // What the browser sent that is not yet a whole request head, and how many body
-    // bytes still to skip (the page only GETs, but a body must not be read as a head).
-    let pending = "";
-    let skip = 0;
-    client.on("data", (chunk) => {
-      pending += chunk.toString("latin1");
-      for (;;) {
-        if (skip > 0) {
-          const n = Math.min(skip, pending.length);
-          pending = pending.slice(n);
-          skip -= n;
-          if (skip > 0) break;
-        }
-        const end = pending.indexOf("\r\n\r\n");
-        if (end < 0) break;
-        const [requestLine, ...lines] = pending.slice(0, end).split("\r\n");
-        pending = pending.slice(end + 4);
-        const [method, path] = requestLine.split(" ");
-        const headers = {};
-        for (const line of lines) {
-          const colon = line.indexOf(":");
-          if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-        }
-        requests.push({ method, path, headers });
-        skip = Number(headers["content-length"] ?? 0);
-      }
-    });
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${server.address().port}`,
-    requests,
-    drop() {
-      for (const s of sockets) s.destroy();
-    },
-    close() {
-      this.drop();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
 
 /** A REST call straight to the server (not through the proxy); the parsed JSON answer. */
 async function rest(method, path, body) {
@@ -132,21 +61,10 @@ async function readEvents(path) {
 }
 
 before(async () => {
-  proxy = await startProxy(Number(new URL(REST_URL).port));
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: STEP,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  // Reads the head of every request through it, for the reconnect's Last-Event-ID;
+  // `drop()` cuts the stream while it goes on listening.
+  proxy = await startTcpProxy(Number(new URL(REST_URL).port), { recordRequests: true });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -155,10 +73,9 @@ after(async () => {
 });
 
 test("EventSource resumes a dropped task stream with Last-Event-ID, gap-free, and stops after the terminal event", async () => {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(STEP);
-  const pageErrors = [];
-  page.on("pageerror", (err) => pageErrors.push(String(err)));
+  const page = await openPage(browser);
+  // Uncaught errors only: console errors were never part of this file's check.
+  const pageErrors = collectPageErrors(page, { consoleErrors: false });
   // Playwright reports each EventSource request's answer: the last one should be 204.
   const streamStatuses = [];
   page.on("response", (res) => {
@@ -181,7 +98,7 @@ test("EventSource resumes a dropped task stream with Last-Event-ID, gap-free, an
     const t = await rest("GET", `/v1/tasks/${id}`);
     if (t.lastSeq !== "0") break;
     assert.ok(Date.now() < deadline, `the task started within ${STEP} ms: ${JSON.stringify(t)}`);
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
   }
 
   // Every event (its lastEventId and parsed data), and every open and error with the
@@ -235,7 +152,7 @@ test("EventSource resumes a dropped task stream with Last-Event-ID, gap-free, an
   assert.equal(streamRequests[2].headers["last-event-id"], events.at(-1).lastEventId, explain);
   // Playwright's response events may trail the page's by a moment.
   for (const deadline = Date.now() + STEP; streamStatuses.length < 3 && Date.now() < deadline; ) {
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
   assert.deepEqual(streamStatuses, [200, 200, 204], `the answers to the three requests: ${explain}`);
 
