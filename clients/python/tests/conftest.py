@@ -88,6 +88,21 @@ class Procs:
         self.procs.append((name, proc, log_path))
         return proc
 
+    def start_ready(
+        self,
+        name: str,
+        cmd: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        ready: bytes,
+        watch: Optional[Path] = None,
+    ) -> subprocess.Popen:
+        """``start``, then ``wait_for_log`` until ``ready`` is logged: every service a
+        stack starts is used only once it says it serves (or the test fails, naming it)."""
+        proc = self.start(name, cmd, log_path, env)
+        wait_for_log(proc, log_path, ready, name, watch=watch)
+        return proc
+
     def stop_all(self) -> None:
         for name, proc, log_path in reversed(self.procs):
             code = stop_process(proc, 15)
@@ -154,15 +169,11 @@ class Dev:
         env = dict(os.environ, **self.env) if self.env else None
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent, env=env)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"taskwire dev exited with {self.proc.returncode}:\n{_tail(self.log_path)}")
-            if b"taskwire dev: serving gRPC" in self.log_path.read_bytes():
-                return
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"taskwire dev not ready within {timeout}s:\n{_tail(self.log_path)}")
+        try:
+            wait_for_log(self.proc, self.log_path, b"taskwire dev: serving gRPC", "taskwire dev", timeout)
+        except BaseException:  # pytest.fail's Failed included: stop what did not come up
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 25.0) -> None:
         proc, self.proc = self.proc, None
@@ -275,13 +286,7 @@ def _py_worker(dev: Dev, log_path: Path) -> Iterator[PyWorker]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     worker = PyWorker(proc, log_path)
     try:
-        deadline = time.monotonic() + 30
-        while b"worker connected" not in log_path.read_bytes():
-            if proc.poll() is not None:
-                pytest.fail(f"the Python worker exited with {proc.returncode}:\n{worker.tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the Python worker did not connect within 30s:\n{worker.tail()}")
-            time.sleep(0.05)
+        wait_for_log(proc, log_path, b"worker connected", "the Python worker", 30)
         yield worker
     finally:
         code = stop_process(proc, 20)

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import grpc
 import pytest
 
 from conftest import Dev
-from helpers import assert_strictly_increasing
+from helpers import assert_strictly_increasing, async_final_status
 from taskwire import AsyncClient, TaskwireError
-from taskwire.client import from_value, is_terminal, state_name
+from taskwire.client import from_value, state_name
 from taskwire.v1 import task_pb2
-
-
-async def _final(client: AsyncClient, task_id: str, timeout: float = 10.0) -> task_pb2.Task:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        t = await client.status(task_id)
-        if is_terminal(t.state) or asyncio.get_running_loop().time() > deadline:
-            return t
-        await asyncio.sleep(0.05)
 
 
 async def test_async_submit_watch_status_list(dev: Dev) -> None:
@@ -35,7 +25,7 @@ async def test_async_submit_watch_status_list(dev: Dev) -> None:
         progress = [e.progress.fraction for e in events if e.state == task_pb2.TASK_STATE_RUNNING]
         assert progress == sorted(progress)
 
-        done = await _final(client, task_id)
+        done = await async_final_status(client, task_id)
         assert state_name(done.state) == "SUCCEEDED" and done.last_seq == events[-1].seq
 
         page = await client.list(labels={"async": tag})
@@ -85,7 +75,7 @@ async def test_async_watch_can_be_closed_early(dev: Dev) -> None:
 async def test_async_queue_stats(dev: Dev) -> None:
     async with AsyncClient(dev.address, timeout=15) as client:
         task_id = await client.submit("demo.echo", {"queue": "async"})
-        assert state_name((await _final(client, task_id)).state) == "SUCCEEDED"
+        assert state_name((await async_final_status(client, task_id)).state) == "SUCCEEDED"
         stats = await client.queue_stats(window_minutes=2)
         assert stats.window_minutes == 2
         echo = next(k for k in stats.kinds if k.kind == "demo.echo")

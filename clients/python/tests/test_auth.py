@@ -14,9 +14,7 @@ directory (default <repo>/target/debug) for taskwire-api and taskwire-watch.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -30,9 +28,8 @@ from typing import Optional
 import grpc
 import pytest
 
-from conftest import NATS_SERVER, TASKWIRE_BIN, _tail, free_port
-from conftest import Procs as _Procs
-from conftest import wait_for_log as _wait_for
+from conftest import NATS_SERVER, TASKWIRE_BIN, Procs, _tail, free_port
+from helpers import SERVER_EXT, clean_env, make_certificates, start_nats_server
 from taskwire import AsyncClient, Client, TaskwireError, TaskwireWarning
 from taskwire.client import _call_metadata, state_name
 from taskwire.v1 import task_pb2
@@ -60,29 +57,8 @@ class AuthStack:
 
 def _make_ca_and_cert(d: Path) -> Optional[tuple[Path, Path, Path]]:
     """(ca.pem, server.pem, server.key) for 127.0.0.1, or None without openssl."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    if not make_certificates(d, "taskwire test CA", {"server": ("127.0.0.1", SERVER_EXT)}):
         return None
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ext = d / "server.ext"
-    ext.write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n"
-    )
-    steps = [
-        [openssl, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-         "-subj", "/CN=taskwire test CA",
-         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        [openssl, "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-        [openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", str(ext)],
-    ]
-    for cmd in steps:
-        r = subprocess.run(cmd, cwd=d, capture_output=True, timeout=30)
-        if r.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{r.stderr.decode(errors='replace')}")
     return d / "ca.pem", d / "server.pem", d / "server.key"
 
 
@@ -103,25 +79,15 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
             pytest.fail(f"{b} not found (build it, or run scripts/setup for nats-server)")
     d = tmp_path_factory.mktemp("auth")
     # Nothing of the caller's TASKWIRE_* settings (a token, an --auth) leaks in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKWIRE_")}
-    env["NO_COLOR"] = "1"
-    procs = _Procs()
+    env = clean_env()
+    procs = Procs()
     try:
         # Task inputs up to 1 MiB need more than NATS's default max_payload (the api
         # refuses to start otherwise), as `taskwire dev` configures it.
-        conf = d / "nats.conf"
-        conf.write_text("max_payload: 8MB\n")
-        nats_port = free_port()
-        nats_log = d / "nats.log"
-        nats = procs.start(
-            "nats-server",
-            [str(NATS_SERVER), "-c", str(conf), "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(d / "js")],
-            nats_log, env,
-        )
-        _wait_for(nats, nats_log, b"Server is ready", "nats-server")
+        nats_url, nats_log = start_nats_server(procs, d, "max_payload: 8MB\n", env)
         common = [
             "--admin-listen", "off",
-            "--nats-url", f"nats://127.0.0.1:{nats_port}",
+            "--nats-url", nats_url,
             "--database-url", f"sqlite://{d / 't.db'}",
             "--auth", "keys",
         ]
@@ -129,13 +95,13 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
 
         api = f"127.0.0.1:{free_port()}"
         stack_logs["api"] = d / "api.log"
-        p = procs.start("taskwire-api", [str(API_BIN), "--listen", api, *common], stack_logs["api"], env)
-        _wait_for(p, stack_logs["api"], b"api listening", "taskwire-api")
+        procs.start_ready("taskwire-api", [str(API_BIN), "--listen", api, *common], stack_logs["api"], env,
+                          b"api listening")
 
         watch = f"127.0.0.1:{free_port()}"
         stack_logs["watch"] = d / "watch.log"
-        p = procs.start("taskwire-watch", [str(WATCH_BIN), "--listen", watch, *common], stack_logs["watch"], env)
-        _wait_for(p, stack_logs["watch"], b"watch listening", "taskwire-watch")
+        procs.start_ready("taskwire-watch", [str(WATCH_BIN), "--listen", watch, *common], stack_logs["watch"], env,
+                          b"watch listening")
 
         tls_api: Optional[str] = None
         ca: Optional[Path] = None
@@ -144,12 +110,11 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
             ca, cert, key = made
             tls_api = f"127.0.0.1:{free_port()}"
             stack_logs["tls-api"] = d / "tls-api.log"
-            p = procs.start(
+            procs.start_ready(
                 "taskwire-api (TLS)",
                 [str(API_BIN), "--listen", tls_api, "--tls-cert", str(cert), "--tls-key", str(key), *common],
-                stack_logs["tls-api"], env,
+                stack_logs["tls-api"], env, b"api listening",
             )
-            _wait_for(p, stack_logs["tls-api"], b"api listening", "taskwire-api (TLS)")
 
         db_url = f"sqlite://{d / 't.db'}"
         stack = AuthStack(

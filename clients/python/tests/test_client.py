@@ -3,7 +3,6 @@ watch, errors."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -11,7 +10,7 @@ import grpc
 import pytest
 
 from conftest import Dev, free_port
-from helpers import assert_strictly_increasing, eventually, final_status, states
+from helpers import assert_strictly_increasing, collect_in_thread, eventually, final_status, states
 from taskwire import Client, TaskwireError
 from taskwire.client import from_value, is_terminal, state_name
 from taskwire.v1 import task_pb2
@@ -177,18 +176,8 @@ def test_watch_tasks_live_feed(client: Client, dev: Dev) -> None:
 
     with Client(dev.address) as feed_client:
         feed = feed_client.watch_tasks(kind="demo.sleep", labels={"feed": tag}, timeout=30)
-
-        def consume() -> None:
-            try:
-                for ev in feed:
-                    got.append(ev)
-                    if is_terminal(ev.state):
-                        return
-            except TaskwireError:
-                pass
-
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
+        # An error ending the feed is ignored here: the assertions below fail without it.
+        t = collect_in_thread(feed, got, until=lambda ev: is_terminal(ev.state), errors=[])
         # The feed is live only: give the stream a moment to be established.
         time.sleep(1.0)
         task_id = client.submit("demo.sleep", {"seconds": 1.5, "steps": 3}, labels={"feed": tag})

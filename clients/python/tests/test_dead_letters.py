@@ -8,9 +8,7 @@ async clients."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import threading
 import time
 import uuid
 
@@ -18,7 +16,7 @@ import grpc
 import pytest
 
 from conftest import Dev
-from helpers import eventually, final_status
+from helpers import async_eventually, async_final_status, collect_in_thread, eventually, final_status
 from taskwire import AsyncClient, Client, TaskwireError
 from taskwire.client import BulkResult, is_terminal, state_name
 from taskwire.v1 import task_pb2
@@ -191,16 +189,7 @@ def test_watch_tasks_state_failed_hears_each_dead_letter_once(client: Client, de
     feed_client = Client(dev.address)
     try:
         feed = feed_client.watch_tasks(kind="demo.fail", labels=labels, state="FAILED", timeout=120)
-
-        def consume() -> None:
-            try:
-                for ev in feed:
-                    got.append(ev)
-            except TaskwireError as e:
-                errors.append(e)
-
-        thread = threading.Thread(target=consume, daemon=True)
-        thread.start()
+        thread = collect_in_thread(feed, got, errors=errors)
 
         def heard(task_id: str) -> int:
             return sum(1 for e in list(got) if e.task_id == task_id)
@@ -245,13 +234,12 @@ async def test_async_retry_attempts_and_bulk(dev: Dev) -> None:
     async with AsyncClient(dev.address, timeout=15) as client:
 
         async def dead(task_id: str, run: int = 1) -> task_pb2.Task:
-            deadline = asyncio.get_running_loop().time() + WAIT
-            while True:
-                t = await client.status(task_id)
-                if (t.run == run and t.state == FAILED) or asyncio.get_running_loop().time() > deadline:
-                    assert t.run == run and state_name(t.state) == "FAILED", t
-                    return t
-                await asyncio.sleep(0.05)
+            async def status() -> task_pb2.Task:
+                return await client.status(task_id)
+
+            t = await async_eventually(status, lambda t: t.run == run and t.state == FAILED, WAIT, every=0.05)
+            assert t.run == run and state_name(t.state) == "FAILED", t
+            return t
 
         ids = [await client.submit("demo.fail", {"i": i}, labels=labels) for i in range(2)]
         for t in ids:
@@ -289,10 +277,7 @@ async def test_async_retry_attempts_and_bulk(dev: Dev) -> None:
 
         # A task that is not FAILED: FAILED_PRECONDITION.
         echo = await client.submit("demo.echo", "x", labels=labels)
-        deadline = asyncio.get_running_loop().time() + WAIT
-        while not is_terminal((await client.status(echo)).state):
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        assert is_terminal((await async_final_status(client, echo, timeout=WAIT)).state)
         with pytest.raises(TaskwireError) as e:
             await client.retry(echo)
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION

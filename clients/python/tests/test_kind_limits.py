@@ -10,52 +10,21 @@ Against dev's NATS, with in-process Workers and tasks submitted through the clie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import nats
 import pytest
-from nats.aio.client import Client as NATS
 
 from conftest import Dev
+from helpers import async_final_status, nats_connection, running_worker
 from taskwire import AsyncClient
 from taskwire.client import from_value, state_name
 from taskwire.worker import UNLIMITED_RUNNING, TaskContext, Worker, _StartRate, from_args, kind_consumer, main_args
 
 KIND = "py.limited"
 RATE_KIND = "py.rate"  # only test_max_rate_paces_the_kinds_starts serves it
-ACK_WAIT = 5.0
 TASKS = 6
 HOLD = 0.3  # seconds each task runs
-
-
-@contextlib.asynccontextmanager
-async def _nats(dev: Dev) -> AsyncIterator[NATS]:
-    nc = await nats.connect(dev.nats_url, connect_timeout=5, max_reconnect_attempts=2)
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
-@contextlib.asynccontextmanager
-async def _running_worker(
-    dev: Dev, handler: Callable[[TaskContext], Awaitable[Any]], kind: str = KIND, **kw: Any
-) -> AsyncIterator[Worker]:
-    """A Worker for ``kind`` (KIND) on dev's NATS, pulling until the block ends."""
-    worker = Worker(
-        dev.nats_url, ack_wait=ACK_WAIT, backoff_base=0.2, backoff_max=1, shutdown_grace=2, stream_wait=15, **kw
-    )
-    worker.register(kind, handler)
-    await worker.start()
-    run = asyncio.create_task(worker.run(install_signal_handlers=False))
-    try:
-        yield worker
-    finally:
-        worker.shutdown()
-        await asyncio.wait_for(run, timeout=30)
 
 
 def test_max_running_is_checked() -> None:
@@ -118,22 +87,15 @@ async def test_max_rate_paces_the_kinds_starts(dev: Dev) -> None:
     async def handler(ctx: TaskContext) -> Any:
         return {"n": ctx.input}
 
-    async with _running_worker(dev, handler, kind=RATE_KIND, max_rate={RATE_KIND: rate}) as worker:
+    async with running_worker(dev.nats_url, RATE_KIND, handler, max_rate={RATE_KIND: rate}) as worker:
         assert worker.max_rate == {RATE_KIND: rate}
         async with AsyncClient(dev.address, timeout=15) as tw:
             ids = [await tw.submit(RATE_KIND, i) for i in range(n)]
 
-            async def done(task_id: str) -> Any:
-                # The record once the recorder applied the outcome (started_at is the
-                # time of the task's first RUNNING event, the worker's claim).
-                deadline = time.monotonic() + 60
-                while True:
-                    t = await tw.status(task_id)
-                    if state_name(t.state) in ("SUCCEEDED", "FAILED", "CANCELLED") or time.monotonic() > deadline:
-                        return t
-                    await asyncio.sleep(0.1)
-
-            tasks = await asyncio.wait_for(asyncio.gather(*(done(t) for t in ids)), timeout=90)
+            # The records once the recorder applied the outcomes (started_at is the time
+            # of the task's first RUNNING event, the worker's claim).
+            done = (async_final_status(tw, t, timeout=60, every=0.1) for t in ids)
+            tasks = await asyncio.wait_for(asyncio.gather(*done), timeout=90)
     assert [state_name(t.state) for t in tasks] == ["SUCCEEDED"] * n
     assert [from_value(t.output) for t in tasks] == [{"n": i} for i in range(n)]
     assert all(t.HasField("started_at") for t in tasks)
@@ -158,17 +120,17 @@ async def test_max_running_sets_keeps_and_enforces_the_kinds_limit(dev: Dev) -> 
             active -= 1
         return {"n": ctx.input}
 
-    async with _nats(dev) as nc:
+    async with nats_connection(dev.nats_url) as nc:
         jsm = nc.jsm(timeout=5)
 
         async def max_ack_pending() -> int:
             info = await jsm.consumer_info("TASKWIRE_TASKS", kind_consumer(KIND))
             return int(info.config.max_ack_pending)
 
-        async with _running_worker(dev, handler, max_running={KIND: 2}):
+        async with running_worker(dev.nats_url, KIND, handler, max_running={KIND: 2}):
             assert await max_ack_pending() == 2
             # A second worker of the kind, without a limit of its own, keeps it.
-            async with _running_worker(dev, handler):
+            async with running_worker(dev.nats_url, KIND, handler):
                 assert await max_ack_pending() == 2
 
                 async with AsyncClient(dev.address, timeout=15) as tw:
@@ -190,7 +152,7 @@ async def test_max_running_sets_keeps_and_enforces_the_kinds_limit(dev: Dev) -> 
                 assert peak == 2, f"{peak} tasks ran at once under a limit of 2"
 
         # N = 0 lifts the limit.
-        async with _running_worker(dev, handler, max_running={KIND: 0}):
+        async with running_worker(dev.nats_url, KIND, handler, max_running={KIND: 0}):
             assert await max_ack_pending() == UNLIMITED_RUNNING
         async with AsyncClient(dev.address, timeout=15) as tw:
             stats = await tw.queue_stats()

@@ -17,18 +17,17 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats
 import nats.errors
-import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from conftest import Dev
+from helpers import async_eventually, nats_connection, running_worker, stored_messages
 from taskwire import AsyncClient
 from taskwire.client import state_name
 from taskwire.internal.v1 import messages_pb2
@@ -86,62 +85,27 @@ class OtherWorker:
 
     async def history(self, task_id: str) -> list[tuple[str, int]]:
         """(state, attempt) of every stored event of the task, oldest first."""
-        out: list[tuple[str, int]] = []
-        seq = 1
-        while True:
-            try:
-                raw = await self.jsm.get_msg("TASKWIRE_EVENTS", seq, subject=f"taskwire.events.{task_id}", next=True)
-            except nats.js.errors.NotFoundError:
-                return out
-            ev = messages_pb2.Event.FromString(raw.data or b"")
-            out.append((state_name(ev.state), ev.attempt))
-            seq = int(raw.seq) + 1
+        stored = await stored_messages(self.jsm, "TASKWIRE_EVENTS", f"taskwire.events.{task_id}")
+        events = [messages_pb2.Event.FromString(raw.data or b"") for raw in stored]
+        return [(state_name(ev.state), ev.attempt) for ev in events]
 
     async def consumer(self) -> Any:
         return await self.jsm.consumer_info("TASKWIRE_TASKS", kind_consumer(self.kind))
-
-
-async def _eventually(fn: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float) -> bool:
     async def found() -> bool:
         return any(text in r.getMessage() for r in caplog.records)
 
-    return bool(await _eventually(found, bool, timeout))
+    return bool(await async_eventually(found, bool, timeout))
 
 
-@contextlib.asynccontextmanager
-async def _nats(dev: Dev) -> AsyncIterator[NATS]:
-    nc = await nats.connect(dev.nats_url, connect_timeout=5, max_reconnect_attempts=2)
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
-@contextlib.asynccontextmanager
-async def _running_worker(
-    dev: Dev, kind: str, handler: Callable[[TaskContext], Awaitable[Any]], **kw: Any
-) -> AsyncIterator[Worker]:
-    """A Worker for ``kind`` on dev's NATS, pulling until the block ends."""
-    worker = Worker(
-        dev.nats_url, ack_wait=ACK_WAIT, backoff_base=0.2, backoff_max=1, shutdown_grace=1, stream_wait=15, **kw
-    )
-    worker.register(kind, handler)
-    await worker.start()
-    run = asyncio.create_task(worker.run(install_signal_handlers=False))
-    try:
-        yield worker
-    finally:
-        worker.shutdown()
-        await asyncio.wait_for(run, timeout=30)
+def _running_worker(
+    dev: Dev, kind: str, handler: Callable[[TaskContext], Awaitable[Any]]
+) -> contextlib.AbstractAsyncContextManager[Worker]:
+    """A Worker for ``kind`` on dev's NATS, pulling until the block ends, with this
+    module's short ACK_WAIT (what has JetStream redeliver here)."""
+    return running_worker(dev.nats_url, kind, handler, ack_wait=ACK_WAIT, shutdown_grace=1)
 
 
 def _spy_deliveries(worker: Worker) -> list[int]:
@@ -177,7 +141,7 @@ async def test_redelivery_is_left_to_a_live_attempt_that_answers(dev: Dev, worke
         ran.append(ctx.attempt)
         return {}
 
-    async with _nats(dev) as nc:
+    async with nats_connection(dev.nats_url) as nc:
         other = OtherWorker(nc, kind)
         await other.bind()
         task_id = await _submit(dev, kind, max_attempts=3)
@@ -203,7 +167,7 @@ async def test_redelivery_is_left_to_a_live_attempt_that_answers(dev: Dev, worke
             # The live attempt ends and acks its own delivery.
             await other.append(task_id, task_pb2.TASK_STATE_SUCCEEDED, 1, expected=running_seq)
             await first.ack()
-            info = await _eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
+            info = await async_eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
             assert info.num_ack_pending == 0 and info.num_pending == 0, info
             await asyncio.sleep(ACK_WAIT)  # nothing left to redeliver
 
@@ -221,7 +185,7 @@ async def test_redelivery_nobody_answers_for_is_taken_over_with_the_next_attempt
         ran.append(ctx.attempt)
         return {"attempt": ctx.attempt}
 
-    async with _nats(dev) as nc:
+    async with nats_connection(dev.nats_url) as nc:
         other = OtherWorker(nc, kind)
         await other.bind()
         task_id = await _submit(dev, kind, max_attempts=2)
@@ -239,10 +203,10 @@ async def test_redelivery_nobody_answers_for_is_taken_over_with_the_next_attempt
             async def finished() -> list[tuple[str, int]]:
                 return await other.history(task_id)
 
-            hist = await _eventually(finished, lambda h: h[-1][0] != "RUNNING", 20)
+            hist = await async_eventually(finished, lambda h: h[-1][0] != "RUNNING", 20)
             assert hist == [("RUNNING", 1), ("RUNNING", 2), ("SUCCEEDED", 2)], hist
             assert ran == [2]
-            info = await _eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
+            info = await async_eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
             assert info.num_ack_pending == 0 and info.num_pending == 0, info
             assert delivered == [3]
         assert not any("leaving it" in r.getMessage() for r in worker_logs.records)
@@ -256,7 +220,7 @@ async def test_redelivery_after_the_last_attempt_was_lost_fails_the_task(dev: De
         ran.append(ctx.attempt)
         return {}
 
-    async with _nats(dev) as nc:
+    async with nats_connection(dev.nats_url) as nc:
         other = OtherWorker(nc, kind)
         await other.bind()
         task_id = await _submit(dev, kind, max_attempts=1)
@@ -268,14 +232,14 @@ async def test_redelivery_after_the_last_attempt_was_lost_fails_the_task(dev: De
             async def last() -> Any:
                 return await other.jsm.get_last_msg("TASKWIRE_EVENTS", f"taskwire.events.{task_id}")
 
-            raw = await _eventually(
+            raw = await async_eventually(
                 last, lambda r: messages_pb2.Event.FromString(r.data).state != task_pb2.TASK_STATE_RUNNING, 20
             )
             ev = messages_pb2.Event.FromString(raw.data)
             assert (state_name(ev.state), ev.attempt) == ("FAILED", 1)
             assert ev.error.code == "ATTEMPTS_EXHAUSTED" and ev.error.retryable
             assert ev.error.message == "attempt 1 of 1 was lost with its worker"
-            info = await _eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
+            info = await async_eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
             assert info.num_ack_pending == 0 and info.num_pending == 0, info
             dlq = await other.jsm.get_last_msg("TASKWIRE_DLQ", f"taskwire.dlq.{kind}")
             assert dlq.headers["Nats-Msg-Id"] == task_id
@@ -303,7 +267,7 @@ async def test_redelivery_to_the_process_running_the_task_leaves_it_and_cancel_s
             stopped_at.append(time.monotonic())
         return {}
 
-    async with _nats(dev) as nc:
+    async with nats_connection(dev.nats_url) as nc:
         other = OtherWorker(nc, kind)
         async with _running_worker(dev, kind, handler) as worker:
 
@@ -328,8 +292,8 @@ async def test_redelivery_to_the_process_running_the_task_leaves_it_and_cancel_s
             async with AsyncClient(dev.address, timeout=15) as client:
                 cancelled_at = time.monotonic()
                 await client.cancel(task_id)
-            await _eventually(lambda: asyncio.sleep(0, stopped_at), bool, 10)
+            await async_eventually(lambda: asyncio.sleep(0, stopped_at), bool, 10)
             assert stopped_at and stopped_at[0] - cancelled_at < 5, "the cancel signal did not reach the attempt"
-            info = await _eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
+            info = await async_eventually(other.consumer, lambda i: i.num_ack_pending == 0, 10)
             assert info.num_ack_pending == 0 and info.num_pending == 0, info
         assert await other.history(task_id) == [("RUNNING", 1), ("CANCELLED", 1)]

@@ -6,7 +6,6 @@ the client's own refusals come before any call. Sync and async."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import uuid
 import warnings
@@ -16,10 +15,9 @@ import grpc
 import pytest
 
 from conftest import Dev, free_port
-from helpers import final_status
+from helpers import async_final_status, final_status
 from taskwire import AsyncClient, Client, SubmitResult, TaskSpec, TaskwireError, TaskwireWarning
-from taskwire.client import TaskSpecLike, from_value, is_terminal, state_name
-from taskwire.v1 import task_pb2
+from taskwire.client import TaskSpecLike, from_value, state_name
 
 BAD_KIND = "Bad Kind!"  # upper case, a space and "!": not [a-z0-9][a-z0-9._-]*
 
@@ -156,15 +154,6 @@ async def test_async_submit_tasks_client_refusals_come_before_any_call() -> None
             await nowhere.submit_tasks([TaskSpec("demo.echo")], traceparent="00-not-a-trace-01")
 
 
-async def _final(client: AsyncClient, task_id: str, timeout: float = 10.0) -> task_pb2.Task:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        t = await client.status(task_id)
-        if is_terminal(t.state) or asyncio.get_running_loop().time() > deadline:
-            return t
-        await asyncio.sleep(0.05)
-
-
 async def test_async_submit_tasks_refuses_only_the_malformed_task(dev: Dev) -> None:
     tag = uuid.uuid4().hex[:10]
     batch = _batch(tag)
@@ -172,7 +161,7 @@ async def test_async_submit_tasks_refuses_only_the_malformed_task(dev: Dev) -> N
         ids = _assert_first_answers(await client.submit_tasks(batch))
         for task_id, spec in zip(ids, [batch[0], batch[2], batch[3]]):
             await client.wait(task_id, timeout=60)
-            done = await _final(client, task_id)
+            done = await async_final_status(client, task_id)
             assert state_name(done.state) == "SUCCEEDED", done
             assert from_value(done.output) == _input(spec)
         assert {t.id for t in (await client.list(labels={"batch": tag})).tasks} == set(ids)

@@ -11,11 +11,10 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any, Optional
 
-import nats
 import pytest
 
 from conftest import Dev, OtlpSink, PyWorker
-from helpers import eventually, final_status, states
+from helpers import eventually, final_status, nats_connection, running, states
 from taskwire import AsyncClient, Client, TaskSpec
 from taskwire._trace import TraceParent
 from taskwire.client import from_value, is_terminal, state_name
@@ -33,8 +32,7 @@ async def _stored_events(nats_url: str, task_id: str) -> list[Stored]:
     """A finished task's whole history as stored, with each message's headers: an
     ephemeral ordered consumer on `taskwire.events.<task_id>`, read to the terminal
     event."""
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=2)
-    try:
+    async with nats_connection(nats_url) as nc:
         js = nc.jetstream(timeout=5)
         sub = await js.subscribe(f"taskwire.events.{task_id}", ordered_consumer=True)
         out: list[Stored] = []
@@ -47,8 +45,6 @@ async def _stored_events(nats_url: str, task_id: str) -> list[Stored]:
                     return out
         finally:
             await sub.unsubscribe()
-    finally:
-        await nc.close()
 
 
 def stored_events(dev: Dev, task_id: str) -> list[Stored]:
@@ -189,15 +185,9 @@ async def test_worker_with_the_sdk_makes_each_attempt_a_span(traced_dev: Dev, sd
             await ctx.progress(0.5, "half")
         return {"traceparent": ctx.traceparent}
 
-    await worker.start()
-    running = asyncio.create_task(worker.run(install_signal_handlers=False))
-    try:
-        async with AsyncClient(traced_dev.address, timeout=15) as client:
-            task_id = await client.submit("py.otel", {}, traceparent=TRACEPARENT)
-            events = [ev async for ev in client.watch(task_id, timeout=60)]
-    finally:
-        worker.shutdown()
-        await asyncio.wait_for(running, 30)
+    async with running(worker), AsyncClient(traced_dev.address, timeout=15) as client:
+        task_id = await client.submit("py.otel", {}, traceparent=TRACEPARENT)
+        events = [ev async for ev in client.watch(task_id, timeout=60)]
     assert state_name(events[-1].state) == "SUCCEEDED"
 
     stored = await _stored_events(traced_dev.nats_url, task_id)

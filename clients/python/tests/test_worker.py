@@ -10,11 +10,18 @@ import subprocess
 import time
 from typing import Any
 
-import nats
 import pytest
 
 from conftest import GRPCURL, WORKER_ACK_WAIT, Dev, PyWorker
-from helpers import assert_strictly_increasing, final_status, history, states
+from helpers import (
+    assert_strictly_increasing,
+    collect_in_thread,
+    eventually,
+    final_status,
+    history,
+    nats_connection,
+    states,
+)
 from taskwire import Client
 from taskwire.client import from_value, state_name
 from taskwire.internal.v1 import messages_pb2
@@ -34,11 +41,8 @@ def grpcurl_submit(dev: Dev, request: dict[str, Any]) -> str:
 
 
 async def _nats(dev: Dev, fn: Any) -> Any:
-    nc = await nats.connect(dev.nats_url, connect_timeout=5, max_reconnect_attempts=2)
-    try:
+    async with nats_connection(dev.nats_url) as nc:
         return await fn(nc.jsm(timeout=5))
-    finally:
-        await nc.close()
 
 
 def consumer_info(dev: Dev, kind: str) -> Any:
@@ -51,12 +55,9 @@ def dlq_copy(dev: Dev, kind: str) -> Any:
 
 def wait_until_acked(dev: Dev, kind: str, timeout: float = 15.0) -> Any:
     """The kind's work queue is empty and nothing is awaiting an ack."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = consumer_info(dev, kind)
-        if (info.num_pending == 0 and info.num_ack_pending == 0) or time.monotonic() > deadline:
-            return info
-        time.sleep(0.1)
+    return eventually(
+        lambda: consumer_info(dev, kind), lambda i: i.num_pending == 0 and i.num_ack_pending == 0, timeout, every=0.1
+    )
 
 
 def test_consumer_is_the_documented_durable(dev: Dev, py_worker: PyWorker) -> None:
@@ -212,22 +213,13 @@ def test_heartbeats_keep_a_long_python_task_on_its_first_attempt(
 
 def test_python_events_carry_their_kind_for_watch_tasks(dev: Dev, client: Client, py_worker: PyWorker) -> None:
     """WatchTasks filters the live feed by Event.kind, which the Python worker sets."""
-    import threading
     import uuid
 
     tag = uuid.uuid4().hex[:10]
     got: list[task_pb2.TaskEvent] = []
     with Client(dev.address) as feed_client:
         feed = feed_client.watch_tasks(kind="py.reverse", labels={"feed": tag}, timeout=30)
-
-        def consume() -> None:
-            for ev in feed:
-                got.append(ev)
-                if ev.state == task_pb2.TASK_STATE_SUCCEEDED:
-                    return
-
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
+        t = collect_in_thread(feed, got, until=lambda ev: ev.state == task_pb2.TASK_STATE_SUCCEEDED)
         time.sleep(1.0)  # live only: let the stream start first
         task_id = client.submit("py.reverse", {"text": "a b c", "delay_ms": 300}, labels={"feed": tag})
         t.join(timeout=30)

@@ -20,16 +20,13 @@ SIGKILL past a deadline). Binaries: TASKWIRE_BIN's directory (default
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import secrets
-import shutil
-import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -38,10 +35,18 @@ import nats
 import nkeys
 import pytest
 
-from conftest import NATS_SERVER, REPO, TASKWIRE_BIN, Procs, _tail, free_port, wait_for_log
+from conftest import NATS_SERVER, REPO, TASKWIRE_BIN, Procs, _tail, free_port
+from helpers import (
+    CLIENT_EXT,
+    SERVER_EXT,
+    async_final_status,
+    clean_env,
+    make_certificates,
+    running,
+    start_nats_server,
+)
 from taskwire import AsyncClient, TaskwireWarning
-from taskwire.client import from_value, is_terminal, state_name
-from taskwire.v1 import task_pb2
+from taskwire.client import from_value, state_name
 from taskwire.worker import INBOX_PREFIX, Stopped, TaskContext, Worker, kind_consumer
 
 BIN_DIR = TASKWIRE_BIN.parent
@@ -83,13 +88,6 @@ class LockedNats:
         return [line for line in text.splitlines() if "Violation" in line]
 
 
-def _clean_env() -> dict[str, str]:
-    """The caller's environment without any TASKWIRE_* setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKWIRE_")}
-    env["NO_COLOR"] = "1"
-    return env
-
-
 def _permissions_with_nkey_user(public_key: str) -> str:
     """deploy/nats-permissions.conf plus a user known by ``public_key`` with exactly the
     worker's permissions."""
@@ -105,21 +103,6 @@ def _permissions_with_nkey_user(public_key: str) -> str:
     return perms[:end] + entry + perms[end:]
 
 
-def _start_nats(procs: Procs, d: Path, conf_text: str, env: dict[str, str]) -> tuple[str, Path]:
-    conf = d / "nats.conf"
-    conf.write_text(conf_text)
-    port = free_port()
-    nats_log = d / "nats.log"
-    p = procs.start(
-        "nats-server",
-        [str(NATS_SERVER), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port),
-         "-js", "-sd", str(d / "js"), "-l", str(nats_log)],
-        d / "nats.out", env,
-    )
-    wait_for_log(p, d / "nats.out", b"Server is ready", "nats-server", watch=nats_log)
-    return f"nats://127.0.0.1:{port}", nats_log
-
-
 def _role(role: str, passwords: dict[str, str]) -> list[str]:
     flags = ["--nats-user", role, "--nats-password", passwords[role]]
     if role != "api":
@@ -133,7 +116,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockedNats]:
         if not b.exists():
             pytest.fail(f"{b} not found (build it, or run scripts/setup for nats-server)")
     d = tmp_path_factory.mktemp("nats-auth")
-    env = _clean_env()
+    env = clean_env()
     passwords = {role: secrets.token_hex(12) for role in ROLES}
     server_env = dict(env, **{f"TASKWIRE_NATS_{r.upper()}_PASSWORD": pw for r, pw in passwords.items()})
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
@@ -144,21 +127,19 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockedNats]:
     procs = Procs()
     try:
         conf = (DEPLOY / "nats.conf").read_text() + "\n" + _permissions_with_nkey_user(public)
-        nats_url, nats_log = _start_nats(procs, d, conf, server_env)
+        nats_url, nats_log = start_nats_server(procs, d, conf, server_env)
         db = f"sqlite://{d / 't.db'}"
         common = ["--admin-listen", "off", "--nats-url", nats_url, "--database-url", db]
         logs = {"nats": nats_log}
 
         api = f"127.0.0.1:{free_port()}"
         logs["api"] = d / "api.log"
-        p = procs.start("taskwire-api", [str(API_BIN), "--listen", api, *common, *_role("api", passwords)],
-                        logs["api"], env)
-        wait_for_log(p, logs["api"], b"api listening", "taskwire-api")
+        procs.start_ready("taskwire-api", [str(API_BIN), "--listen", api, *common, *_role("api", passwords)],
+                          logs["api"], env, b"api listening")
 
         logs["recorder"] = d / "recorder.log"
-        p = procs.start("taskwire-recorder", [str(RECORDER_BIN), *common, *_role("recorder", passwords)],
-                        logs["recorder"], env)
-        wait_for_log(p, logs["recorder"], b"recorder running", "taskwire-recorder")
+        procs.start_ready("taskwire-recorder", [str(RECORDER_BIN), *common, *_role("recorder", passwords)],
+                          logs["recorder"], env, b"recorder running")
 
         yield LockedNats(nats_url=nats_url, api=api, passwords=passwords, nats_log=nats_log,
                          nkey_seed=seed_file, logs=logs)
@@ -192,31 +173,10 @@ def _echo_worker(url: str, **kw: Any) -> Worker:
     return w
 
 
-@contextlib.asynccontextmanager
-async def _running(worker: Worker) -> AsyncIterator[Worker]:
-    await worker.start()
-    run = asyncio.create_task(worker.run(install_signal_handlers=False))
-    try:
-        yield worker
-    finally:
-        worker.shutdown()
-        await asyncio.wait_for(run, timeout=30)
-
-
 async def _submit(c: AsyncClient, input: Any) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TaskwireWarning)
         return await c.submit(KIND, input, max_attempts=2)
-
-
-async def _final(c: AsyncClient, task_id: str, timeout: float = 30.0) -> task_pb2.Task:
-    """The task's record once the recorder has stored its end."""
-    deadline = time.monotonic() + timeout
-    while True:
-        task = await c.status(task_id)
-        if is_terminal(task.state) or time.monotonic() > deadline:
-            return task
-        await asyncio.sleep(0.1)
 
 
 def _worker_violations(locked: LockedNats, since: int) -> list[str]:
@@ -230,9 +190,9 @@ async def _run_echo_task(locked: LockedNats, worker: Worker) -> None:
     handler's output, with no permission violation of the worker's users meanwhile."""
     since = locked.log_size()
     tag = uuid.uuid4().hex
-    async with _running(worker), AsyncClient(locked.api, timeout=10) as c:
+    async with running(worker), AsyncClient(locked.api, timeout=10) as c:
         task_id = await _submit(c, {"hello": tag})
-        task = await _final(c, task_id)
+        task = await async_final_status(c, task_id, timeout=30, every=0.1)
     assert state_name(task.state) == "SUCCEEDED", (task, _tail(locked.logs["nats"]))
     assert from_value(task.output) == {"echo": {"hello": tag}, "by": "python", "attempt": 1}
     assert task.progress.fraction == 1.0
@@ -265,7 +225,7 @@ async def test_confined_worker_gets_cancel_signals_and_running_requests(
         cancelled.set()
         raise Stopped()
 
-    async with _running(w), AsyncClient(locked.api, timeout=10) as c:
+    async with running(w), AsyncClient(locked.api, timeout=10) as c:
         task_id = await _submit(c, {"wait": True})
         await asyncio.wait_for(started.wait(), timeout=20)
         # Another worker's question, "who runs this task?", as the worker's user.
@@ -278,7 +238,7 @@ async def test_confined_worker_gets_cancel_signals_and_running_requests(
         assert reply.data == b"1"
         await c.cancel(task_id)
         await asyncio.wait_for(cancelled.wait(), timeout=10)
-        task = await _final(c, task_id)
+        task = await async_final_status(c, task_id, timeout=30, every=0.1)
     assert state_name(task.state) == "CANCELLED"
     await asyncio.sleep(0.3)
     assert _worker_violations(locked, since) == [], locked.violations(since)
@@ -405,32 +365,9 @@ class Pki:
 def _make_pki(d: Path) -> Pki:
     """A CA, a server certificate for 127.0.0.1 and a client certificate it signed
     (openssl; the test is skipped without it)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    leaves = {"server": ("server", SERVER_EXT), "client": ("client", CLIENT_EXT)}
+    if not make_certificates(d, "taskwire test NATS CA", leaves):
         pytest.skip("openssl not found")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    (d / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-    )
-    (d / "client.ext").write_text(
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
-    )
-    steps = [
-        [openssl, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-         "-subj", "/CN=taskwire test NATS CA",
-         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-    ]
-    for who in ("server", "client"):
-        steps += [
-            [openssl, "req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", f"/CN={who}"],
-            [openssl, "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", f"{who}.pem", "-days", "2", "-extfile", f"{who}.ext"],
-        ]
-    for cmd in steps:
-        r = subprocess.run(cmd, cwd=d, capture_output=True, timeout=30)
-        if r.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{r.stderr.decode(errors='replace')}")
     return Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
 
 
@@ -447,7 +384,7 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNats]:
     create the streams) reaching it with the CA and the client certificate."""
     d = tmp_path_factory.mktemp("nats-tls")
     pki = _make_pki(d)
-    env = _clean_env()
+    env = clean_env()
     passwords = {role: secrets.token_hex(12) for role in ROLES}
     server_env = dict(env, **{f"TASKWIRE_NATS_{r.upper()}_PASSWORD": pw for r, pw in passwords.items()})
     tls = (
@@ -457,17 +394,15 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNats]:
     conf = (DEPLOY / "nats.conf").read_text() + "\n" + tls + (DEPLOY / "nats-permissions.conf").read_text()
     procs = Procs()
     try:
-        nats_url, _ = _start_nats(procs, d, conf, server_env)
-        api_log = d / "api.log"
-        p = procs.start(
+        nats_url, _ = start_nats_server(procs, d, conf, server_env)
+        procs.start_ready(
             "taskwire-api (NATS over TLS)",
             [str(API_BIN), "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", "off",
              "--nats-url", nats_url, "--database-url", f"sqlite://{d / 't.db'}", *_role("api", passwords),
              "--nats-tls-ca", str(pki.ca), "--nats-tls-cert", str(pki.client_cert),
              "--nats-tls-key", str(pki.client_key)],
-            api_log, env,
+            d / "api.log", env, b"api listening",
         )
-        wait_for_log(p, api_log, b"api listening", "taskwire-api (NATS over TLS)")
         yield TlsNats(nats_url, passwords, pki)
     finally:
         procs.stop_all()

@@ -9,25 +9,17 @@ duplicate window drop the second copy).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import nats
-import nats.js.errors
-from nats.aio.client import Client as NATS
-
 from conftest import Dev
+from helpers import async_eventually, nats_connection, running_worker, stored_messages
 from taskwire import AsyncClient
 from taskwire.client import state_name
 from taskwire.internal.v1 import messages_pb2
 from taskwire.v1 import task_pb2
-from taskwire.worker import TaskContext, TaskFailure, Worker, task_msg_id, worker_name
+from taskwire.worker import TaskContext, TaskFailure, task_msg_id, worker_name
 
-ACK_WAIT = 5.0
 WAIT = 30.0
 
 
@@ -45,54 +37,6 @@ def test_worker_name() -> None:
     assert name.startswith("taskwire-python-worker@") and host and pid.isdigit(), name
 
 
-@contextlib.asynccontextmanager
-async def _nats(dev: Dev) -> AsyncIterator[NATS]:
-    nc = await nats.connect(dev.nats_url, connect_timeout=5, max_reconnect_attempts=2)
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
-@contextlib.asynccontextmanager
-async def _running_worker(
-    dev: Dev, kind: str, handler: Callable[[TaskContext], Awaitable[Any]]
-) -> AsyncIterator[Worker]:
-    """A Worker for ``kind`` on dev's NATS, pulling until the block ends."""
-    worker = Worker(dev.nats_url, ack_wait=ACK_WAIT, backoff_base=0.2, backoff_max=1, shutdown_grace=2, stream_wait=15)
-    worker.register(kind, handler)
-    await worker.start()
-    run = asyncio.create_task(worker.run(install_signal_handlers=False))
-    try:
-        yield worker
-    finally:
-        worker.shutdown()
-        await asyncio.wait_for(run, timeout=30)
-
-
-async def _eventually(fn: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
-
-
-async def _stored(jsm: Any, stream: str, subject: str) -> list[Any]:
-    """Every message stored on ``subject`` in ``stream``, oldest first (message gets of
-    the next message on the subject from a seq)."""
-    out: list[Any] = []
-    seq = 1
-    while True:
-        try:
-            raw = await jsm.get_msg(stream, seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            return out
-        out.append(raw)
-        seq = int(raw.seq) + 1
-
-
 async def test_a_retried_python_run_gets_its_own_dead_letter_and_both_attempts_name_the_worker(dev: Dev) -> None:
     kind = f"py.rerun-{uuid.uuid4().hex[:8]}"
     ran: list[int] = []
@@ -102,31 +46,35 @@ async def test_a_retried_python_run_gets_its_own_dead_letter_and_both_attempts_n
         await ctx.progress(0.5, "half way")  # a RUNNING event that is not a claim
         raise TaskFailure.fatal(f"{kind} always fails", code="PY_RERUN")
 
-    async with _nats(dev) as nc, AsyncClient(dev.address, timeout=15) as tw:
+    async with nats_connection(dev.nats_url) as nc, AsyncClient(dev.address, timeout=15) as tw:
         jsm = nc.jsm(timeout=5)
         dlq_subject = f"taskwire.dlq.{kind}"
 
         async def dead_letters() -> list[Any]:
-            return await _stored(jsm, "TASKWIRE_DLQ", dlq_subject)
+            return await stored_messages(jsm, "TASKWIRE_DLQ", dlq_subject)
 
-        async with _running_worker(dev, kind, handler):
+        async with running_worker(dev.nats_url, kind, handler):
             task_id = await tw.submit(kind, {"n": 1}, max_attempts=2)
 
             async def status() -> task_pb2.Task:
                 return await tw.status(task_id)
 
-            first = await _eventually(status, lambda t: t.run <= 1 and state_name(t.state) == "FAILED")
+            first = await async_eventually(
+                status, lambda t: t.run <= 1 and state_name(t.state) == "FAILED", timeout=WAIT
+            )
             assert state_name(first.state) == "FAILED", first
             assert first.attempt == 1 and first.error.code == "PY_RERUN" and not first.error.retryable, first
-            copies = await _eventually(dead_letters, lambda c: len(c) >= 1)
+            copies = await async_eventually(dead_letters, lambda c: len(c) >= 1, timeout=WAIT)
             assert len(copies) == 1, copies
 
             retried = await tw.retry(task_id)
             assert retried.id == task_id and retried.run == 2, retried
-            second = await _eventually(status, lambda t: t.run == 2 and state_name(t.state) == "FAILED")
+            second = await async_eventually(
+                status, lambda t: t.run == 2 and state_name(t.state) == "FAILED", timeout=WAIT
+            )
             assert second.run == 2 and state_name(second.state) == "FAILED", second
             assert second.attempt == 1 and second.error.code == "PY_RERUN", second
-            copies = await _eventually(dead_letters, lambda c: len(c) >= 2)
+            copies = await async_eventually(dead_letters, lambda c: len(c) >= 2, timeout=WAIT)
         assert ran == [1, 1], "one attempt per run: the failure is not retryable"
 
         # One dead-letter copy per run, each under its run's Nats-Msg-Id: the second run
@@ -156,7 +104,7 @@ async def test_a_retried_python_run_gets_its_own_dead_letter_and_both_attempts_n
         # other event: not on progress, FAILED, nor the api's QUEUED of run 2.
         events = [
             messages_pb2.Event.FromString(raw.data)
-            for raw in await _stored(jsm, "TASKWIRE_EVENTS", f"taskwire.events.{task_id}")
+            for raw in await stored_messages(jsm, "TASKWIRE_EVENTS", f"taskwire.events.{task_id}")
         ]
         seen = [(state_name(e.state), e.attempt, e.run, e.worker) for e in events]
         me = worker_name()
