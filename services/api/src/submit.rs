@@ -54,7 +54,7 @@ impl TaskApi {
         }
         let now = json::now_micros();
         let traceparent = trace::current_traceparent();
-        let staged: Vec<(NewTask, OutboxEntry)> = reqs
+        let (tasks, outboxes): (Vec<NewTask>, Vec<OutboxEntry>) = reqs
             .into_iter()
             .map(|req| {
                 let task = NewTask {
@@ -73,14 +73,15 @@ impl TaskApi {
                 };
                 (task, outbox)
             })
-            .collect();
+            .unzip();
 
         // Whether a worker serves each kind is asked while the tasks are written.
-        let kinds: BTreeSet<&TaskKind> = staged.iter().map(|(t, _)| &t.kind).collect();
+        let kinds: BTreeSet<&TaskKind> = tasks.iter().map(|t| &t.kind).collect();
         let (inserted, warnings) = tokio::join!(
             join_all(
-                staged
+                tasks
                     .iter()
+                    .zip(&outboxes)
                     .map(|(t, o)| s.inserter.insert(t.clone(), o.clone()))
             ),
             join_all(kinds.into_iter().map(|k| async move {
@@ -96,10 +97,11 @@ impl TaskApi {
         }
 
         // Publish every new, due task before waiting for any ack: a batch costs about
-        // one JetStream round trip, not one per task.
+        // one JetStream round trip, not one per task. Each message is moved, not copied.
         join_all(
-            staged
+            tasks
                 .iter()
+                .zip(outboxes)
                 .zip(&inserted)
                 .filter(|((task, _), inserted)| {
                     task.run_at_us.is_none() && matches!(inserted, Ok(Inserted::New))
@@ -108,8 +110,8 @@ impl TaskApi {
         )
         .await;
 
-        let mut answers = Vec::with_capacity(staged.len());
-        for ((task, _), inserted) in staged.iter().zip(inserted) {
+        let mut answers = Vec::with_capacity(tasks.len());
+        for (task, inserted) in tasks.iter().zip(inserted) {
             let warning = warnings.get(task.kind.as_str()).cloned();
             // Metrics label kinds no worker serves as one value: a caller inventing
             // kinds must not grow the label set.
@@ -154,7 +156,7 @@ impl TaskApi {
     /// copy by its id, if the first did arrive). An UNAVAILABLE answer here could be
     /// followed by the task running anyway (the publish may have arrived with its ack
     /// lost), which a caller must never see.
-    async fn publish(&self, id: TaskId, outbox: &OutboxEntry, traceparent: Option<&str>) {
+    async fn publish(&self, id: TaskId, outbox: OutboxEntry, traceparent: Option<&str>) {
         let s = &self.shared;
         let published = match s.fault {
             // Tests: NATS took nothing, or took it and the ack was lost.
@@ -164,9 +166,9 @@ impl TaskApi {
             _ => {
                 nats::publish_task(
                     &s.js,
-                    outbox.subject.clone(),
+                    outbox.subject,
                     &id.to_string(),
-                    Bytes::from(outbox.payload.clone()),
+                    Bytes::from(outbox.payload),
                     traceparent,
                 )
                 .await
