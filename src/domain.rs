@@ -342,6 +342,43 @@ pub fn parse_state_filter(raw: i32) -> Result<Option<TaskState>, InvalidInput> {
     }
 }
 
+/// A submit's place in a task graph: its parent (a task id, or empty for none), what
+/// its failure does to that parent (only with a parent), and what cancelling it does
+/// to its children. Unknown enum values are INVALID_ARGUMENT.
+pub fn parse_graph(
+    parent_id: &str,
+    child_failure: i32,
+    cancel_policy: i32,
+) -> Result<(Option<TaskId>, i32, i32), InvalidInput> {
+    use crate::pb::v1::{CancelPolicy, ChildFailurePolicy};
+    let parent = match parent_id {
+        "" => None,
+        id => Some(TaskId::parse(id).map_err(|_| InvalidInput::Malformed {
+            field: "parent_id",
+            reason: "must be a task id (a UUID) or empty".into(),
+        })?),
+    };
+    if ChildFailurePolicy::try_from(child_failure).is_err() {
+        return Err(InvalidInput::Malformed {
+            field: "child_failure",
+            reason: format!("{child_failure} is not a ChildFailurePolicy"),
+        });
+    }
+    if child_failure != 0 && parent.is_none() {
+        return Err(InvalidInput::Malformed {
+            field: "child_failure",
+            reason: "is only for a child: set parent_id too".into(),
+        });
+    }
+    if CancelPolicy::try_from(cancel_policy).is_err() {
+        return Err(InvalidInput::Malformed {
+            field: "cancel_policy",
+            reason: format!("{cancel_policy} is not a CancelPolicy"),
+        });
+    }
+    Ok((parent, child_failure, cancel_policy))
+}
+
 impl TaskState {
     /// SUCCEEDED, FAILED and CANCELLED never change again.
     pub fn is_terminal(self) -> bool {

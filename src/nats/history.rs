@@ -76,7 +76,8 @@ impl Stored {
 pub enum Appended {
     /// The event was appended.
     Appended(Stored),
-    /// Nothing was appended: the history already ends with this terminal event.
+    /// Nothing was appended: the history already ends with this terminal (or, for
+    /// [`History::append_unless`], done) event.
     Finished(Stored),
 }
 
@@ -276,13 +277,27 @@ impl History {
         &self,
         id: TaskId,
         start: Start,
+        next: impl FnMut(Option<&Stored>) -> Event,
+    ) -> Result<Appended, Error> {
+        self.append_unless(id, start, Stored::is_terminal, next)
+            .await
+    }
+
+    /// [`History::append_unless_finished`] with the caller's idea of "finished": nothing
+    /// is appended when the newest event is `done` (a worker's delivery of a parent's
+    /// first step is done once the parent WAITS; [`Appended::Finished`] then names it).
+    pub async fn append_unless(
+        &self,
+        id: TaskId,
+        start: Start,
+        done: impl Fn(&Stored) -> bool,
         mut next: impl FnMut(Option<&Stored>) -> Event,
     ) -> Result<Appended, Error> {
         let mut read = start == Start::Read;
         for _ in 0..TRIES {
             let last = if read { self.last(id).await? } else { None };
             read = true;
-            if let Some(finished) = last.as_ref().filter(|l| l.is_terminal()) {
+            if let Some(finished) = last.as_ref().filter(|l| l.is_terminal() || done(l)) {
                 return Ok(Appended::Finished(finished.clone()));
             }
             let event = next(last.as_ref());

@@ -301,6 +301,16 @@ pub fn task_msg_id(task_id: &str, run: u32) -> String {
     }
 }
 
+/// The `Nats-Msg-Id` of a task message: [`task_msg_id`], or for a parent's fan-in
+/// step `<task id>:fan-in:<seq of its WAITING event>`, so each fan-in is enqueued once
+/// and never taken for the task's first message.
+pub fn message_id(body: &TaskMessage) -> String {
+    match &body.fan_in {
+        Some(f) => format!("{}:fan-in:{}", body.task_id, f.waiting_seq),
+        None => task_msg_id(&body.task_id, body.run),
+    }
+}
+
 /// Copies a dead task to `taskwire.dlq.<kind>` (Nats-Msg-Id = [`task_msg_id`], so doing
 /// it again after a crash stores it once), with the error in headers.
 pub async fn publish_dead_letter(
@@ -310,7 +320,7 @@ pub async fn publish_dead_letter(
 ) -> Result<(), Error> {
     let mut msg = PublishMessage::build()
         .payload(Bytes::from(body.encode_to_vec()))
-        .message_id(task_msg_id(&body.task_id, body.run).as_str())
+        .message_id(message_id(body).as_str())
         .header(SCHEMA_HEADER, SCHEMA_VERSION);
     if let Some(e) = error {
         msg = msg.header(ERROR_CODE_HEADER, e.code.as_str()).header(

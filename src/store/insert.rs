@@ -9,7 +9,7 @@ use super::{Backend, Error, OutboxEntry, Store, placeholders, placeholders_from}
 use crate::{
     auth::Tenant,
     domain::{Caller, IdempotencyKey, Labels, TaskId, TaskKind},
-    pb::v1::TaskState,
+    pb::{internal::v1::TaskMessage, v1::TaskState},
 };
 
 /// A task to insert, already validated.
@@ -39,6 +39,38 @@ pub struct NewTask {
     /// When it is due, if it was submitted with a delay or run_at ahead: it is stored
     /// SCHEDULED, and its outbox row's lease runs until then.
     pub run_at_us: Option<i64>,
+    /// The task whose child it is, if any.
+    pub parent_id: Option<TaskId>,
+    /// For a child: what its failure does to the parent (`ChildFailurePolicy`).
+    pub child_failure: i32,
+    /// What cancelling it does to its children (`CancelPolicy`).
+    pub cancel_policy: i32,
+}
+
+impl NewTask {
+    /// The message that enqueues the task's first run (RetryTask publishes later
+    /// ones), carrying the submit's trace context.
+    pub fn message(&self, traceparent: Option<String>) -> TaskMessage {
+        TaskMessage {
+            task_id: self.id.to_string(),
+            kind: self.kind.to_string(),
+            input: Some(crate::json::text_to_value(&self.input)),
+            max_attempts: self.max_attempts,
+            timeout: self.timeout.map(|d| prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
+            labels: self.labels.clone().into_map().into_iter().collect(),
+            created_at: Some(crate::json::micros_to_timestamp(self.created_at_us)),
+            traceparent: traceparent.unwrap_or_default(),
+            run_at: self.run_at_us.map(crate::json::micros_to_timestamp),
+            run: 0,
+            parent_id: self.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+            fan_in: None,
+            child_failure: self.child_failure,
+            cancel_policy: self.cancel_policy,
+        }
+    }
 }
 
 /// What [`Store::insert_task`] did.
@@ -84,7 +116,7 @@ impl Store {
     }
 
     #[tracing::instrument(skip_all, fields(tasks = tasks.len()), err)]
-    async fn insert_tasks_on(
+    pub(super) async fn insert_tasks_on(
         &self,
         conn: &mut AnyConnection,
         tasks: &[(NewTask, OutboxEntry)],
@@ -180,13 +212,14 @@ impl Writer {
 }
 
 /// Values a task row binds in [`insert_tasks_sql`].
-const TASK_VALUES: usize = 13;
+const TASK_VALUES: usize = 16;
 
 /// The `INSERT INTO tasks` of a batch; `$1..` are its rows' [`TASK_VALUES`] each.
 fn insert_tasks_sql(rows: usize) -> String {
     format!(
         "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant, run_at_us) VALUES {} \
+         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant, run_at_us, parent_id, \
+         child_failure, cancel_policy) VALUES {} \
          ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
         placeholders(rows, TASK_VALUES)
     )
@@ -217,7 +250,10 @@ fn bind_tasks<'q, O>(
             .bind(t.created_at_us)
             .bind(t.created_at_us)
             .bind(t.tenant.as_str().to_string())
-            .bind(t.run_at_us);
+            .bind(t.run_at_us)
+            .bind(t.parent_id.map(|p| p.to_string()))
+            .bind(i64::from(t.child_failure))
+            .bind(i64::from(t.cancel_policy));
     }
     Ok(q)
 }
@@ -329,8 +365,8 @@ async fn insert_sqlite(
     Ok(inserted)
 }
 
-/// Rows per multi-row INSERT: 12 parameters a row stays far below SQLite's limit.
+/// Rows per multi-row INSERT: 16 parameters a row stays far below SQLite's limit.
 const INSERT_CHUNK: usize = 500;
-/// Tasks per PostgreSQL statement: with 16 values a task and up to 32 labels of 3, a
+/// Tasks per PostgreSQL statement: with 20 values a task and up to 32 labels of 3, a
 /// chunk stays under the protocol's 65,535 parameters.
 const PG_INSERT_CHUNK: usize = 250;

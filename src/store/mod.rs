@@ -21,6 +21,7 @@
 //! [`Error::Unavailable`] instead of hanging the caller.
 
 mod dead_letters;
+mod graph;
 mod insert;
 mod keys;
 mod outbox;
@@ -37,6 +38,7 @@ use sqlx::{
 };
 
 pub use dead_letters::DeadLetterFilter;
+pub use graph::{Child, Tree};
 pub use insert::{Inserted, NewTask, Writer};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use projection::EventUpdate;

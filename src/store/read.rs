@@ -55,6 +55,23 @@ pub struct TaskRecord {
     pub run: u32,
     /// The seq of the event that started that run (0 for the first).
     pub run_seq: u64,
+    /// The task whose child it is.
+    pub parent_id: Option<TaskId>,
+    /// For a child: what its failure does to the parent (`ChildFailurePolicy`).
+    pub child_failure: i32,
+    /// What cancelling it does to its children (`CancelPolicy`).
+    pub cancel_policy: i32,
+    /// Whether it has (had) children.
+    pub has_children: bool,
+    /// The seq of the WAITING event whose children were created (0: none).
+    pub spawned_seq: u64,
+    /// The seq of the WAITING event whose fan-in (or failure) was sent (0: none).
+    pub fan_in_seq: u64,
+    /// Its own progress when its step ended and its children started.
+    pub spawn_progress: f64,
+    /// Its children, counted, when it has some and the read asked
+    /// ([`Store::trees`]).
+    pub tree: Option<super::Tree>,
 }
 
 /// The columns [`TaskRecord::from_row`] reads; a macro so queries stay `&'static str`.
@@ -63,7 +80,8 @@ macro_rules! task_columns {
         "id, kind, state, input, labels, max_attempts, timeout_ms, attempt, \
          progress_fraction, progress_message, output, error_code, error_message, \
          error_retryable, created_at_us, started_at_us, finished_at_us, updated_at_us, last_seq, \
-         tenant, run_at_us, run, run_seq"
+         tenant, run_at_us, run, run_seq, parent_id, child_failure, cancel_policy, \
+         has_children, spawned_seq, fan_in_seq, spawn_progress"
     };
 }
 
@@ -111,6 +129,17 @@ impl TaskRecord {
             run_at_us: row.try_get("run_at_us")?,
             run: row.try_get::<i64, _>("run")? as u32,
             run_seq: row.try_get::<i64, _>("run_seq")? as u64,
+            parent_id: row
+                .try_get::<Option<String>, _>("parent_id")?
+                .map(|p| TaskId::parse(&p).map_err(|_| corrupt("parent id")))
+                .transpose()?,
+            child_failure: row.try_get::<i64, _>("child_failure")? as i32,
+            cancel_policy: row.try_get::<i64, _>("cancel_policy")? as i32,
+            has_children: row.try_get::<i64, _>("has_children")? != 0,
+            spawned_seq: row.try_get::<i64, _>("spawned_seq")? as u64,
+            fan_in_seq: row.try_get::<i64, _>("fan_in_seq")? as u64,
+            spawn_progress: row.try_get("spawn_progress")?,
+            tree: None,
         })
     }
 
@@ -122,7 +151,7 @@ impl TaskRecord {
             kind: self.kind.clone(),
             state: self.state as i32,
             progress: Some(Progress {
-                fraction: self.progress_fraction,
+                fraction: self.tree_progress(),
                 message: self.progress_message.clone(),
             }),
             input: Some(json::text_to_value(&self.input)),
@@ -138,9 +167,73 @@ impl TaskRecord {
             last_seq: self.last_seq,
             run_at: self.run_at_us.map(json::micros_to_timestamp),
             run: self.run,
+            parent_id: self.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+            children: self.tree.as_ref().map(|t| t.counts),
+            child_failure: self.child_failure,
+            cancel_policy: self.cancel_policy,
+        }
+    }
+
+    /// The message that starts run `run` of this task as submitted (RetryTask; the
+    /// graph loop's fan-in adds what it needs). Its queue wait counts from `now_us`.
+    pub fn message(
+        &self,
+        run: u32,
+        now_us: i64,
+        traceparent: Option<String>,
+    ) -> crate::pb::internal::v1::TaskMessage {
+        crate::pb::internal::v1::TaskMessage {
+            task_id: self.id.to_string(),
+            kind: self.kind.clone(),
+            input: Some(json::text_to_value(&self.input)),
+            max_attempts: self.max_attempts,
+            timeout: self.timeout_ms.map(|ms| prost_types::Duration {
+                seconds: ms / 1000,
+                nanos: ((ms % 1000) * 1_000_000) as i32,
+            }),
+            labels: serde_json::from_str(&self.labels).unwrap_or_default(),
+            created_at: Some(json::micros_to_timestamp(now_us)),
+            traceparent: traceparent.unwrap_or_default(),
+            run_at: None,
+            run,
+            parent_id: self.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+            fan_in: None,
+            child_failure: self.child_failure,
+            cancel_policy: self.cancel_policy,
+        }
+    }
+
+    /// The task's progress; for a parent whose step started children, its tree's:
+    /// its own step up to where it ended (`p0`), then its children's share
+    /// ([`CHILDREN_SHARE`] of the rest, each child weighing the same, a terminal one
+    /// counting fully), then its fan-in's. Each phase starts where the one before could
+    /// end, so it never goes backwards while each child's own progress does not.
+    pub fn tree_progress(&self) -> f64 {
+        let Some(tree) = self.tree.as_ref().filter(|t| t.counts.total > 0) else {
+            return self.progress_fraction;
+        };
+        if self.spawned_seq == 0 {
+            // Children a client added to a task whose own step has not ended.
+            return self.progress_fraction;
+        }
+        if self.state == TaskState::Succeeded {
+            return 1.0;
+        }
+        let p0 = self.spawn_progress.clamp(0.0, 1.0);
+        let rest = 1.0 - p0;
+        let children = (tree.done / f64::from(tree.counts.total)).clamp(0.0, 1.0);
+        if self.fan_in_seq == 0 || self.state == TaskState::Waiting {
+            p0 + rest * CHILDREN_SHARE * children
+        } else {
+            let own = self.progress_fraction.clamp(0.0, 1.0);
+            p0 + rest * (CHILDREN_SHARE + (1.0 - CHILDREN_SHARE) * own)
         }
     }
 }
+
+/// The share of a parent's progress after its own step that its children make up;
+/// the fan-in step makes up the rest.
+const CHILDREN_SHARE: f64 = 0.9;
 
 /// How many tasks of a kind finished one way in one minute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +263,8 @@ pub struct ListQuery {
     pub labels: Labels,
     /// Only this tenant's tasks (`None`: every tenant's).
     pub tenant: Option<Tenant>,
+    /// Only the children of this task.
+    pub parent: Option<TaskId>,
 }
 
 /// Where the next page starts: the (created_at_us, id) of the last task returned.
@@ -252,6 +347,10 @@ impl Store {
             if let Some(kind) = &q.kind {
                 let p = param(&mut args, Arg::Text(kind.as_str().to_string()));
                 sql += &format!(" AND kind = {p}");
+            }
+            if let Some(parent) = &q.parent {
+                let p = param(&mut args, Arg::Text(parent.to_string()));
+                sql += &format!(" AND parent_id = {p}");
             }
             for (k, v) in q.labels.iter() {
                 let pk = param(&mut args, Arg::Text(k.clone()));

@@ -12,6 +12,7 @@ mod crash;
 mod dead_letters;
 mod delay;
 mod dev;
+mod graph;
 mod grpc_web;
 mod idempotency;
 mod kind_limits;

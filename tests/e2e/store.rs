@@ -27,6 +27,9 @@ fn new_task(key: Option<&str>, labels: &[(&str, &str)]) -> NewTask {
         timeout: Some(Duration::from_millis(1500)),
         created_at_us: json::now_micros(),
         run_at_us: None,
+        parent_id: None,
+        child_failure: 0,
+        cancel_policy: 0,
     }
 }
 
@@ -120,6 +123,7 @@ async fn tasks_round_trip(db: Db) {
         kind: None,
         labels: Labels::parse(&HashMap::from([(k.to_string(), v.to_string())])).unwrap(),
         tenant: None,
+        parent: None,
     };
     let page = store.list_tasks(&by_label("z", "2")).await.unwrap();
     assert_eq!(page.0.iter().map(|r| r.id).collect::<Vec<_>>(), [plain.id]);

@@ -7,9 +7,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use taskwire::auth::Bearer;
 use taskwire::backoff::Backoff;
 use taskwire::pb::v1::{
-    CancelTaskRequest, GetQueueStatsRequest, GetStatusRequest, ListTasksRequest, SubmitTaskRequest,
-    SubmitTasksRequest, TaskEvent, TaskState, WatchTaskRequest, submit_tasks_result::Outcome,
-    task_service_client::TaskServiceClient, watch_service_client::WatchServiceClient,
+    CancelPolicy, CancelTaskRequest, ChildFailurePolicy, GetQueueStatsRequest, GetStatusRequest,
+    ListTasksRequest, SubmitTaskRequest, SubmitTasksRequest, TaskEvent, TaskState,
+    WatchTaskRequest, submit_tasks_result::Outcome, task_service_client::TaskServiceClient,
+    watch_service_client::WatchServiceClient,
 };
 use tonic::{
     service::interceptor::InterceptedService,
@@ -27,7 +28,7 @@ pub struct SubmitArgs {
     /// SubmitTaskRequest per line in JSON (`{"kind":"demo.echo","input":{..},
     /// "idempotencyKey":"k1"}`), in batches of 1,000. Prints a line per task: its id,
     /// or with --json its answer or error, with its line number.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "input", "idempotency_key", "max_attempts", "labels", "delay", "run_at", "watch"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "input", "idempotency_key", "max_attempts", "labels", "delay", "run_at", "parent", "cancel_policy", "watch"])]
     from_file: Option<PathBuf>,
     /// The input, as JSON.
     #[arg(long, default_value = "null")]
@@ -47,6 +48,16 @@ pub struct SubmitArgs {
     /// Start no earlier than this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).
     #[arg(long, value_parser = parse_time)]
     run_at: Option<prost_types::Timestamp>,
+    /// Submit it as a child of this task (same tenant; a waiting parent's fan-in
+    /// waits for it).
+    #[arg(long, value_name = "TASK_ID")]
+    parent: Option<String>,
+    /// As a child: what its failure does to the parent.
+    #[arg(long, value_parser = parse_child_failure, requires = "parent")]
+    on_failure: Option<ChildFailurePolicy>,
+    /// What cancelling it does to its children: cascade (default) or abandon.
+    #[arg(long, value_parser = parse_cancel_policy)]
+    cancel_policy: Option<CancelPolicy>,
     /// Follow the task's progress until it finishes.
     #[arg(long)]
     watch: bool,
@@ -85,6 +96,9 @@ pub struct LsArgs {
     kind: Option<String>,
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Only the children of this task.
+    #[arg(long, value_name = "TASK_ID")]
+    parent: Option<String>,
     #[arg(long, default_value_t = 20)]
     page_size: i32,
     #[arg(long, default_value = "")]
@@ -101,6 +115,23 @@ pub struct KindsArgs {
     /// Print one JSON object per kind.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_child_failure(s: &str) -> Result<ChildFailurePolicy, String> {
+    match s {
+        "fail-parent" => Ok(ChildFailurePolicy::FailParent),
+        "ignore" => Ok(ChildFailurePolicy::Ignore),
+        "continue" => Ok(ChildFailurePolicy::Continue),
+        _ => Err(format!("{s:?} is not fail-parent, ignore or continue")),
+    }
+}
+
+fn parse_cancel_policy(s: &str) -> Result<CancelPolicy, String> {
+    match s {
+        "cascade" => Ok(CancelPolicy::Cascade),
+        "abandon" => Ok(CancelPolicy::Abandon),
+        _ => Err(format!("{s:?} is not cascade or abandon")),
+    }
 }
 
 fn parse_time(s: &str) -> Result<prost_types::Timestamp, String> {
@@ -186,6 +217,9 @@ pub async fn submit(to: &Target, watch_to: &Target, a: SubmitArgs) -> Result<(),
             .delay
             .map(|d| prost_types::Duration::try_from(d).expect("a parsed delay fits")),
         run_at: a.run_at,
+        parent_id: a.parent.unwrap_or_default(),
+        child_failure: a.on_failure.map_or(0, |p| p as i32),
+        cancel_policy: a.cancel_policy.map_or(0, |p| p as i32),
     });
     if let Some(tp) = taskwire::telemetry::trace::traceparent_of(&span)
         .and_then(|tp| tp.parse::<tonic::metadata::MetadataValue<_>>().ok())
@@ -321,6 +355,7 @@ pub async fn ls(to: &Target, a: LsArgs) -> Result<(), CliError> {
             state: a.state.map_or(0, |s| s as i32),
             kind: a.kind.unwrap_or_default(),
             labels: a.labels.into_iter().collect(),
+            parent_id: a.parent.unwrap_or_default(),
         })
         .await?
         .into_inner();

@@ -3,15 +3,18 @@
 //! cancel and a worker's next event cannot both win. A queued or scheduled task is
 //! then never run (a worker's RUNNING event is rejected; a scheduled one's outbox row
 //! is dropped too); a running one is also signalled on
-//! `taskwire.cancel.<id>` so its handler stops at once.
+//! `taskwire.cancel.<id>` so its handler stops at once. A cancelled parent's children
+//! are cancelled too (its CASCADE policy, the default), and theirs.
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, join_all};
 use taskwire::{
     auth::Scope,
     domain::TaskId,
     nats::{self, Appended, Start, Stored},
-    pb::v1::{Task, TaskState},
-    telemetry::metrics,
+    pb::v1::{CancelPolicy, Task, TaskState},
+    store::TaskRecord,
+    telemetry::{chain, metrics},
 };
 
 use crate::{error::ApiError, service::TaskApi};
@@ -22,8 +25,14 @@ const MAX_PROJECTED: usize = 1000;
 
 impl TaskApi {
     pub(crate) async fn cancel(&self, id: TaskId, scope: &Scope) -> Result<Task, ApiError> {
-        let s = &self.shared;
         let record = self.visible(id, scope).await?;
+        self.cancel_record(record).await
+    }
+
+    /// Cancels the task `record` is of, then (by its cancel policy) its children.
+    pub(crate) async fn cancel_record(&self, record: TaskRecord) -> Result<Task, ApiError> {
+        let s = &self.shared;
+        let id = record.id;
         finished(id, record.state)?;
         if record.state == TaskState::Cancelled {
             return Ok(record.to_proto());
@@ -44,16 +53,19 @@ impl TaskApi {
                 if record.state == TaskState::Scheduled
                     && let Err(e) = s.store.delete_outbox(id).await
                 {
-                    tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "outbox row of a cancelled delayed task kept");
+                    tracing::warn!(task_id = %id, error = %chain(&e), "outbox row of a cancelled delayed task kept");
                 }
                 // Tell a worker running it to stop now; core NATS, best effort: the
                 // worker also learns it from its next rejected event.
                 if let Err(e) = s.nats.publish(nats::cancel_subject(id), Bytes::new()).await {
-                    tracing::warn!(task_id = %id, error = %taskwire::telemetry::chain(&e), "cancel signal not sent");
+                    tracing::warn!(task_id = %id, error = %chain(&e), "cancel signal not sent");
                 }
                 self.project(id, record.last_seq, &stored).await?;
                 metrics::task_event(metrics::TASKS_CANCELLED, &s.kinds.label(&record.kind));
                 tracing::info!(task_id = %id, seq = stored.seq, "task cancelled");
+                if record.has_children {
+                    self.cascade(id, record.cancel_policy).await;
+                }
                 self.current(id).await
             }
             Appended::Finished(stored) => {
@@ -62,6 +74,40 @@ impl TaskApi {
                 self.project(id, record.last_seq, &stored).await?;
                 finished(id, stored.state())?;
                 self.current(id).await
+            }
+        }
+    }
+
+    /// Cancels the children of a cancelled (or failed) parent still running, and
+    /// theirs, unless its policy is ABANDON. Best effort: what a crash leaves running
+    /// the graph loop's sweep cancels (`graph::Graph`).
+    pub(crate) fn cascade(&self, parent: TaskId, policy: i32) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if policy == CancelPolicy::Abandon as i32 {
+                return;
+            }
+            let children = match self.shared.store.active_children(parent).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(task_id = %parent, error = %chain(&e), "children not cancelled; the graph loop will");
+                    return;
+                }
+            };
+            join_all(children.into_iter().map(|child| self.cancel_child(child))).await;
+        })
+    }
+
+    /// Cancels one child of a cancelled parent (and its own children).
+    pub(crate) async fn cancel_child(&self, child: TaskId) {
+        let cancelled = match self.shared.store.get_task(child).await {
+            Ok(Some(record)) if !record.state.is_terminal() => self.cancel_record(record).await,
+            Ok(_) => return,
+            Err(e) => Err(e.into()),
+        };
+        match cancelled {
+            Ok(_) | Err(ApiError::AlreadyFinished { .. }) => {}
+            Err(e) => {
+                tracing::warn!(task_id = %child, error = %chain(&e), "child not cancelled; the graph loop will retry")
             }
         }
     }
@@ -120,6 +166,7 @@ fn finished(id: TaskId, state: TaskState) -> Result<(), ApiError> {
         | TaskState::Queued
         | TaskState::Running
         | TaskState::Retrying
+        | TaskState::Waiting
         | TaskState::Cancelled => Ok(()),
     }
 }

@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "TASKWIRE_OUTBOX_POLL", default_value = "1s", value_parser = parse_duration)]
     pub outbox_poll: Duration,
 
+    /// How often the graph loop looks for waiting parents whose children are to be
+    /// created, or are all done (their fan-in is then enqueued).
+    #[arg(long, env = "TASKWIRE_GRAPH_POLL", default_value = "100ms", value_parser = parse_duration)]
+    pub graph_poll: Duration,
+
     /// Tasks one tenant may submit per second on this replica, in bursts of as many
     /// (0: no limit); past it, RESOURCE_EXHAUSTED with a retry hint. A SubmitTasks
     /// batch counts each of its tasks; one larger than the burst passes when the

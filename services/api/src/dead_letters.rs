@@ -16,11 +16,8 @@ use taskwire::{
     auth::Scope,
     domain::{InvalidInput, Labels, TaskId, TaskKind},
     json, nats,
-    pb::{
-        internal::v1::TaskMessage,
-        v1::{Attempt, BulkTasksRequest, BulkTasksResponse, Task, TaskState},
-    },
-    store::{DeadLetterFilter, OutboxEntry, TaskRecord},
+    pb::v1::{Attempt, BulkTasksRequest, BulkTasksResponse, Task, TaskState},
+    store::{DeadLetterFilter, OutboxEntry},
     telemetry::{chain, metrics, trace},
 };
 
@@ -47,10 +44,18 @@ impl TaskApi {
                 state: state_name(record.state),
             });
         }
+        if record.has_children {
+            // A new run would start new children beside the old ones, whose failure
+            // failed it: not supported yet.
+            return Err(ApiError::NotRetryable {
+                id,
+                state: "a parent with children (retry its failed children instead)",
+            });
+        }
         let run = record.run + 1;
         let now = json::now_micros();
         let traceparent = trace::current_traceparent();
-        let body = task_message(&record, run, now, traceparent.clone());
+        let body = record.message(run, now, traceparent.clone());
         let outbox = OutboxEntry {
             subject: nats::task_subject(&record.kind),
             payload: body.encode_to_vec(),
@@ -234,6 +239,7 @@ pub fn attempts_of(events: &[taskwire::pb::internal::v1::Event]) -> Vec<Attempt>
                 });
             }
             TaskState::Retrying
+            | TaskState::Waiting
             | TaskState::Failed
             | TaskState::Succeeded
             | TaskState::Cancelled => {
@@ -268,32 +274,7 @@ fn state_name(state: TaskState) -> &'static str {
         TaskState::Failed => "failed",
         TaskState::Cancelled => "cancelled",
         TaskState::Scheduled => "scheduled",
-    }
-}
-
-/// The message that starts run `run` of the task in `record`, as submitted.
-fn task_message(
-    record: &TaskRecord,
-    run: u32,
-    now_us: i64,
-    traceparent: Option<String>,
-) -> TaskMessage {
-    let labels = record.to_proto().labels;
-    TaskMessage {
-        task_id: record.id.to_string(),
-        kind: record.kind.clone(),
-        input: Some(json::text_to_value(&record.input)),
-        max_attempts: record.max_attempts,
-        timeout: record.timeout_ms.map(|ms| prost_types::Duration {
-            seconds: ms / 1000,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
-        }),
-        labels,
-        // The queue wait of this run counts from the retry.
-        created_at: Some(json::micros_to_timestamp(now_us)),
-        traceparent: traceparent.unwrap_or_default(),
-        run_at: None,
-        run,
+        TaskState::Waiting => "waiting",
     }
 }
 

@@ -35,6 +35,16 @@ pub enum ApiError {
         /// Where it is.
         state: &'static str,
     },
+    /// Submitting a child of a task that can no longer take one.
+    #[error(
+        "task {parent} is {why}; a child can only be added to a task that has not ended or begun its fan-in"
+    )]
+    ParentClosed {
+        /// The parent.
+        parent: TaskId,
+        /// Where it is.
+        why: &'static str,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -64,9 +74,9 @@ impl From<ApiError> for Status {
                 InvalidInput::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
             },
             ApiError::NotFound(_) => Status::not_found(e.to_string()),
-            ApiError::AlreadyFinished { .. } | ApiError::NotRetryable { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
+            ApiError::AlreadyFinished { .. }
+            | ApiError::NotRetryable { .. }
+            | ApiError::ParentClosed { .. } => Status::failed_precondition(e.to_string()),
             ApiError::Store(s) if s.is_retryable() => unavailable("the database"),
             ApiError::Store(_) => internal(),
             ApiError::Nats(n) => match n {

@@ -14,6 +14,7 @@
 //! - `stats`: GetQueueStats, and the queue and outbox gauges.
 //! - `batch`: group commit of concurrent submits, batched outbox cleanup.
 //! - `relay`: publishes outbox rows whose submitter died.
+//! - `graph`: takes waiting parents through their children and fan-in.
 //! - `error`: the one mapping from errors to gRPC codes.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ mod cancel;
 pub mod config;
 pub mod dead_letters;
 mod error;
+mod graph;
 mod kinds;
 mod reads;
 mod relay;
@@ -58,6 +60,7 @@ pub struct Api {
     /// The gRPC service, to add to a server's routes.
     pub service: TaskServiceServer<TaskApi>,
     relay: relay::Relay,
+    graph: graph::Graph,
     store: Store,
     client: async_nats::Client,
 }
@@ -104,6 +107,10 @@ impl Api {
                 outbox_cleaner: batch::OutboxCleaner::spawn(store.clone()),
             }),
         };
+        let graph = graph::Graph {
+            api: api.clone(),
+            poll: config.graph_poll,
+        };
         let relay = relay::Relay {
             store: store.clone(),
             nats: client.clone(),
@@ -120,6 +127,7 @@ impl Api {
         Ok(Self {
             service,
             relay,
+            graph,
             store,
             client,
         })
@@ -143,7 +151,9 @@ impl Api {
             self.store.clone(),
             shutdown.clone(),
         ));
+        let graph = tokio::spawn(self.graph.run(shutdown.clone()));
         self.relay.run(shutdown).await;
+        let _ = graph.await;
         let _ = gauges.await;
         self.store.close().await;
     }

@@ -38,7 +38,28 @@ const PARALLEL_READS: usize = 64;
 impl TaskApi {
     pub(crate) async fn status(&self, id: TaskId, scope: &Scope) -> Result<Task, ApiError> {
         let record = self.visible(id, scope).await?;
-        Ok(self.fresh(record).await.to_proto())
+        let mut records = [self.fresh(record).await];
+        self.count_children(&mut records).await?;
+        Ok(records[0].to_proto())
+    }
+
+    /// Counts the children of those records that have some ([`TaskRecord::tree`]),
+    /// once the recorder has recorded what the stream holds now: the counts are never
+    /// older than the stream, as the records are.
+    pub(crate) async fn count_children(&self, records: &mut [TaskRecord]) -> Result<(), ApiError> {
+        if !records.iter().any(|r| r.has_children) {
+            return Ok(());
+        }
+        self.await_recorder().await;
+        let mut trees = self
+            .shared
+            .store
+            .trees(&records.iter().collect::<Vec<_>>())
+            .await?;
+        for r in records {
+            r.tree = trees.remove(&r.id);
+        }
+        Ok(())
     }
 
     /// The task's record if `scope` sees it; another tenant's task is NOT_FOUND, as a
@@ -57,13 +78,14 @@ impl TaskApi {
             self.await_recorder().await;
         }
         let (records, next) = self.shared.store.list_tasks(q).await?;
-        let tasks: Vec<Task> = futures::stream::iter(records)
+        let mut records: Vec<TaskRecord> = futures::stream::iter(records)
             .map(|r| self.fresh(r))
             .buffered(PARALLEL_READS)
             .filter(|r| std::future::ready(q.state.is_none_or(|s| r.state == s)))
-            .map(|r| r.to_proto())
             .collect()
             .await;
+        self.count_children(&mut records).await?;
+        let tasks: Vec<Task> = records.iter().map(TaskRecord::to_proto).collect();
         Ok(ListTasksResponse {
             tasks,
             next_page_token: next.map(|t| t.encode()).unwrap_or_default(),

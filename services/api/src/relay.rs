@@ -60,20 +60,20 @@ impl Relay {
             .await?;
         for row in &rows {
             let id = row.task_id.to_string();
-            // The body says which run it starts (a retry's has its own message id) and
-            // carries the submit's trace context, which the header repeats.
+            // The body says which run (or fan-in) it starts, each with its own message
+            // id, and carries the submit's trace context, which the header repeats.
             let body = {
                 use prost::Message as _;
                 taskwire::pb::internal::v1::TaskMessage::decode(row.payload.as_slice()).ok()
             };
-            let run = body.as_ref().map_or(1, |m| m.run);
+            let msg_id = body.as_ref().map_or_else(|| id.clone(), nats::message_id);
             let traceparent = body
                 .map(|m| m.traceparent)
                 .filter(|_| taskwire::telemetry::trace::enabled());
             match nats::publish_task(
                 &self.js,
                 row.subject.clone(),
-                &nats::task_msg_id(&id, run),
+                &msg_id,
                 Bytes::from(row.payload.clone()),
                 traceparent.as_deref(),
             )

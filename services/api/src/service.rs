@@ -242,8 +242,13 @@ impl TaskApi {
             labels,
             delay,
             run_at,
+            parent_id,
+            child_failure,
+            cancel_policy,
         } = req;
         let kind = TaskKind::parse(&kind)?;
+        let (parent_id, child_failure, cancel_policy) =
+            taskwire::domain::parse_graph(&parent_id, child_failure, cancel_policy)?;
         let run_at_us =
             taskwire::domain::parse_schedule(delay.as_ref(), run_at.as_ref(), json::now_micros())?;
         let input = json::value_to_json(input.as_ref())
@@ -284,6 +289,9 @@ impl TaskApi {
             },
             timeout: parse_timeout(timeout.as_ref())?,
             run_at_us,
+            parent_id,
+            child_failure,
+            cancel_policy,
         }))
     }
 }
@@ -295,6 +303,7 @@ fn parse_list(req: ListTasksRequest) -> Result<ListQuery, InvalidInput> {
         state,
         kind,
         labels,
+        parent_id,
     } = req;
     let page_size = match page_size {
         0 => DEFAULT_PAGE_SIZE,
@@ -323,6 +332,16 @@ fn parse_list(req: ListTasksRequest) -> Result<ListQuery, InvalidInput> {
         },
         labels: Labels::parse(&labels)?,
         tenant: None,
+        parent: if parent_id.is_empty() {
+            None
+        } else {
+            Some(
+                TaskId::parse(&parent_id).map_err(|_| InvalidInput::Malformed {
+                    field: "parent_id",
+                    reason: "must be a task id (a UUID) or empty".into(),
+                })?,
+            )
+        },
     })
 }
 

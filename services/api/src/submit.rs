@@ -16,10 +16,7 @@ use prost::Message;
 use taskwire::{
     domain::{TaskId, TaskKind},
     json, nats,
-    pb::{
-        internal::v1::TaskMessage,
-        v1::{SubmitTaskResponse, TaskState},
-    },
+    pb::v1::{SubmitTaskResponse, TaskState},
     store::{Inserted, NewTask, OutboxEntry},
     telemetry::{chain, metrics, trace},
 };
@@ -66,7 +63,7 @@ impl TaskApi {
                 // it then.
                 let outbox = OutboxEntry {
                     subject: nats::task_subject(task.kind.as_str()),
-                    payload: task_message(&task, traceparent.clone()).encode_to_vec(),
+                    payload: task.message(traceparent.clone()).encode_to_vec(),
                     lease_until_us: task
                         .run_at_us
                         .unwrap_or(now + s.outbox_lease.as_micros() as i64),
@@ -76,14 +73,15 @@ impl TaskApi {
             .unzip();
 
         // Whether a worker serves each kind is asked while the tasks are written.
+        // A child is inserted only once its parent is known to take it.
         let kinds: BTreeSet<&TaskKind> = tasks.iter().map(|t| &t.kind).collect();
         let (inserted, warnings) = tokio::join!(
-            join_all(
-                tasks
-                    .iter()
-                    .zip(&outboxes)
-                    .map(|(t, o)| s.inserter.insert(t.clone(), o.clone()))
-            ),
+            join_all(tasks.iter().zip(&outboxes).map(|(t, o)| async move {
+                if let Some(parent) = t.parent_id {
+                    self.open_parent(parent, t).await?;
+                }
+                s.inserter.insert(t.clone(), o.clone()).await
+            })),
             join_all(kinds.into_iter().map(|k| async move {
                 s.kinds
                     .warning(k)
@@ -150,6 +148,31 @@ impl TaskApi {
         Ok(answers)
     }
 
+    /// Checks that `parent` takes a child `task`: it is the same tenant's, and has
+    /// not ended or begun its fan-in (so its fan-in waits for the child). Marks it as
+    /// having children, for reads.
+    async fn open_parent(&self, parent: TaskId, task: &NewTask) -> Result<(), ApiError> {
+        let s = &self.shared;
+        let record = s
+            .store
+            .get_task(parent)
+            .await?
+            .filter(|r| r.tenant == task.tenant)
+            .ok_or(ApiError::NotFound(parent))?;
+        let why = if record.state.is_terminal() {
+            Some("finished")
+        } else if record.fan_in_seq > 0 && record.fan_in_seq >= record.spawned_seq {
+            Some("in its fan-in")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ApiError::ParentClosed { parent, why });
+        }
+        s.store.mark_has_children(parent).await?;
+        Ok(())
+    }
+
     /// Publishes a committed task. Whatever the outcome, the task is accepted: once
     /// the publish is confirmed its outbox row is deleted (in the background); if not,
     /// the relay publishes it once this call's lease runs out (JetStream drops a second
@@ -194,25 +217,5 @@ impl TaskApi {
                 "publish not confirmed; the outbox relay enqueues the task"
             ),
         }
-    }
-}
-
-/// The body published on `taskwire.tasks.<kind>`.
-fn task_message(t: &NewTask, traceparent: Option<String>) -> TaskMessage {
-    TaskMessage {
-        task_id: t.id.to_string(),
-        kind: t.kind.to_string(),
-        input: Some(json::text_to_value(&t.input)),
-        max_attempts: t.max_attempts,
-        timeout: t.timeout.map(|d| prost_types::Duration {
-            seconds: d.as_secs() as i64,
-            nanos: d.subsec_nanos() as i32,
-        }),
-        labels: t.labels.clone().into_map().into_iter().collect(),
-        created_at: Some(json::micros_to_timestamp(t.created_at_us)),
-        traceparent: traceparent.unwrap_or_default(),
-        run_at: t.run_at_us.map(json::micros_to_timestamp),
-        // The first run (RetryTask publishes later ones).
-        run: 0,
     }
 }

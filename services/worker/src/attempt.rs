@@ -35,7 +35,7 @@ use crate::{
     events::{EventWriter, Update},
     running::{self, Registration},
     runtime::Shared,
-    sdk::{Attempt, TaskContext, TaskFailure},
+    sdk::{Attempt, FanInput, Spawned, TaskContext, TaskFailure},
 };
 
 /// How an outcome event is retried while NATS hiccups: 3 tries, 200 ms apart and up.
@@ -43,6 +43,9 @@ const OUTCOME_TRIES: u32 = 3;
 const OUTCOME_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
 /// How soon a task whose claim failed (NATS trouble, a busy history) is tried again.
 const CLAIM_RETRY: Duration = Duration::from_secs(1);
+/// Most bytes of child messages one WAITING event carries (NATS' default max payload
+/// is 1 MiB; the rest is the event's own fields and headroom).
+const MAX_CHILDREN_BYTES: usize = 900 * 1024;
 /// How long a redelivery waits for a live worker to say it still runs the task.
 const ASK_WAIT: Duration = Duration::from_secs(1);
 
@@ -133,6 +136,8 @@ impl Delivery {
 /// How one attempt's handler ended.
 enum Outcome {
     Finished(Result<serde_json::Value, TaskFailure>),
+    /// The step returned and started children: the task waits for them.
+    Waiting(serde_json::Value, Spawned),
     TimedOut(Duration),
     /// Cancelled, or the task was taken over: someone else wrote its history.
     Stopped,
@@ -189,14 +194,29 @@ async fn claim(
         Start::LikelyEmpty
     };
     let (max_attempts, kind) = (d.body.max_attempts, d.body.kind.clone());
+    // A parent's fan-in step runs after its WAITING event (`waiting`), with attempts
+    // from 1 again; its first step's message has nothing left to do once it waits.
+    let waiting = d.body.fan_in.as_ref().map_or(0, |f| f.waiting_seq);
+    let done = |last: &Stored| {
+        if waiting == 0 {
+            last.state() == TaskState::Waiting || last.event.fan_in_of != 0
+        } else {
+            !(last.state() == TaskState::Waiting && last.seq == waiting
+                || last.event.fan_in_of == waiting)
+        }
+    };
     let mut attempt = 0;
     let appended = shared
         .history
-        .append_unless_finished(d.id, start, |last| {
+        .append_unless(d.id, start, done, |last| {
             // Attempts are counted in the history, not in deliveries: a redelivery
             // left to a live attempt, or a claim that failed, spends none.
-            attempt = last.map_or(1, |l| l.event.attempt + 1);
-            if attempt > max_attempts {
+            attempt = match last {
+                Some(l) if l.state() == TaskState::Waiting => 1,
+                Some(l) => l.event.attempt + 1,
+                None => 1,
+            };
+            let mut ev = if attempt > max_attempts {
                 // The last attempt's worker died (or handed it back): the task fails,
                 // recorded under that attempt's number.
                 let mut ev = nats::new_event(d.id, &kind, TaskState::Failed, max_attempts);
@@ -205,8 +225,17 @@ async fn claim(
             } else {
                 let mut ev = nats::new_event(d.id, &kind, TaskState::Running, attempt);
                 ev.worker = crate::events::WORKER_NAME.clone();
+                if waiting != 0 && attempt == 1 {
+                    // The fan-in's share of its tree's progress starts at 0.
+                    ev.progress = Some(Progress {
+                        fraction: 0.0,
+                        message: "fan-in".into(),
+                    });
+                }
                 ev
-            }
+            };
+            ev.fan_in_of = waiting;
+            ev
         })
         .await;
     d.attempt = attempt.min(max_attempts);
@@ -220,7 +249,13 @@ async fn claim(
         }
         Ok(Appended::Appended(Stored { seq, .. })) => {
             registration.claimed(attempt);
-            let writer = EventWriter::new(shared.history.clone(), d.id, &d.body.kind, attempt, seq);
+            let writer = EventWriter::new(
+                shared.history.clone(),
+                d.id,
+                &d.body.kind,
+                (attempt, waiting),
+                seq,
+            );
             Some((Arc::new(writer), registration))
         }
         Ok(Appended::Finished(last)) => {
@@ -296,18 +331,22 @@ async fn execute(
         .as_ref()
         .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
         .unwrap_or(shared.config.default_timeout);
+    let attempt = Arc::new(Attempt {
+        task_id: d.id,
+        kind: d.body.kind.clone(),
+        input: json::value_to_json(d.body.input.as_ref()).unwrap_or(serde_json::Value::Null),
+        labels: d.body.labels.clone().into_iter().collect(),
+        attempt: d.attempt,
+        max_attempts: d.body.max_attempts,
+        deadline: tokio::time::Instant::now() + timeout,
+        stop: stop.clone(),
+        events: writer,
+        fan_in: d.body.fan_in.as_ref().map(FanInput::of),
+        spawned: std::sync::Mutex::default(),
+        traceparent: trace::current_traceparent().unwrap_or_else(|| d.body.traceparent.clone()),
+    });
     let ctx = TaskContext {
-        inner: Arc::new(Attempt {
-            task_id: d.id,
-            kind: d.body.kind.clone(),
-            input: json::value_to_json(d.body.input.as_ref()).unwrap_or(serde_json::Value::Null),
-            labels: d.body.labels.clone().into_iter().collect(),
-            attempt: d.attempt,
-            max_attempts: d.body.max_attempts,
-            deadline: tokio::time::Instant::now() + timeout,
-            stop: stop.clone(),
-            events: writer,
-        }),
+        inner: attempt.clone(),
     };
     let heartbeat = async {
         loop {
@@ -325,6 +364,14 @@ async fn execute(
     let outcome = tokio::select! {
         r = &mut running => match r {
             Ok(_) if stop.is_cancelled() => Outcome::Stopped,
+            Ok(Ok(output)) => {
+                let spawned = std::mem::take(&mut *attempt.spawned.lock().expect("not poisoned"));
+                if spawned.children.is_empty() {
+                    Outcome::Finished(Ok(output))
+                } else {
+                    Outcome::Waiting(output, spawned)
+                }
+            }
             Ok(result) => Outcome::Finished(result),
             Err(e) => Outcome::Finished(Err(TaskFailure::retryable(format!("handler panicked: {e}")).with_code("PANIC"))),
         },
@@ -365,6 +412,34 @@ async fn settle(
             metrics::task_event(metrics::TASKS_SUCCEEDED, &d.body.kind);
             ack(&d.msg).await;
             "succeeded"
+        }
+        Outcome::Waiting(output, spawned) => {
+            let n = spawned.children.len();
+            let waiting = Update {
+                state: TaskState::Waiting,
+                progress: Some(Progress {
+                    fraction: spawned.progress,
+                    message: format!("waiting for {n} children"),
+                }),
+                output: Some(json::json_to_value(&output)),
+                children: spawned.children,
+                fan_in_kind: spawned.fan_in_kind,
+                ..Update::default()
+            };
+            let size: usize = waiting.children.iter().map(|c| c.encoded_len()).sum();
+            if size > MAX_CHILDREN_BYTES {
+                let f = TaskFailure::fatal(format!(
+                    "the {n} children started take {size} bytes; at most {MAX_CHILDREN_BYTES} fit in one event"
+                ))
+                .with_code("CHILDREN_TOO_LARGE");
+                return retry_or_fail(shared, d, writer, f).await;
+            }
+            if !store_outcome(shared, d, writer, waiting).await {
+                return UNSETTLED;
+            }
+            tracing::info!(children = n, "task waits for its children");
+            ack(&d.msg).await;
+            "waiting"
         }
         Outcome::Finished(Err(f)) => retry_or_fail(shared, d, writer, f).await,
         Outcome::TimedOut(timeout) => {

@@ -33,6 +33,9 @@ pub(crate) struct Update {
     pub output: Option<prost_types::Value>,
     pub error: Option<TaskError>,
     pub message: String,
+    /// On a WAITING event: the children the step started, and the fan-in's kind.
+    pub children: Vec<taskwire::pb::internal::v1::TaskMessage>,
+    pub fan_in_kind: String,
 }
 
 impl Update {
@@ -55,18 +58,21 @@ pub(crate) struct EventWriter {
     task_id: TaskId,
     kind: String,
     attempt: u32,
+    /// In a fan-in step: the seq of the WAITING event it follows (every event says so).
+    fan_in_of: u64,
     /// The newest seq of the task's history this attempt knows; the lock also keeps
     /// one attempt's events in order.
     last_seq: Mutex<u64>,
 }
 
 impl EventWriter {
-    /// A writer for `attempt` of a task whose newest event is `last_seq`.
+    /// A writer for `attempt` of a task whose newest event is `last_seq` (of its
+    /// fan-in step after the WAITING event at `fan_in_of`, if not 0).
     pub(crate) fn new(
         history: History,
         task_id: TaskId,
         kind: &str,
-        attempt: u32,
+        (attempt, fan_in_of): (u32, u64),
         last_seq: u64,
     ) -> Self {
         Self {
@@ -74,6 +80,7 @@ impl EventWriter {
             task_id,
             kind: kind.to_string(),
             attempt,
+            fan_in_of,
             last_seq: Mutex::new(last_seq),
         }
     }
@@ -85,6 +92,9 @@ impl EventWriter {
         event.output = u.output;
         event.error = u.error;
         event.message = u.message;
+        event.children = u.children;
+        event.fan_in_kind = u.fan_in_kind;
+        event.fan_in_of = self.fan_in_of;
         let mut last = self.last_seq.lock().await;
         for _ in 0..OWN_EVENT_RESYNCS {
             match self.history.append(&event, *last).await {
@@ -102,6 +112,7 @@ impl EventWriter {
                     Some(newest)
                         if newest.seq > *last
                             && newest.event.attempt == self.attempt
+                            && newest.event.fan_in_of == self.fan_in_of
                             && newest.state() == TaskState::Running =>
                     {
                         *last = newest.seq;

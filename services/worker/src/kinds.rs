@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::sdk::{HandlerResult, Registry, TaskContext, TaskFailure};
+use taskwire::pb::v1::{ChildFailurePolicy, TaskState};
+
+use crate::sdk::{ChildSpec, HandlerResult, Registry, TaskContext, TaskFailure};
 
 /// A registry with every built-in kind.
 pub fn builtin() -> Registry {
@@ -13,7 +15,8 @@ pub fn builtin() -> Registry {
         .register("demo.sleep", sleep)
         .register("demo.flaky", flaky)
         .register("demo.fail", fail)
-        .register("demo.agent", agent);
+        .register("demo.agent", agent)
+        .register("demo.fanout", fanout);
     r
 }
 
@@ -55,9 +58,132 @@ async fn fail(_ctx: TaskContext) -> HandlerResult {
     Err(TaskFailure::fatal("demo.fail always fails").with_code("DEMO_FAILURE"))
 }
 
-/// `{"prompt": s, "tokens": n, "delay_ms": d}`: a simulated LLM agent that streams one
-/// progress message per token.
+/// `{"prompt": s, "tokens": n, "delay_ms": d, "tools": t}`: a simulated LLM agent that
+/// streams one progress message per token. With `tools` > 0 it fans out: it plans,
+/// starts `t` tool calls (child `demo.agent` tasks that stream their own tokens), waits
+/// for them, then writes a summary of their answers (its fan-in step).
 async fn agent(ctx: TaskContext) -> HandlerResult {
+    let tools = number(ctx.input(), "tools", 0.0)? as usize;
+    if tools > 0 {
+        return match ctx.children() {
+            None => plan(&ctx, tools).await,
+            Some(_) => summarize(&ctx).await,
+        };
+    }
+    generate(&ctx).await
+}
+
+/// The agent's first step with tools: a few planning tokens, then one child per tool.
+async fn plan(ctx: &TaskContext, tools: usize) -> HandlerResult {
+    let delay = Duration::from_millis(number(ctx.input(), "delay_ms", 50.0)? as u64);
+    let tokens = number(ctx.input(), "tokens", 20.0)?;
+    for (i, step) in ["reading the prompt", "choosing tools"].iter().enumerate() {
+        pause(ctx, delay).await?;
+        ctx.progress((i + 1) as f64 / 2.0, *step).await?;
+    }
+    let prompt = ctx.input()["prompt"].as_str().unwrap_or("");
+    for i in 0..tools {
+        ctx.spawn(ChildSpec::new(
+            "demo.agent",
+            json!({ "prompt": format!("{prompt} / tool {}", i + 1), "tokens": tokens, "delay_ms": delay.as_millis() as u64 }),
+        ))?;
+    }
+    Ok(json!({ "plan": format!("{tools} tool calls") }))
+}
+
+/// The agent's fan-in: one line per tool's answer, streamed.
+async fn summarize(ctx: &TaskContext) -> HandlerResult {
+    let delay = Duration::from_millis(number(ctx.input(), "delay_ms", 50.0)? as u64);
+    let children = ctx.children().unwrap_or_default();
+    let mut lines = Vec::new();
+    for (i, c) in children.iter().enumerate() {
+        pause(ctx, delay).await?;
+        let text = c
+            .output
+            .as_ref()
+            .and_then(|o| o["text"].as_str())
+            .unwrap_or("(no answer)");
+        lines.push(format!("tool {}: {text}", i + 1));
+        ctx.progress(
+            (i + 1) as f64 / children.len().max(1) as f64,
+            format!("summarizing tool {}", i + 1),
+        )
+        .await?;
+    }
+    Ok(json!({ "summary": lines }))
+}
+
+/// `{"children": n, "child_kind": k, "child_input": v, "fail": [i, ...], "policy":
+/// "fail_parent" | "ignore" | "continue", "fan_in_seconds": f}`: starts n children
+/// (of `child_kind`, default demo.echo with input `{"i": i}`; those at the `fail`
+/// indices run demo.fail), each under `policy`. Its fan-in (after `fan_in_seconds`,
+/// with progress) returns every result it received, in order.
+async fn fanout(ctx: TaskContext) -> HandlerResult {
+    let input = ctx.input().clone();
+    if let Some(children) = ctx.children() {
+        let seconds = number(&input, "fan_in_seconds", 0.0)?;
+        let steps = 10;
+        for i in 1..=steps {
+            pause(&ctx, Duration::from_secs_f64(seconds / f64::from(steps))).await?;
+            ctx.progress(
+                f64::from(i) / f64::from(steps),
+                format!("fan-in {i}/{steps}"),
+            )
+            .await?;
+        }
+        let results: Vec<Value> = children
+            .iter()
+            .map(|c| {
+                json!({
+                    "task_id": c.task_id.to_string(),
+                    "state": c.state.as_str_name(),
+                    "output": c.output,
+                    "error": c.error.as_ref().map(|e| e.code.clone()),
+                })
+            })
+            .collect();
+        let succeeded = children
+            .iter()
+            .filter(|c| c.state == TaskState::Succeeded)
+            .count();
+        return Ok(
+            json!({ "received": results.len(), "succeeded": succeeded, "results": results }),
+        );
+    }
+    let n = number(&input, "children", 0.0)? as usize;
+    let fail: Vec<u64> = input["fail"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let policy = match input["policy"].as_str().unwrap_or("fail_parent") {
+        "fail_parent" => ChildFailurePolicy::FailParent,
+        "ignore" => ChildFailurePolicy::Ignore,
+        "continue" => ChildFailurePolicy::Continue,
+        other => {
+            return Err(TaskFailure::fatal(format!(
+                "policy must be fail_parent, ignore or continue, not {other}"
+            ))
+            .with_code("BAD_INPUT"));
+        }
+    };
+    let kind = input["child_kind"].as_str().unwrap_or("demo.echo");
+    for i in 0..n {
+        let child = if fail.contains(&(i as u64)) {
+            ChildSpec::new("demo.fail", json!({ "i": i }))
+        } else {
+            let input = match &input["child_input"] {
+                Value::Null => json!({ "i": i }),
+                v => v.clone(),
+            };
+            ChildSpec::new(kind, input)
+        };
+        ctx.spawn(child.on_failure(policy))?;
+    }
+    Ok(json!({ "spawned": n }))
+}
+
+/// The agent without tools: streams its tokens.
+async fn generate(ctx: &TaskContext) -> HandlerResult {
     const WORDS: &[&str] = &[
         "the",
         "task",
@@ -89,7 +215,7 @@ async fn agent(ctx: TaskContext) -> HandlerResult {
         .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
     let mut text = String::new();
     for i in 0..tokens {
-        pause(&ctx, delay).await?;
+        pause(ctx, delay).await?;
         let word = WORDS[(seed + i) % WORDS.len()];
         if !text.is_empty() {
             text.push(' ');

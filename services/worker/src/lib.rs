@@ -42,5 +42,6 @@ pub mod sdk;
 
 pub use config::Config;
 pub use runtime::{Worker, run};
-pub use sdk::{HandlerResult, Registry, Stopped, TaskContext, TaskFailure};
+pub use sdk::{ChildResult, ChildSpec, HandlerResult, Registry, Stopped, TaskContext, TaskFailure};
+pub use taskwire::pb::v1::{CancelPolicy, ChildFailurePolicy};
 pub use taskwire::service::Error;

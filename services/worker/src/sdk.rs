@@ -23,8 +23,12 @@ use std::{
 };
 
 use taskwire::{
-    domain::{TaskId, TaskKind},
-    pb::v1::Progress,
+    domain::{Labels, TaskId, TaskKind},
+    json,
+    pb::{
+        internal::v1::TaskMessage,
+        v1::{CancelPolicy, ChildFailurePolicy, Progress, TaskError, TaskState},
+    },
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +143,123 @@ pub struct TaskContext {
     pub(crate) inner: Arc<Attempt>,
 }
 
+/// A child task to start from a handler ([`TaskContext::spawn`]).
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    kind: String,
+    input: serde_json::Value,
+    labels: BTreeMap<String, String>,
+    max_attempts: u32,
+    timeout: Option<std::time::Duration>,
+    on_failure: ChildFailurePolicy,
+    cancel_policy: CancelPolicy,
+}
+
+impl ChildSpec {
+    /// A child of `kind` with `input`; it fails its parent if it fails, has the
+    /// parent's max_attempts, and the worker's default timeout.
+    pub fn new(kind: &str, input: serde_json::Value) -> Self {
+        Self {
+            kind: kind.to_string(),
+            input,
+            labels: BTreeMap::new(),
+            max_attempts: 0,
+            timeout: None,
+            on_failure: ChildFailurePolicy::FailParent,
+            cancel_policy: CancelPolicy::Cascade,
+        }
+    }
+
+    /// What its failure does to the parent.
+    pub fn on_failure(mut self, policy: ChildFailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// What cancelling it does to its own children.
+    pub fn cancel_policy(mut self, policy: CancelPolicy) -> Self {
+        self.cancel_policy = policy;
+        self
+    }
+
+    /// Adds a label (rules as SubmitTask's).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Its attempts (1 to 100; 0: the parent's).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Its per-attempt timeout.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// How a child ended, as its parent's fan-in step sees it ([`TaskContext::children`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildResult {
+    pub task_id: TaskId,
+    pub kind: String,
+    /// SUCCEEDED, FAILED or CANCELLED.
+    pub state: TaskState,
+    /// Its output, if it succeeded.
+    pub output: Option<serde_json::Value>,
+    /// Why it failed, if it did.
+    pub error: Option<TaskError>,
+}
+
+/// Most children one step may start: their messages travel in one event.
+pub const MAX_CHILDREN: usize = 1000;
+
+/// What a fan-in step receives.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FanInput {
+    pub children: Vec<ChildResult>,
+    pub step_output: Option<serde_json::Value>,
+}
+
+impl FanInput {
+    pub(crate) fn of(m: &taskwire::pb::internal::v1::FanIn) -> Self {
+        Self {
+            children: m
+                .children
+                .iter()
+                .filter_map(|c| {
+                    Some(ChildResult {
+                        task_id: TaskId::parse(&c.task_id).ok()?,
+                        kind: c.kind.clone(),
+                        state: TaskState::try_from(c.state).unwrap_or_default(),
+                        output: c
+                            .output
+                            .as_ref()
+                            .and_then(|v| json::value_to_json(Some(v)).ok()),
+                        error: c.error.clone(),
+                    })
+                })
+                .collect(),
+            step_output: m
+                .step_output
+                .as_ref()
+                .and_then(|v| json::value_to_json(Some(v)).ok()),
+        }
+    }
+}
+
+/// What a step started: its children and the kind of its fan-in.
+#[derive(Debug, Default)]
+pub(crate) struct Spawned {
+    pub children: Vec<TaskMessage>,
+    pub fan_in_kind: String,
+    /// The step's own progress as last reported (where its tree's share starts).
+    pub progress: f64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Attempt {
     pub task_id: TaskId,
@@ -152,6 +273,12 @@ pub(crate) struct Attempt {
     /// shutdown's grace period ends.
     pub stop: CancellationToken,
     pub events: Arc<EventWriter>,
+    /// Set in a parent's fan-in step.
+    pub fan_in: Option<FanInput>,
+    /// What the step started.
+    pub spawned: std::sync::Mutex<Spawned>,
+    /// The parent's trace context, handed to its children.
+    pub traceparent: String,
 }
 
 impl TaskContext {
@@ -204,6 +331,7 @@ impl TaskContext {
         } else {
             0.0
         };
+        self.inner.spawned.lock().expect("not poisoned").progress = fraction;
         self.send(Update {
             progress: Some(Progress {
                 fraction,
@@ -212,6 +340,69 @@ impl TaskContext {
             ..Update::running()
         })
         .await
+    }
+
+    /// Starts a child task once this step ends well: the children a step spawns are
+    /// created (all of them, atomically) when its handler returns `Ok`; the task then
+    /// WAITS for them, and runs its fan-in step (this kind, or the one named with
+    /// [`TaskContext::fan_in_as`]) with their results once they are all terminal. A
+    /// step that fails starts none. Returns the child's id.
+    pub fn spawn(&self, child: ChildSpec) -> Result<TaskId, TaskFailure> {
+        let bad = |why: String| TaskFailure::fatal(why).with_code("BAD_CHILD");
+        let kind = TaskKind::parse(&child.kind).map_err(|e| bad(e.to_string()))?;
+        let labels = Labels::parse(&child.labels).map_err(|e| bad(e.to_string()))?;
+        if child.max_attempts > 100 {
+            return Err(bad("a child's max_attempts is at most 100".into()));
+        }
+        let mut spawned = self.inner.spawned.lock().expect("not poisoned");
+        if spawned.children.len() >= MAX_CHILDREN {
+            return Err(bad(format!(
+                "a step starts at most {MAX_CHILDREN} children"
+            )));
+        }
+        let id = TaskId::new();
+        spawned.children.push(TaskMessage {
+            task_id: id.to_string(),
+            kind: kind.to_string(),
+            input: Some(json::json_to_value(&child.input)),
+            max_attempts: match child.max_attempts {
+                0 => self.inner.max_attempts,
+                n => n,
+            },
+            timeout: child.timeout.map(|d| prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
+            labels: labels.into_map().into_iter().collect(),
+            created_at: Some(json::micros_to_timestamp(json::now_micros())),
+            traceparent: self.inner.traceparent.clone(),
+            run_at: None,
+            run: 0,
+            parent_id: self.inner.task_id.to_string(),
+            fan_in: None,
+            child_failure: child.on_failure as i32,
+            cancel_policy: child.cancel_policy as i32,
+        });
+        Ok(id)
+    }
+
+    /// Names the kind whose handler runs this task's fan-in step (default: its own).
+    pub fn fan_in_as(&self, kind: &str) -> Result<(), TaskFailure> {
+        let kind = TaskKind::parse(kind)
+            .map_err(|e| TaskFailure::fatal(e.to_string()).with_code("BAD_CHILD"))?;
+        self.inner.spawned.lock().expect("not poisoned").fan_in_kind = kind.to_string();
+        Ok(())
+    }
+
+    /// In a fan-in step: how each child ended, in the order they were started (but
+    /// those with the IGNORE policy that did not succeed). `None` in a first step.
+    pub fn children(&self) -> Option<&[ChildResult]> {
+        self.inner.fan_in.as_ref().map(|f| f.children.as_slice())
+    }
+
+    /// In a fan-in step: what the task's first step returned.
+    pub fn step_output(&self) -> Option<&serde_json::Value> {
+        self.inner.fan_in.as_ref()?.step_output.as_ref()
     }
 
     /// Writes a log line to the task's event history.
