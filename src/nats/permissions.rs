@@ -9,7 +9,8 @@
 //!   cancel signals. It cannot submit a task, touch a stream, or pull another kind.
 //! - recorder: pulls the events and advisories consumers; appends a task's end when
 //!   its deliveries ran out.
-//! - watch: reads the live subjects and the event history; publishes nothing else.
+//! - watch: reads the live subjects and the event history (a tree watch through
+//!   ephemeral consumers of the events stream); publishes nothing else.
 //!
 //! Each process's replies arrive on its own inbox prefix (`_INBOX_taskwire-<role>`),
 //! the only inbox its role may subscribe to.
@@ -103,9 +104,15 @@ pub fn roles(kinds: &[String]) -> Vec<Permissions> {
         publish: recorder_pub,
         subscribe: vec![inbox("recorder")],
     };
+    // Tree watches read the events through ephemeral ordered consumers of their own
+    // (consumer names cannot be confined by a wildcard, so any consumer of that stream).
+    let mut watch_pub = stream_reads();
+    for api in ["CREATE", "MSG.NEXT", "DELETE", "INFO"] {
+        watch_pub.push(format!("$JS.API.CONSUMER.{api}.{EVENTS_STREAM}.>"));
+    }
     let watch = Permissions {
         role: "watch",
-        publish: stream_reads(),
+        publish: watch_pub,
         subscribe: vec![inbox("watch"), subjects::LIVE_ALL.into()],
     };
     vec![api, worker, recorder, watch]

@@ -155,6 +155,7 @@ async fn keys_roles_and_tenants(db: Db) {
             WatchTaskRequest {
                 task_id: a_task.clone(),
                 after_seq: 0,
+                tree: false,
             },
         ))
         .await
@@ -260,6 +261,7 @@ async fn keys_roles_and_tenants(db: Db) {
                     WatchTaskRequest {
                         task_id: b_task,
                         after_seq: 0,
+                        tree: false,
                     },
                 ))
                 .await
@@ -406,6 +408,7 @@ async fn limits_hold_per_tenant_and_key(db: Db) {
             WatchTaskRequest {
                 task_id: id.to_string(),
                 after_seq: 0,
+                tree: false,
             },
         )
     };

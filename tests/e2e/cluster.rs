@@ -104,6 +104,7 @@ async fn watch_to_the_end(
             let request = WatchTaskRequest {
                 task_id: id.clone(),
                 after_seq,
+                tree: false,
             };
             Some(client.watch_task(request).await.ok()?.into_inner())
         };

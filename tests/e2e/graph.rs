@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
+use taskwire::pb::v1::{TaskEvent, WatchTaskRequest};
 use taskwire::{
     json::value_to_json,
     pb::v1::{
@@ -13,7 +14,9 @@ use taskwire::{
         SubmitTaskRequest, Task, TaskState, task_service_client::TaskServiceClient,
     },
 };
-use taskwire_tests::{Db, Stack, both_databases, eventually, wait_terminal};
+use taskwire_tests::{
+    Db, Stack, WatchServer, both_databases, eventually, wait_terminal, watch_client,
+};
 use tonic::{Code, transport::Channel};
 
 use super::{submit, submit_req};
@@ -349,8 +352,113 @@ async fn client_children(db: Db) {
     );
 }
 
+/// A tree watch streams the parent's and its children's events in one order; one
+/// dropped midway and resumed from its last seq gets exactly the rest (no gap, no
+/// repeat): what it got in two parts is what a full replay of the tree gets.
+async fn tree_watch_resumes(db: Db) {
+    let stack = Stack::start(db).await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
+    let mut client = stack.client().await;
+    let parent = submit(
+        &mut client,
+        submit_req(
+            "demo.fanout",
+            json!({"children": 5, "child_kind": "demo.sleep",
+                   "child_input": {"seconds": 0.5, "steps": 5}, "fan_in_seconds": 0.2}),
+        ),
+    )
+    .await;
+    let tree_watch = |after_seq: u64| {
+        let parent = parent.clone();
+        let addr = watch.addr;
+        async move {
+            watch_client(addr)
+                .await
+                .watch_task(WatchTaskRequest {
+                    task_id: parent,
+                    after_seq,
+                    tree: true,
+                })
+                .await
+                .expect("a tree watch starts")
+                .into_inner()
+        }
+    };
+    // The first part: until some child has reported progress, then the client leaves.
+    let mut first: Vec<TaskEvent> = Vec::new();
+    let mut stream = tree_watch(0).await;
+    while let Some(e) = stream.message().await.expect("stream ok") {
+        let child_progress = !e.parent_id.is_empty() && e.progress.is_some();
+        first.push(e);
+        if child_progress {
+            break;
+        }
+    }
+    drop(stream);
+    let resume_at = first.last().expect("events before the drop").seq;
+    let mut rest = Vec::new();
+    let mut stream = tree_watch(resume_at).await;
+    while let Some(e) = stream.message().await.expect("stream ok") {
+        rest.push(e);
+    }
+    let mut full = Vec::new();
+    let mut stream = tree_watch(0).await;
+    while let Some(e) = stream.message().await.expect("stream ok") {
+        full.push(e);
+    }
+
+    let seqs = |v: &[TaskEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let joined: Vec<TaskEvent> = first.iter().chain(&rest).cloned().collect();
+    assert_eq!(
+        seqs(&joined),
+        seqs(&full),
+        "no gap and no repeat across the resume"
+    );
+    assert_eq!(joined, full);
+    assert!(
+        seqs(&full).windows(2).all(|w| w[1] > w[0]),
+        "one order, by seq"
+    );
+    let last = full.last().unwrap();
+    assert_eq!(last.task_id, parent);
+    assert_eq!(
+        last.state,
+        TaskState::Succeeded as i32,
+        "it ends with the parent's end"
+    );
+    let kids: HashSet<String> = children(&client, &parent)
+        .await
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(kids.len(), 5);
+    let streamed: HashSet<String> = full
+        .iter()
+        .filter(|e| e.parent_id == parent)
+        .map(|e| e.task_id.clone())
+        .collect();
+    assert_eq!(streamed, kids, "every child's events are in the tree");
+    for e in &full {
+        let (parent_id, kind) = if e.task_id == parent {
+            ("", "demo.fanout")
+        } else {
+            (parent.as_str(), "demo.sleep")
+        };
+        assert_eq!((e.parent_id.as_str(), e.kind.as_str()), (parent_id, kind));
+        if e.task_id != parent && e.state == TaskState::Succeeded as i32 {
+            assert!(
+                full.iter().any(|p| p.task_id == parent
+                    && p.seq > e.seq
+                    && p.progress.as_ref().is_some_and(|p| p.message == "fan-in")),
+                "the fan-in starts after every child ended"
+            );
+        }
+    }
+}
+
 both_databases!(
     fan_out_and_fan_in,
+    tree_watch_resumes,
     failure_policies,
     cancel_cascades,
     client_children

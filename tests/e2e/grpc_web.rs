@@ -149,6 +149,7 @@ async fn browser_style_grpc_web_calls() {
             &WatchTaskRequest {
                 task_id: id.clone(),
                 after_seq: 0,
+                tree: false,
             },
         ),
     )

@@ -208,6 +208,7 @@ async fn hostile_values_everywhere(db: Db) {
             .watch_task(WatchTaskRequest {
                 task_id: bad.into(),
                 after_seq: 0,
+                tree: false,
             })
             .await
             .unwrap_err();
@@ -217,6 +218,7 @@ async fn hostile_values_everywhere(db: Db) {
         .watch_task(WatchTaskRequest {
             task_id: uuid::Uuid::now_v7().to_string(),
             after_seq: u64::MAX,
+            tree: false,
         })
         .await
         .unwrap_err();

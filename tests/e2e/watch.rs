@@ -130,6 +130,7 @@ async fn watchers_before_during_after_agree(db: Db) {
         .watch_task(WatchTaskRequest {
             task_id: unknown,
             after_seq: 0,
+            tree: false,
         })
         .await
         .unwrap_err();
@@ -140,6 +141,7 @@ async fn watchers_before_during_after_agree(db: Db) {
         .watch_task(WatchTaskRequest {
             task_id: "x".into(),
             after_seq: 0,
+            tree: false,
         })
         .await
         .unwrap_err();
@@ -166,6 +168,7 @@ async fn resume_on_another_replica_after_a_kill(db: Db) {
         .watch_task(WatchTaskRequest {
             task_id: id.clone(),
             after_seq: 0,
+            tree: false,
         })
         .await
         .unwrap()
@@ -276,6 +279,7 @@ async fn a_watcher_that_never_reads_slows_nobody(db: Db) {
         .watch_task(WatchTaskRequest {
             task_id: id.clone(),
             after_seq: 0,
+            tree: false,
         })
         .await
         .unwrap()
@@ -422,6 +426,7 @@ async fn shutdown_ends_open_streams() {
         .watch_task(WatchTaskRequest {
             task_id: id,
             after_seq: 0,
+            tree: false,
         })
         .await
         .unwrap()

@@ -363,6 +363,7 @@ pub async fn watch_all(
         .watch_task(taskwire::pb::v1::WatchTaskRequest {
             task_id: task_id.to_string(),
             after_seq,
+            tree: false,
         })
         .await
         .expect("watch starts")

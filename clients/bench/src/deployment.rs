@@ -447,6 +447,7 @@ pub async fn watch(client: &mut WatchServiceClient<Conn>, task_id: String) -> St
         .watch_task(WatchTaskRequest {
             task_id,
             after_seq: 0,
+            tree: false,
         })
         .await
         .expect("watch")

@@ -481,6 +481,7 @@ async fn stream_once(
         .watch_task(WatchTaskRequest {
             task_id: id.to_string(),
             after_seq: *last_seq,
+            tree: false,
         })
         .await?
         .into_inner();

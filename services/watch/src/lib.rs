@@ -13,6 +13,7 @@ pub mod config;
 mod error;
 mod hub;
 mod service;
+mod tree;
 
 use taskwire::{
     admin::{Admin, Checks},
@@ -65,6 +66,7 @@ impl Watch {
             stop,
             store,
             history: History::open(&js).await?,
+            js: js.clone(),
             quotas: service::Quotas {
                 tenant_streams: taskwire::limits::Quota::new(config.tenant_max_streams),
                 watch_all_per_key: taskwire::limits::Quota::new(config.max_watch_all_per_key),

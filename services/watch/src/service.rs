@@ -51,6 +51,8 @@ pub struct WatchApi {
     pub(crate) stop: tokio_util::sync::CancellationToken,
     pub(crate) store: Store,
     pub(crate) history: History,
+    /// Tree watches read the events stream through consumers of their own.
+    pub(crate) js: async_nats::jetstream::Context,
     pub(crate) quotas: Quotas,
 }
 
@@ -99,7 +101,7 @@ fn place(quota: &Quota, key: &str, who: &str, what: &str) -> Result<Permit, Stat
 
 /// What a stream's task queues for tonic. Boxed because tokio allocates a channel's
 /// slots 32 at a time: 32 unboxed `TaskEvent`s were 6.7 KB of every stream's memory.
-type Outgoing = Result<Box<TaskEvent>, Status>;
+pub(crate) type Outgoing = Result<Box<TaskEvent>, Status>;
 
 /// A server stream of events, fed through a channel of [`Outgoing`].
 pub type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<TaskEvent, Status>> + Send>>;
@@ -164,8 +166,15 @@ impl WatchService for WatchApi {
         let principal = auth::principal(&req)?;
         let permits = self.quotas.admit(&principal, false)?;
         let scope = principal.scope;
-        let WatchTaskRequest { task_id, after_seq } = req.into_inner();
+        let WatchTaskRequest {
+            task_id,
+            after_seq,
+            tree,
+        } = req.into_inner();
         let id = TaskId::parse(&task_id).map_err(WatchError::from)?;
+        if tree {
+            return self.watch_tree(id, after_seq, &scope, permits).await;
+        }
         // Join the hub first: whatever is stored after this is also queued for us.
         let sub = self.hub.subscribe(id, HUB_BUFFER);
         // A fresh watch starts from the record with the newest stored event folded in:
@@ -193,6 +202,46 @@ impl WatchService for WatchApi {
             metrics::counter!(metrics::WATCH_RESUMES).increment(1);
         }
         tokio::spawn(watcher.run(OpenStream::new("WatchTask", permits), record, newest, sub));
+        Ok(Response::new(event_stream(rx)))
+    }
+}
+
+impl WatchApi {
+    /// WatchTask with `tree` (`crate::tree`).
+    async fn watch_tree(
+        &self,
+        id: TaskId,
+        after_seq: u64,
+        scope: &Scope,
+        permits: Vec<Permit>,
+    ) -> Result<Response<EventStream>, Status> {
+        let record = self
+            .store
+            .get_task(id)
+            .await
+            .map_err(WatchError::from)?
+            .filter(|r| scope.sees(&r.tenant))
+            .ok_or(WatchError::NotFound(id))?;
+        if after_seq > 0 {
+            metrics::counter!(metrics::WATCH_RESUMES).increment(1);
+        }
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        // Resumed at or past the tree's end: nothing more to send.
+        if after_seq > 0
+            && let Ok(Some(last)) = self.history.last(id).await
+            && last.is_terminal()
+            && last.seq <= after_seq
+        {
+            return Ok(Response::new(event_stream(rx)));
+        }
+        tokio::spawn(crate::tree::watch_tree(
+            self.clone(),
+            OpenStream::new("WatchTask", permits),
+            id,
+            record.kind,
+            after_seq,
+            tx,
+        ));
         Ok(Response::new(event_stream(rx)))
     }
 }
@@ -299,6 +348,8 @@ impl Watcher {
             output: t.output,
             error: t.error,
             message: String::new(),
+            parent_id: String::new(),
+            kind: String::new(),
         };
         self.last_sent = r.last_seq;
         self.emit(event).await
@@ -437,13 +488,13 @@ async fn firehose(
 
 /// An open stream, counted in the streams gauge and holding its quota places while it
 /// lives.
-struct OpenStream {
+pub(crate) struct OpenStream {
     rpc: &'static str,
     _permits: Vec<Permit>,
 }
 
 impl OpenStream {
-    fn new(rpc: &'static str, permits: Vec<Permit>) -> Self {
+    pub(crate) fn new(rpc: &'static str, permits: Vec<Permit>) -> Self {
         metrics::gauge!(metrics::WATCH_STREAMS, "rpc" => rpc).increment(1.0);
         Self {
             rpc,
@@ -458,7 +509,7 @@ impl Drop for OpenStream {
     }
 }
 
-fn to_public(id: TaskId, seq: u64, e: &Event) -> TaskEvent {
+pub(crate) fn to_public(id: TaskId, seq: u64, e: &Event) -> TaskEvent {
     TaskEvent {
         task_id: id.to_string(),
         seq,
@@ -471,5 +522,7 @@ fn to_public(id: TaskId, seq: u64, e: &Event) -> TaskEvent {
         output: e.output.clone(),
         error: e.error.clone(),
         message: e.message.clone(),
+        parent_id: String::new(),
+        kind: String::new(),
     }
 }
