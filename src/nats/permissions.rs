@@ -107,6 +107,7 @@ pub fn roles(kinds: &[String]) -> Vec<Permissions> {
     // Tree watches read the events through ephemeral ordered consumers of their own
     // (consumer names cannot be confined by a wildcard, so any consumer of that stream).
     let mut watch_pub = stream_reads();
+    watch_pub.push(format!("$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}"));
     for api in ["CREATE", "MSG.NEXT", "DELETE", "INFO"] {
         watch_pub.push(format!("$JS.API.CONSUMER.{api}.{EVENTS_STREAM}.>"));
     }

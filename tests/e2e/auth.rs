@@ -167,6 +167,53 @@ async fn keys_roles_and_tenants(db: Db) {
         .unwrap()
         .into_inner();
     assert!(listed.tasks.is_empty(), "{listed:?}");
+    // Nor its tree, nor add a child to it; a child of its own task is its own.
+    let e = w
+        .watch_task(as_key(
+            &b_sub,
+            WatchTaskRequest {
+                task_id: a_task.clone(),
+                after_seq: 0,
+                tree: true,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let child_of = |parent: &str| SubmitTaskRequest {
+        parent_id: parent.to_string(),
+        ..sleep_req()
+    };
+    let e = c
+        .submit_task(as_key(&b_sub, child_of(&a_task)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let a_child = c
+        .submit_task(as_key(&a_sub, child_of(&a_task)))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let by_parent = |parent: &str| ListTasksRequest {
+        parent_id: parent.to_string(),
+        ..Default::default()
+    };
+    let listed = c
+        .list_tasks(as_key(&b_sub, by_parent(&a_task)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tasks.is_empty(), "{listed:?}");
+    let listed = c
+        .list_tasks(as_key(&a_read, by_parent(&a_task)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        [&a_child]
+    );
 
     // bravo's firehose carries bravo's tasks only, while acme's run beside them.
     let mut firehose = w
@@ -199,7 +246,7 @@ async fn keys_roles_and_tenants(db: Db) {
     .await
     .expect("bravo's task finishes on its firehose");
     assert!(b_events >= 2, "RUNNING .. SUCCEEDED: {b_events}");
-    // acme's reader lists acme's two tasks, never bravo's.
+    // acme's reader lists acme's three tasks (one a child), never bravo's.
     let listed = c
         .list_tasks(as_key(&a_read, ListTasksRequest::default()))
         .await
@@ -207,7 +254,7 @@ async fn keys_roles_and_tenants(db: Db) {
         .into_inner();
     let mut ids: Vec<String> = listed.tasks.into_iter().map(|t| t.id).collect();
     ids.sort();
-    let mut want = vec![a_task.clone(), a_second];
+    let mut want = vec![a_task.clone(), a_second, a_child];
     want.sort();
     assert_eq!(ids, want);
 
@@ -277,11 +324,12 @@ async fn keys_roles_and_tenants(db: Db) {
         "refused after {took:?}"
     );
 
-    // Everything written is what was accepted: 2 acme + 1 bravo sleeps, 2 keyed.
+    // Everything written is what was accepted: 3 acme (one a child) + 1 bravo sleeps,
+    // 2 keyed.
     let (rows, _) = store.list_tasks(&all).await.unwrap();
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 6, "{rows:?}");
     let tenants = |t: &str| rows.iter().filter(|r| r.tenant.as_str() == t).count();
-    assert_eq!((tenants("acme"), tenants("bravo")), (3, 2));
+    assert_eq!((tenants("acme"), tenants("bravo")), (4, 2));
 }
 
 /// grpc-web (HTTP/1.1) meets the same checks as native gRPC.

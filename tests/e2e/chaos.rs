@@ -52,6 +52,57 @@ async fn killed_worker_task_is_finished_by_another(db: Db) {
     );
 }
 
+/// A worker process killed in a parent's fan-in step: another worker runs the fan-in
+/// again (its second attempt) with the same 20 results; the first step is not run
+/// again, no child is created twice, and the parent ends once.
+async fn worker_killed_in_fan_in_loses_nothing(db: Db) {
+    use taskwire::pb::v1::ListTasksRequest;
+    let nats = NatsServer::start();
+    let db = db.create().await;
+    let api = Api::start(api_config(&nats.url(), &db.url)).await;
+    let _recorder = Running::recorder(recorder_config(&nats.url(), &db.url));
+    let mut client = api.client().await;
+    let js = nats.jetstream().await;
+
+    let mut doomed = WorkerProcess::spawn(&nats.url(), &[]);
+    let id = super::submit(
+        &mut client,
+        submit_req(
+            "demo.fanout",
+            serde_json::json!({"children": 20, "fan_in_seconds": 3}),
+        ),
+    )
+    .await;
+    // demo.fanout's first step reports no progress: this is its fan-in, a third through.
+    wait_progress(&js, &id, 0.3).await;
+    doomed.kill();
+
+    let _rescuer = Running::worker(worker_config(&nats.url()));
+    let t = wait_terminal(&client, &id).await;
+    assert_eq!(t.state, TaskState::Succeeded as i32, "{t:?}");
+    assert_eq!(t.attempt, 2, "the fan-in's second attempt finished it");
+    let out = taskwire::json::value_to_json(t.output.as_ref()).unwrap();
+    assert_eq!(out["received"], 20, "{out}");
+    assert_eq!(out["succeeded"], 20, "{out}");
+
+    let events = task_events(&js, &id).await;
+    let in_state = |s: TaskState| events.iter().filter(|(_, e)| e.state == s as i32).count();
+    assert_eq!(in_state(TaskState::Waiting), 1, "the first step ran once");
+    assert_eq!(in_state(TaskState::Succeeded), 1, "the parent ended once");
+    assert_eq!(events.last().unwrap().1.state, TaskState::Succeeded as i32);
+    let children = client
+        .list_tasks(ListTasksRequest {
+            parent_id: id.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(children.len(), 20, "no child was created twice");
+}
+
 async fn sigterm_under_load_loses_nothing(db: Db) {
     let nats = NatsServer::start();
     let db = db.create().await;
@@ -135,6 +186,7 @@ async fn sigterm_under_load_loses_nothing(db: Db) {
 }
 
 both_databases!(
+    worker_killed_in_fan_in_loses_nothing,
     killed_worker_task_is_finished_by_another,
     sigterm_under_load_loses_nothing
 );

@@ -88,6 +88,37 @@ async fn each_role_is_confined_to_its_subjects() {
     );
     let done = wait_terminal(&client, &id).await;
     assert_eq!(done.state, TaskState::Succeeded as i32);
+    // A task graph too: children, fan-in, and its tree watched to the end.
+    let parent = super::submit(
+        &mut client,
+        submit_req("demo.fanout", serde_json::json!({"children": 3})),
+    )
+    .await;
+    let mut tree = watch
+        .client()
+        .await
+        .watch_task(taskwire::pb::v1::WatchTaskRequest {
+            task_id: parent.clone(),
+            after_seq: 0,
+            tree: true,
+        })
+        .await
+        .expect("a tree watch starts")
+        .into_inner();
+    let mut tree_events = Vec::new();
+    while let Some(e) = tree.message().await.expect("the tree stream") {
+        tree_events.push(e);
+    }
+    let children: std::collections::HashSet<&str> = tree_events
+        .iter()
+        .filter(|e| e.parent_id == parent)
+        .map(|e| e.task_id.as_str())
+        .collect();
+    assert_eq!(children.len(), 3, "{tree_events:?}\n{}", violations(&nats));
+    assert_eq!(
+        tree_events.last().map(|e| (e.task_id.as_str(), e.state)),
+        Some((parent.as_str(), TaskState::Succeeded as i32))
+    );
     assert_eq!(
         violations(&nats),
         "",
