@@ -54,7 +54,11 @@ fn output(t: &Task) -> Value {
 }
 
 fn state(t: &Task) -> TaskState {
-    TaskState::try_from(t.state).unwrap()
+    state_of(t.state)
+}
+
+fn state_of(s: i32) -> TaskState {
+    TaskState::try_from(s).unwrap()
 }
 
 /// A parent with 20 children (each streams progress for 0.4 s) waits for them, then
@@ -260,12 +264,30 @@ async fn cancel_cascades(db: Db) {
 /// record. Bad parents are refused with clear codes, and nothing is written.
 async fn client_children(db: Db) {
     let stack = Stack::start(db).await;
+    let watch = WatchServer::start(&stack.nats.url(), &stack.db.url).await;
     let mut client = stack.client().await;
     let parent = submit(
         &mut client,
         submit_req("demo.sleep", json!({"seconds": 30, "steps": 30})),
     )
     .await;
+    // Running, its tree watched from before the child exists.
+    eventually("the parent runs", || {
+        let client = client.clone();
+        let parent = parent.clone();
+        async move { (state(&status(&client, &parent).await) == TaskState::Running).then_some(()) }
+    })
+    .await;
+    let mut tree = watch_client(watch.addr)
+        .await
+        .watch_task(WatchTaskRequest {
+            task_id: parent.clone(),
+            after_seq: 0,
+            tree: true,
+        })
+        .await
+        .expect("a tree watch starts")
+        .into_inner();
     let child = submit(
         &mut client,
         SubmitTaskRequest {
@@ -287,6 +309,60 @@ async fn client_children(db: Db) {
     let p = status(&client, &parent).await;
     let counts = p.children.expect("counted");
     assert_eq!((counts.total, counts.succeeded), (1, 1));
+    assert_eq!(state(&p), TaskState::Running, "the parent's worker went on");
+    // The live tree watch followed the child from its first event to its end.
+    let mut child_states = Vec::new();
+    while let Some(e) = tree.message().await.expect("the tree stream") {
+        if e.task_id == child {
+            assert_eq!(
+                (e.parent_id.as_str(), e.kind.as_str()),
+                (parent.as_str(), "demo.echo")
+            );
+            child_states.push(state_of(e.state));
+            if state_of(e.state).is_terminal() {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        child_states.last(),
+        Some(&TaskState::Succeeded),
+        "{child_states:?}"
+    );
+    drop(tree);
+
+    // A parent waiting for its children takes no more.
+    let waiting = submit(
+        &mut client,
+        submit_req(
+            "demo.fanout",
+            json!({"children": 1, "child_kind": "demo.sleep", "child_input": {"seconds": 30}}),
+        ),
+    )
+    .await;
+    eventually("the fan-out parent waits", || {
+        let client = client.clone();
+        let waiting = waiting.clone();
+        async move { (state(&status(&client, &waiting).await) == TaskState::Waiting).then_some(()) }
+    })
+    .await;
+    let e = client
+        .clone()
+        .submit_task(SubmitTaskRequest {
+            parent_id: waiting.clone(),
+            ..submit_req("demo.echo", json!(1))
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let kids = eventually("the waiting parent's child is created", || {
+        let client = client.clone();
+        let waiting = waiting.clone();
+        async move { Some(children(&client, &waiting).await).filter(|k| !k.is_empty()) }
+    })
+    .await;
+    let kinds: Vec<&str> = kids.iter().map(|k| k.kind.as_str()).collect();
+    assert_eq!(kinds, ["demo.sleep"], "its own child, and not the refused one");
 
     let refused = |req: SubmitTaskRequest, code: Code| {
         let mut client = client.clone();

@@ -37,7 +37,7 @@ pub enum ApiError {
     },
     /// Submitting a child of a task that can no longer take one.
     #[error(
-        "task {parent} is {why}; a child can only be added to a task that has not ended or begun its fan-in"
+        "task {parent} is {why}; a child can only be added to a task whose own step has not ended"
     )]
     ParentClosed {
         /// The parent.

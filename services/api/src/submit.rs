@@ -15,7 +15,8 @@ use futures::future::join_all;
 use prost::Message;
 use taskwire::{
     domain::{TaskId, TaskKind},
-    json, nats,
+    json,
+    nats::{self, Appended, Start, Stored},
     pb::v1::{SubmitTaskResponse, TaskState},
     store::{Inserted, NewTask, OutboxEntry},
     telemetry::{chain, metrics, trace},
@@ -148,9 +149,12 @@ impl TaskApi {
         Ok(answers)
     }
 
-    /// Checks that `parent` takes a child `task`: it is the same tenant's, and has
-    /// not ended or begun its fan-in (so its fan-in waits for the child). Marks it as
-    /// having children, for reads.
+    /// Checks that `parent` takes a child `task` (the same tenant's, its own step not
+    /// yet ended) and announces the child in the parent's history, before the child
+    /// exists: a tree watch then follows it from its first event. The announcement
+    /// keeps the parent's state and attempt (a worker running the parent continues
+    /// after it, as after an event of its own), and it is conditional: once the parent
+    /// WAITS for its children, or runs its fan-in, or has ended, no child is added.
     async fn open_parent(&self, parent: TaskId, task: &NewTask) -> Result<(), ApiError> {
         let s = &self.shared;
         let record = s
@@ -159,14 +163,25 @@ impl TaskApi {
             .await?
             .filter(|r| r.tenant == task.tenant)
             .ok_or(ApiError::NotFound(parent))?;
-        let why = if record.state.is_terminal() {
-            Some("finished")
-        } else if record.fan_in_seq > 0 && record.fan_in_seq >= record.spawned_seq {
-            Some("in its fan-in")
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        let closed =
+            |last: &Stored| last.state() == TaskState::Waiting || last.event.fan_in_of != 0;
+        let appended = s
+            .history
+            .append_unless(parent, Start::Read, closed, |last| {
+                let (state, attempt) =
+                    last.map_or((TaskState::Queued, 0), |l| (l.state(), l.event.attempt));
+                let mut ev = nats::new_event(parent, &record.kind, state, attempt);
+                ev.message = format!("child {} added", task.id);
+                ev.children = vec![task.message(None)];
+                ev
+            })
+            .await?;
+        if let Appended::Finished(last) = appended {
+            let why = if last.is_terminal() {
+                "finished"
+            } else {
+                "waiting for its children or in its fan-in"
+            };
             return Err(ApiError::ParentClosed { parent, why });
         }
         s.store.mark_has_children(parent).await?;

@@ -47,9 +47,11 @@ impl Update {
     }
 }
 
-/// How many times a write continues after an event of its own attempt it did not know
-/// was stored (one cut-off append at most, in practice).
-const OWN_EVENT_RESYNCS: usize = 3;
+/// How many times a write continues after an event it did not know was stored: one
+/// of its own attempt's (a cut-off append), or the api's announcement of a child a
+/// client added (which keeps the attempt and state), several when children are
+/// added at once.
+const OWN_EVENT_RESYNCS: usize = 16;
 
 /// One attempt's writer of its task's history.
 #[derive(Debug)]
@@ -104,8 +106,9 @@ impl EventWriter {
                 }
                 // An append of this attempt's own may have been stored without `last`
                 // learning of it: a handler stopped mid-append (hand-back, timeout,
-                // cancel) leaves its progress event in the history. If the newest
-                // event is still this attempt running, it is ours: continue after it.
+                // cancel) leaves its progress event in the history; and the api
+                // announces children a client adds with the attempt's own state. If the
+                // newest event is still this attempt running, continue after it.
                 // Another worker's claim carries a higher attempt and a cancel is
                 // terminal, so those stay conflicts.
                 Err(nats::Error::Conflict) => match self.history.last(self.task_id).await? {
