@@ -385,3 +385,113 @@ async fn cli_submit_from_file() {
         "only the first file's two tasks exist: {listed:?}"
     );
 }
+
+/// A task graph from the CLI: the agent fans out to tool calls; `watch --tree --json`
+/// prints every node's events, each naming its parent and kind, and ends with the
+/// parent's; `ls --parent` lists the children; `status` counts them; a client's child
+/// is added with `submit --parent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_task_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::spawn(dir.path()).await;
+    let addr = dev.addr.to_string();
+    let out = run(args(
+        &addr,
+        &[
+            "submit",
+            "demo.agent",
+            "--input",
+            r#"{"prompt":"plan","tools":3,"tokens":4,"delay_ms":30}"#,
+        ],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let parent = stdout(&out).trim().to_string();
+    let out = run(args(&addr, &["watch", &parent, "--tree", "--json"])).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["task_id"].as_str(), last["state"].as_str()),
+        (Some(parent.as_str()), Some("TASK_STATE_SUCCEEDED"))
+    );
+    let children: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["parent_id"] == parent.as_str())
+        .map(|e| {
+            assert_eq!(e["kind"], "demo.agent");
+            e["task_id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(children.len(), 3, "{events:?}");
+
+    let out = run(args(&addr, &["ls", "--parent", &parent, "--json"])).await;
+    let listed: std::collections::BTreeSet<String> = stdout(&out)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        children.iter().map(|c| c.to_string()).collect(),
+        "ls --parent lists exactly the children"
+    );
+    let out = run(args(&addr, &["status", &parent])).await;
+    assert!(
+        stdout(&out).contains("children 3/3 done"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A client's child of a running task.
+    let out = run(args(
+        &addr,
+        &[
+            "submit",
+            "demo.sleep",
+            "--input",
+            r#"{"seconds":30,"steps":30}"#,
+        ],
+    ))
+    .await;
+    let sleeper = stdout(&out).trim().to_string();
+    let out = run(args(
+        &addr,
+        &[
+            "submit",
+            "demo.echo",
+            "--parent",
+            &sleeper,
+            "--on-failure",
+            "ignore",
+            "--json",
+        ],
+    ))
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(args(&addr, &["submit", "demo.echo", "--parent", &parent])).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a finished parent takes no child"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finished"));
+    run(args(&addr, &["cancel", &sleeper])).await;
+}

@@ -362,7 +362,11 @@ async fn client_children(db: Db) {
     })
     .await;
     let kinds: Vec<&str> = kids.iter().map(|k| k.kind.as_str()).collect();
-    assert_eq!(kinds, ["demo.sleep"], "its own child, and not the refused one");
+    assert_eq!(
+        kinds,
+        ["demo.sleep"],
+        "its own child, and not the refused one"
+    );
 
     let refused = |req: SubmitTaskRequest, code: Code| {
         let mut client = client.clone();

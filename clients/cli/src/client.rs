@@ -5,6 +5,8 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskwire::auth::Bearer;
+
+use crate::tree::TreeView;
 use taskwire::backoff::Backoff;
 use taskwire::pb::v1::{
     CancelPolicy, CancelTaskRequest, ChildFailurePolicy, GetQueueStatsRequest, GetStatusRequest,
@@ -84,6 +86,9 @@ pub struct WatchArgs {
     /// Resume after this seq.
     #[arg(long, default_value_t = 0)]
     after_seq: u64,
+    /// Also follow its children (and theirs): a bar per task, under its parent.
+    #[arg(long)]
+    tree: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,7 +244,7 @@ pub async fn submit(to: &Target, watch_to: &Target, a: SubmitArgs) -> Result<(),
         if !a.json {
             eprintln!("task {}", resp.task_id);
         }
-        return follow(watch_to, &resp.task_id, 0, a.json).await;
+        return follow(watch_to, &resp.task_id, 0, a.json, View::single(a.json)).await;
     }
     if a.json {
         let mut line = serde_json::json!({"task_id": resp.task_id, "state": output::state_name(resp.state), "deduplicated": resp.deduplicated});
@@ -396,7 +401,75 @@ fn print_task(t: &taskwire::pb::v1::Task, json: bool) {
 }
 
 pub async fn watch(watch_to: &Target, a: WatchArgs) -> Result<(), CliError> {
-    follow(watch_to, &a.id, a.after_seq, a.json).await
+    let view = if a.tree {
+        View::Tree(TreeView::new(a.json))
+    } else {
+        View::single(a.json)
+    };
+    follow(watch_to, &a.id, a.after_seq, a.json, view).await
+}
+
+/// How a watch is drawn: one bar, or a bar per task of a tree.
+enum View {
+    Single(ProgressBar),
+    Tree(TreeView),
+}
+
+impl View {
+    fn single(hidden: bool) -> Self {
+        let bar = if hidden {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(1000)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:40}] {percent:>3}% {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        View::Single(bar)
+    }
+
+    fn show(&mut self, event: &TaskEvent) {
+        match self {
+            View::Tree(tree) => tree.show(event),
+            View::Single(bar) => {
+                if let Some(p) = &event.progress {
+                    bar.set_position((p.fraction * 1000.0) as u64);
+                    if !p.message.is_empty() {
+                        bar.set_message(format!(
+                            "{} {}",
+                            output::short_state(event.state),
+                            p.message
+                        ));
+                    }
+                } else {
+                    bar.set_message(output::short_state(event.state).to_string());
+                }
+            }
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match self {
+            View::Tree(tree) => tree.println(line),
+            View::Single(bar) => bar.println(line),
+        }
+    }
+
+    fn status(&self, line: String) {
+        match self {
+            View::Tree(tree) => tree.println(&line),
+            View::Single(bar) => bar.set_message(line),
+        }
+    }
+
+    fn finish(&self) {
+        match self {
+            View::Tree(tree) => tree.finish(),
+            View::Single(bar) => bar.finish_and_clear(),
+        }
+    }
 }
 
 /// How long a dropped watch keeps trying to resume without hearing anything.
@@ -406,23 +479,19 @@ const RESUME_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duratio
 
 /// Follows a task to its end, resuming after a dropped connection from the last seq,
 /// and turns its final state into the result (and so the exit code).
-async fn follow(to: &Target, id: &str, after_seq: u64, json: bool) -> Result<(), CliError> {
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(1000)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {percent:>3}% {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+async fn follow(
+    to: &Target,
+    id: &str,
+    after_seq: u64,
+    json: bool,
+    mut view: View,
+) -> Result<(), CliError> {
     let mut last_seq = after_seq;
     let mut last: Option<TaskEvent> = None;
     let mut quiet_since = tokio::time::Instant::now();
     let mut retries = RESUME_BACKOFF.retries();
     loop {
-        match stream_once(to, id, &mut last_seq, &mut last, &bar, json).await {
+        match stream_once(to, id, &mut last_seq, &mut last, &mut view, json).await {
             Ok(()) => break,
             // The server refused (unknown task, bad id): resuming cannot help.
             Err(CliError::Rejected(s)) => return Err(CliError::Rejected(s)),
@@ -430,7 +499,7 @@ async fn follow(to: &Target, id: &str, after_seq: u64, json: bool) -> Result<(),
                 if quiet_since.elapsed() > RESUME_PATIENCE {
                     return Err(e);
                 }
-                bar.set_message(format!("reconnecting ({e})"));
+                view.status(format!("reconnecting ({e})"));
                 retries.wait().await;
             }
         }
@@ -439,7 +508,7 @@ async fn follow(to: &Target, id: &str, after_seq: u64, json: bool) -> Result<(),
             retries.reset();
         }
     }
-    bar.finish_and_clear();
+    view.finish();
     let Some(end) = last else {
         return Err(CliError::Unreachable(
             "the stream ended without events".into(),
@@ -473,15 +542,16 @@ async fn stream_once(
     id: &str,
     last_seq: &mut u64,
     last: &mut Option<TaskEvent>,
-    bar: &ProgressBar,
+    view: &mut View,
     json: bool,
 ) -> Result<(), CliError> {
+    let tree = matches!(view, View::Tree(_));
     let mut client = WatchServiceClient::new(channel(to).await?);
     let mut stream = client
         .watch_task(WatchTaskRequest {
             task_id: id.to_string(),
             after_seq: *last_seq,
-            tree: false,
+            tree,
         })
         .await?
         .into_inner();
@@ -493,21 +563,14 @@ async fn stream_once(
         if json {
             println!("{}", output::event_json(&event));
         } else {
-            if let Some(p) = &event.progress {
-                bar.set_position((p.fraction * 1000.0) as u64);
-                if !p.message.is_empty() {
-                    bar.set_message(format!(
-                        "{} {}",
-                        output::short_state(event.state),
-                        p.message
-                    ));
-                }
-            } else {
-                bar.set_message(output::short_state(event.state).to_string());
-            }
+            view.show(&event);
             if !event.message.is_empty() {
-                bar.println(&event.message);
+                view.println(&event.message);
             }
+        }
+        // In a tree, the watched task's own end ends it.
+        if tree && event.task_id != id {
+            continue;
         }
         *last = Some(event);
     }

@@ -12,6 +12,7 @@ mod dev;
 mod keys;
 mod nats_permissions;
 mod output;
+mod tree;
 
 use std::process::ExitCode;
 

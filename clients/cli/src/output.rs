@@ -38,7 +38,7 @@ fn value(v: &Option<prost_types::Value>) -> Value {
 }
 
 pub fn event_json(e: &TaskEvent) -> Value {
-    json!({
+    let mut v = json!({
         "task_id": e.task_id,
         "seq": e.seq,
         "time": e.time.as_ref().map(rfc3339),
@@ -48,7 +48,13 @@ pub fn event_json(e: &TaskEvent) -> Value {
         "output": value(&e.output),
         "error": error(&e.error),
         "message": e.message,
-    })
+    });
+    // A tree watch's events say where in the tree they are.
+    if !e.kind.is_empty() {
+        v["parent_id"] = json!(e.parent_id);
+        v["kind"] = json!(e.kind);
+    }
+    v
 }
 
 pub fn task_json(t: &Task) -> Value {
@@ -70,6 +76,11 @@ pub fn task_json(t: &Task) -> Value {
         "finished_at": t.finished_at.as_ref().map(rfc3339),
         "updated_at": t.updated_at.as_ref().map(rfc3339),
         "last_seq": t.last_seq,
+        "parent_id": Some(&t.parent_id).filter(|p| !p.is_empty()),
+        "children": t.children.as_ref().map(|c| json!({
+            "total": c.total, "active": c.active, "succeeded": c.succeeded,
+            "failed": c.failed, "cancelled": c.cancelled,
+        })),
     })
 }
 
@@ -87,6 +98,18 @@ pub fn task_line(t: &Task) -> String {
     );
     if t.run > 1 {
         line += &format!("  run {}", t.run);
+    }
+    if let Some(c) = t.children.as_ref().filter(|c| c.total > 0) {
+        line += &format!(
+            "  children {}/{} done ({} failed, {} cancelled)",
+            c.total - c.active,
+            c.total,
+            c.failed,
+            c.cancelled
+        );
+    }
+    if !t.parent_id.is_empty() {
+        line += &format!("  parent {}", t.parent_id);
     }
     if let Some(e) = &t.error {
         line += &format!("  error {}: {}", e.code, e.message);
