@@ -27,6 +27,7 @@ mod w3;
 mod w4;
 mod w4r;
 mod w5;
+mod wg;
 
 use std::path::PathBuf;
 
@@ -46,11 +47,12 @@ enum Which {
 /// taskwire-bench: measure taskwire on this machine (loopback only, bounded).
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Workloads to run, comma-separated: r,w1,w1r,w2,w2b,w3,w4,w4r,w5 (w1r and w4r:
-    /// W1 and W4 over REST and SSE; w2b: W2 with SubmitTasks batches).
+    /// Workloads to run, comma-separated: r,w1,w1r,w2,w2b,w3,w4,w4r,w5,wg (w1r and w4r:
+    /// W1 and W4 over REST and SSE; w2b: W2 with SubmitTasks batches; wg: a parent
+    /// fanning out to --fanout children and in).
     #[arg(
         long,
-        default_value = "r,w1,w1r,w2,w2b,w3,w4,w4r,w5",
+        default_value = "r,w1,w1r,w2,w2b,w3,w4,w4r,w5,wg",
         value_delimiter = ','
     )]
     workloads: Vec<String>,
@@ -79,6 +81,9 @@ pub struct Args {
     /// W3: sequential round trips.
     #[arg(long, default_value_t = 500)]
     round_trips: usize,
+    /// WG: the children of its one parent.
+    #[arg(long, default_value_t = 1_000)]
+    fanout: usize,
     /// W4 and W4R: concurrent WatchTask streams over --w4-tasks tasks, which emit
     /// progress so that --w4-rate events per second are delivered to the streams in
     /// all, for --w4-secs. W4R opens a connection per stream.
@@ -181,6 +186,11 @@ async fn main() {
         }
         if wants("w3") {
             w3::run(&args, &d, name, &mut results).await;
+        }
+        if wants("wg") {
+            let cpu = CpuSince::now(&d);
+            wg::run(&args, &d, name, &mut results).await;
+            cpu.report(&d, &mut results, "WG", name);
         }
         if wants("w4") {
             w4::run(&args, &d, name, &mut results).await;
