@@ -30,6 +30,14 @@ returns a :class:`SubmitResult` per task, in order: a task the server refuses ca
 its error code and message there (nothing is raised for it) and the others are
 accepted; only a failure of the whole call raises :class:`TaskwireError`.
 
+Task graphs: ``submit(..., parent_id=...)`` adds a child to a task (its
+``child_failure`` says what its failure does to the parent: ``"fail_parent"``,
+``"ignore"`` or ``"continue"``; ``cancel_policy`` what cancelling it does to its own
+children: ``"cascade"`` or ``"abandon"``); ``list(parent_id=...)`` lists a task's
+children; a parent's ``Task.children`` counts them; ``watch(task_id, tree=True)``
+follows the task and every descendant in one stream. Workers start children with
+``TaskContext.spawn`` (:mod:`taskwire.worker`).
+
 Dead letters: ``retry(task_id)`` starts a new run of a FAILED task (same id,
 ``Task.run`` + 1); ``retry_all(...)`` / ``discard_all(...)`` retry or delete every FAILED
 task matching a filter (a dry run, then exactly the tasks it counted); ``attempts(task_id)``
@@ -60,6 +68,7 @@ import grpc.aio
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from . import _trace
+from ._graph import PolicyLike, cancel_policy_value, child_failure_value
 from .v1 import service_pb2, service_pb2_grpc, task_pb2
 from .values import JSON, from_value, to_value
 
@@ -69,8 +78,11 @@ __all__ = [
     "AsyncClient",
     "AsyncTaskWatch",
     "BulkResult",
+    "CancelPolicy",
+    "ChildFailurePolicy",
     "Client",
     "JSON",
+    "PolicyLike",
     "SubmitResult",
     "TERMINAL_STATES",
     "TaskSpec",
@@ -91,6 +103,9 @@ ListTasksResponse = service_pb2.ListTasksResponse
 GetQueueStatsResponse = service_pb2.GetQueueStatsResponse
 BulkTasksResponse = service_pb2.BulkTasksResponse
 Attempt = task_pb2.Attempt
+ChildFailurePolicy = task_pb2.ChildFailurePolicy
+CancelPolicy = task_pb2.CancelPolicy
+ChildCounts = task_pb2.ChildCounts
 
 #: SUCCEEDED, FAILED and CANCELLED: a task in one of them never changes again.
 TERMINAL_STATES: frozenset[int] = frozenset(
@@ -279,9 +294,13 @@ def _submit_request(
     task_timeout: Optional[Seconds],
     delay: Optional[Seconds] = None,
     run_at: Optional[datetime.datetime] = None,
+    parent_id: str = "",
+    child_failure: PolicyLike = None,
+    cancel_policy: PolicyLike = None,
 ) -> service_pb2.SubmitTaskRequest:
     """The request of a submit; raises ValueError/TypeError, before any call, for a
-    ``delay`` together with a ``run_at`` or a ``run_at`` that is not an aware datetime."""
+    ``delay`` together with a ``run_at``, a ``run_at`` that is not an aware datetime,
+    or a ``child_failure``/``cancel_policy`` that names no policy."""
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
     req = service_pb2.SubmitTaskRequest(
@@ -290,6 +309,9 @@ def _submit_request(
         idempotency_key=idempotency_key or "",
         max_attempts=max_attempts or 0,
         labels=dict(labels or {}),
+        parent_id=parent_id or "",
+        child_failure=child_failure_value(child_failure),  # type: ignore[arg-type]
+        cancel_policy=cancel_policy_value(cancel_policy),  # type: ignore[arg-type]
     )
     if task_timeout is not None:
         req.timeout.CopyFrom(_duration(task_timeout))
@@ -315,7 +337,8 @@ def _with_traceparent(
 class TaskSpec:
     """One task of a :meth:`Client.submit_tasks` batch, with the same fields and
     meanings as :meth:`Client.submit`'s arguments (``task_timeout`` per attempt;
-    ``delay`` or ``run_at``, not both). A plain dict with these keys works too; a
+    ``delay`` or ``run_at``, not both; ``parent_id``, ``child_failure`` and
+    ``cancel_policy`` for a child). A plain dict with these keys works too; a
     dataclass gives the caller's type checker the names to check."""
 
     kind: str
@@ -326,6 +349,9 @@ class TaskSpec:
     task_timeout: Optional[Seconds] = None
     delay: Optional[Seconds] = None
     run_at: Optional[datetime.datetime] = None
+    parent_id: str = ""
+    child_failure: PolicyLike = None
+    cancel_policy: PolicyLike = None
 
 
 #: What :meth:`Client.submit_tasks` takes per task: a :class:`TaskSpec`, a dict of its
@@ -396,6 +422,9 @@ def _task_request(task: TaskSpecLike) -> service_pb2.SubmitTaskRequest:
         task.task_timeout,
         task.delay,
         task.run_at,
+        task.parent_id,
+        task.child_failure,
+        task.cancel_policy,
     )
 
 
@@ -452,6 +481,7 @@ def _list_request(
     labels: Optional[Mapping[str, str]],
     page_size: int,
     page_token: str,
+    parent_id: str = "",
 ) -> service_pb2.ListTasksRequest:
     return service_pb2.ListTasksRequest(
         page_size=page_size or 0,
@@ -459,6 +489,7 @@ def _list_request(
         state=_state_value(state),  # type: ignore[arg-type]
         kind=kind or "",
         labels=dict(labels or {}),
+        parent_id=parent_id or "",
     )
 
 
@@ -593,8 +624,10 @@ class _Resume:
         backoff_base: float,
         backoff_max: float,
         timeout: Optional[float],
+        tree: bool = False,
     ) -> None:
         self.task_id = task_id
+        self.tree = tree
         self.last_seq = after_seq
         self.emitted = False
         self.finished = False
@@ -615,7 +648,7 @@ class _Resume:
         return is_terminal(task.state) and 0 < task.last_seq <= self.last_seq
 
     def request(self) -> service_pb2.WatchTaskRequest:
-        return service_pb2.WatchTaskRequest(task_id=self.task_id, after_seq=self.last_seq)
+        return service_pb2.WatchTaskRequest(task_id=self.task_id, after_seq=self.last_seq, tree=self.tree)
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
@@ -636,7 +669,8 @@ class _Resume:
         self.emitted = True
         self.last_seq = max(self.last_seq, ev.seq)
         self.failures = 0
-        if is_terminal(ev.state):
+        # On a tree watch, a descendant's end is not the watch's: only the task's own.
+        if is_terminal(ev.state) and (not self.tree or ev.task_id == self.task_id):
             self.finished = True
         return True
 
@@ -700,9 +734,18 @@ class TaskWatch(Iterator[task_pb2.TaskEvent]):
     With ``after_seq`` > 0 the watch first reads the task's record: if the task is
     finished and its terminal event is at or before ``after_seq``, the iterator is empty
     (the server would otherwise keep such a stream open forever).
+
+    A tree watch (``tree=True``, ``WatchTaskRequest.tree``) streams the events of the
+    task and of all its descendants in one stream ordered by seq, each naming its task
+    (``task_id``), that task's parent (``parent_id``, empty for the watched task) and
+    its ``kind``; with ``after_seq=0`` it starts from the tree's first event (every
+    node's history, no snapshot). It resumes the same way and stops after the watched
+    task's own terminal event (a child's does not end it).
     """
 
-    def __init__(self, client: "Client", task_id: str, after_seq: int, timeout: Optional[float]):
+    def __init__(
+        self, client: "Client", task_id: str, after_seq: int, timeout: Optional[float], tree: bool = False
+    ):
         self._client = client
         self._r = _Resume(
             task_id,
@@ -711,6 +754,7 @@ class TaskWatch(Iterator[task_pb2.TaskEvent]):
             client.watch_backoff_base,
             client.watch_backoff_max,
             timeout,
+            tree,
         )
         self._lock = threading.Lock()
         self._call: Any = None
@@ -720,6 +764,11 @@ class TaskWatch(Iterator[task_pb2.TaskEvent]):
     @property
     def task_id(self) -> str:
         return self._r.task_id
+
+    @property
+    def tree(self) -> bool:
+        """Whether this is a tree watch (the task's descendants' events too)."""
+        return self._r.tree
 
     @property
     def last_seq(self) -> int:
@@ -926,6 +975,9 @@ class Client:
         task_timeout: Optional[Seconds] = None,
         delay: Optional[Seconds] = None,
         run_at: Optional[datetime.datetime] = None,
+        parent_id: str = "",
+        child_failure: PolicyLike = None,
+        cancel_policy: PolicyLike = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> str:
@@ -938,6 +990,17 @@ class Client:
         QUEUED when due and can be cancelled until it starts. Not both, and not a naive
         ``run_at`` (ValueError, before any call); a value out of range is the server's
         INVALID_ARGUMENT.
+        ``parent_id`` submits the task as a child of that task (same tenant, and a
+        parent still open to children, as ``SubmitTaskRequest.parent_id`` says, else
+        FAILED_PRECONDITION; no such task: NOT_FOUND; not a task id:
+        INVALID_ARGUMENT): it is listed under it (``list(parent_id=...)``), counted in
+        its ``Task.children``, and the parent's fan-in waits for it too. ``child_failure`` (only with a
+        ``parent_id``) is what its failure does to the parent: ``"fail_parent"`` (the
+        default: the parent FAILS with CHILD_FAILED), ``"ignore"`` (left out of the
+        fan-in) or ``"continue"`` (the fan-in gets its error); ``cancel_policy`` is what
+        cancelling this task does to its children: ``"cascade"`` (the default) or
+        ``"abandon"``. Both take the ``task_pb2`` enum values too; any other value
+        raises ValueError before any call.
         ``traceparent`` (W3C, ``00-<trace id>-<span id>-<flags>``) makes the task part
         of that trace; when None, the current OpenTelemetry span's context is sent if
         ``opentelemetry`` is installed and a span is current (``""``: send none).
@@ -952,6 +1015,9 @@ class Client:
             task_timeout=task_timeout,
             delay=delay,
             run_at=run_at,
+            parent_id=parent_id,
+            child_failure=child_failure,
+            cancel_policy=cancel_policy,
             traceparent=traceparent,
             timeout=timeout,
         )
@@ -969,13 +1035,28 @@ class Client:
         task_timeout: Optional[Seconds] = None,
         delay: Optional[Seconds] = None,
         run_at: Optional[datetime.datetime] = None,
+        parent_id: str = "",
+        child_failure: PolicyLike = None,
+        cancel_policy: PolicyLike = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
         """Like :meth:`submit`, but returns the whole response (``state``: QUEUED, or
         SCHEDULED for a delayed task; ``deduplicated``, ``warning``) and emits no
         warning."""
-        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout, delay, run_at)
+        req = _submit_request(
+            kind,
+            input,
+            idempotency_key,
+            max_attempts,
+            labels,
+            task_timeout,
+            delay,
+            run_at,
+            parent_id,
+            child_failure,
+            cancel_policy,
+        )
         metadata = _with_traceparent(self._metadata, traceparent)
         return self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
@@ -992,7 +1073,8 @@ class Client:
 
         Each task is a :class:`TaskSpec` (or a dict of its fields: ``kind``, ``input``,
         ``idempotency_key``, ``max_attempts``, ``labels``, ``task_timeout``, ``delay``,
-        ``run_at``, as :meth:`submit` takes them; or a ``SubmitTaskRequest``). The
+        ``run_at``, ``parent_id``, ``child_failure``, ``cancel_policy``, as :meth:`submit`
+        takes them; or a ``SubmitTaskRequest``). The
         server checks each task alone: a task it refuses (``result.ok`` is false,
         ``result.code`` e.g. 3 INVALID_ARGUMENT for a malformed kind) does not hold
         back the others, and nothing is raised for it, so look at every result.
@@ -1004,7 +1086,8 @@ class Client:
         written: INVALID_ARGUMENT for an empty batch or one over 1,000 tasks (split a
         larger one yourself), RESOURCE_EXHAUSTED over the submit rate (every task
         counts), UNAVAILABLE, or the auth errors. A task the client refuses itself
-        (``delay`` with ``run_at``, a naive ``run_at``, an unknown dict key) raises
+        (``delay`` with ``run_at``, a naive ``run_at``, an unknown policy name, an
+        unknown dict key) raises
         ValueError/TypeError naming its index, before any call. ``traceparent`` is
         the whole batch's, as for :meth:`submit`: every task joins that trace."""
         req = _submit_tasks_request(tasks)
@@ -1019,8 +1102,9 @@ class Client:
 
     def cancel(self, task_id: str, *, timeout: Optional[float] = None) -> task_pb2.Task:
         """Cancels the task; returns its record (CANCELLED). A SCHEDULED (delayed) or
-        QUEUED task then never runs. FAILED_PRECONDITION if it already SUCCEEDED or
-        FAILED."""
+        QUEUED task then never runs. Its children still running are cancelled too (and
+        theirs), unless it was submitted with ``cancel_policy="abandon"``.
+        FAILED_PRECONDITION if it already SUCCEEDED or FAILED."""
         req = service_pb2.CancelTaskRequest(task_id=task_id)
         return self._unary("TaskService/CancelTask", self._tasks.CancelTask, req, timeout)
 
@@ -1032,11 +1116,13 @@ class Client:
         labels: Optional[Mapping[str, str]] = None,
         page_size: int = 0,
         page_token: str = "",
+        parent_id: str = "",
         timeout: Optional[float] = None,
     ) -> service_pb2.ListTasksResponse:
         """One page of tasks, newest first. ``state`` is a ``TaskState`` value or a
-        name (``"RUNNING"``); pass ``next_page_token`` back as ``page_token``."""
-        req = _list_request(state, kind, labels, page_size, page_token)
+        name (``"RUNNING"``); pass ``next_page_token`` back as ``page_token``.
+        ``parent_id`` lists only the children of that task."""
+        req = _list_request(state, kind, labels, page_size, page_token, parent_id)
         return self._unary("TaskService/ListTasks", self._tasks.ListTasks, req, timeout)
 
     def iter_tasks(
@@ -1046,11 +1132,15 @@ class Client:
         kind: str = "",
         labels: Optional[Mapping[str, str]] = None,
         page_size: int = 0,
+        parent_id: str = "",
     ) -> Iterator[task_pb2.Task]:
-        """Every matching task, newest first, following page tokens."""
+        """Every matching task, newest first, following page tokens (``parent_id``:
+        only that task's children)."""
         token = ""
         while True:
-            page = self.list(state=state, kind=kind, labels=labels, page_size=page_size, page_token=token)
+            page = self.list(
+                state=state, kind=kind, labels=labels, page_size=page_size, page_token=token, parent_id=parent_id
+            )
             yield from page.tasks
             token = page.next_page_token
             if not token:
@@ -1171,11 +1261,16 @@ class Client:
 
     # -- WatchService ---------------------------------------------------------------
 
-    def watch(self, task_id: str, after_seq: int = 0, *, timeout: Optional[float] = None) -> TaskWatch:
+    def watch(
+        self, task_id: str, after_seq: int = 0, *, tree: bool = False, timeout: Optional[float] = None
+    ) -> TaskWatch:
         """Iterates over the task's events until its terminal one, resuming by itself
-        after a dropped connection (see :class:`TaskWatch`). ``timeout`` bounds the
-        whole watch (seconds; None = no bound)."""
-        return TaskWatch(self, task_id, after_seq, timeout)
+        after a dropped connection (see :class:`TaskWatch`). ``tree=True`` streams the
+        events of its descendants too (children, theirs, ...; each event's ``task_id``,
+        ``parent_id`` and ``kind`` say whose), from the tree's first event when
+        ``after_seq`` is 0. ``timeout`` bounds the whole watch (seconds; None = no
+        bound)."""
+        return TaskWatch(self, task_id, after_seq, timeout, tree)
 
     def watch_tasks(
         self,
@@ -1208,7 +1303,9 @@ class Client:
 class AsyncTaskWatch(AsyncIterator[task_pb2.TaskEvent]):
     """The asyncio twin of :class:`TaskWatch` (same resume rules)."""
 
-    def __init__(self, client: "AsyncClient", task_id: str, after_seq: int, timeout: Optional[float]):
+    def __init__(
+        self, client: "AsyncClient", task_id: str, after_seq: int, timeout: Optional[float], tree: bool = False
+    ):
         self._client = client
         self._r = _Resume(
             task_id,
@@ -1217,6 +1314,7 @@ class AsyncTaskWatch(AsyncIterator[task_pb2.TaskEvent]):
             client.watch_backoff_base,
             client.watch_backoff_max,
             timeout,
+            tree,
         )
         self._call: Any = None
         self._closed = False
@@ -1225,6 +1323,11 @@ class AsyncTaskWatch(AsyncIterator[task_pb2.TaskEvent]):
     @property
     def task_id(self) -> str:
         return self._r.task_id
+
+    @property
+    def tree(self) -> bool:
+        """Whether this is a tree watch (the task's descendants' events too)."""
+        return self._r.tree
 
     @property
     def last_seq(self) -> int:
@@ -1394,6 +1497,9 @@ class AsyncClient:
         task_timeout: Optional[Seconds] = None,
         delay: Optional[Seconds] = None,
         run_at: Optional[datetime.datetime] = None,
+        parent_id: str = "",
+        child_failure: PolicyLike = None,
+        cancel_policy: PolicyLike = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> str:
@@ -1407,6 +1513,9 @@ class AsyncClient:
             task_timeout=task_timeout,
             delay=delay,
             run_at=run_at,
+            parent_id=parent_id,
+            child_failure=child_failure,
+            cancel_policy=cancel_policy,
             traceparent=traceparent,
             timeout=timeout,
         )
@@ -1424,10 +1533,25 @@ class AsyncClient:
         task_timeout: Optional[Seconds] = None,
         delay: Optional[Seconds] = None,
         run_at: Optional[datetime.datetime] = None,
+        parent_id: str = "",
+        child_failure: PolicyLike = None,
+        cancel_policy: PolicyLike = None,
         traceparent: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> service_pb2.SubmitTaskResponse:
-        req = _submit_request(kind, input, idempotency_key, max_attempts, labels, task_timeout, delay, run_at)
+        req = _submit_request(
+            kind,
+            input,
+            idempotency_key,
+            max_attempts,
+            labels,
+            task_timeout,
+            delay,
+            run_at,
+            parent_id,
+            child_failure,
+            cancel_policy,
+        )
         metadata = _with_traceparent(self._metadata, traceparent)
         return await self._unary("TaskService/SubmitTask", self._tasks.SubmitTask, req, timeout, metadata)
 
@@ -1461,9 +1585,10 @@ class AsyncClient:
         labels: Optional[Mapping[str, str]] = None,
         page_size: int = 0,
         page_token: str = "",
+        parent_id: str = "",
         timeout: Optional[float] = None,
     ) -> service_pb2.ListTasksResponse:
-        req = _list_request(state, kind, labels, page_size, page_token)
+        req = _list_request(state, kind, labels, page_size, page_token, parent_id)
         return await self._unary("TaskService/ListTasks", self._tasks.ListTasks, req, timeout)
 
     async def iter_tasks(
@@ -1473,10 +1598,14 @@ class AsyncClient:
         kind: str = "",
         labels: Optional[Mapping[str, str]] = None,
         page_size: int = 0,
+        parent_id: str = "",
     ) -> AsyncIterator[task_pb2.Task]:
+        """See :meth:`Client.iter_tasks`."""
         token = ""
         while True:
-            page = await self.list(state=state, kind=kind, labels=labels, page_size=page_size, page_token=token)
+            page = await self.list(
+                state=state, kind=kind, labels=labels, page_size=page_size, page_token=token, parent_id=parent_id
+            )
             for t in page.tasks:
                 yield t
             token = page.next_page_token
@@ -1567,9 +1696,11 @@ class AsyncClient:
         req = service_pb2.GetQueueStatsRequest(window_minutes=window_minutes or 0)
         return await self._unary("TaskService/GetQueueStats", self._tasks.GetQueueStats, req, timeout)
 
-    def watch(self, task_id: str, after_seq: int = 0, *, timeout: Optional[float] = None) -> AsyncTaskWatch:
+    def watch(
+        self, task_id: str, after_seq: int = 0, *, tree: bool = False, timeout: Optional[float] = None
+    ) -> AsyncTaskWatch:
         """See :meth:`Client.watch`; use with ``async for``."""
-        return AsyncTaskWatch(self, task_id, after_seq, timeout)
+        return AsyncTaskWatch(self, task_id, after_seq, timeout, tree)
 
     async def watch_tasks(
         self,

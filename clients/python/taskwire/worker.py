@@ -58,6 +58,18 @@ trace id and a span id of the attempt's own, a random one, or a real OpenTelemet
 A handler returns the task's output (any JSON value), raises :class:`TaskFailure` to
 fail the attempt (retryable or not), or lets :class:`Stopped` propagate when the
 attempt was cancelled. Any other exception counts as a crash (``PANIC``, retryable).
+
+Children and fan-in, as the Rust workers do them: a handler that calls
+:meth:`TaskContext.spawn` and returns ends its step with a WAITING event (progress =
+the step's last, ``waiting for N children``; output = its return value) that carries
+the children's task messages (ids: :func:`uuid7`) and the fan-in's kind
+(:meth:`TaskContext.fan_in_as`), then acks. The api creates the children; once they
+are all terminal it publishes the fan-in message (``TaskMessage.fan_in``: every
+child's result, the step's output, ``waiting_seq``), whose step runs with
+:attr:`TaskContext.children` set, attempts counted from 1 again, every event carrying
+``Event.fan_in_of`` = ``waiting_seq``. A first step's message redelivered after the
+task WAITS is acked, not run again; a fan-in message runs only right after its WAITING
+event or during its own step.
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import inspect
 import json
 import logging
@@ -75,10 +88,12 @@ import re
 import signal
 import socket
 import ssl
+import threading
 import time
+import unicodedata
 import uuid
 from urllib.parse import urlsplit
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -88,15 +103,18 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as js_api
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from . import _trace
+from ._graph import PolicyLike, cancel_policy_value, child_failure_value
 from .internal.v1 import messages_pb2
 from .v1 import task_pb2
 from .values import JSON, from_value, to_value
 
 __all__ = [
     "INBOX_PREFIX",
+    "MAX_CHILDREN",
+    "ChildResult",
     "Handler",
     "Stopped",
     "TaskContext",
@@ -104,7 +122,9 @@ __all__ = [
     "Worker",
     "backoff",
     "kind_consumer",
+    "message_id",
     "task_msg_id",
+    "uuid7",
     "worker_name",
 ]
 
@@ -147,11 +167,31 @@ CLAIM_TRIES = 20
 # (docs/protocol.md §5 step 2).
 ASK_WAIT = 1.0
 
+# How many times one write of a claimed attempt continues after an event it did not
+# know was stored (the Rust workers' OWN_EVENT_RESYNCS): one of its own attempt's (an
+# append cut off by a stop, e.g. a timeout) or the api's announcement of a child a
+# client added (which keeps the attempt and its state), several when children are
+# added at once.
+OWN_EVENT_RESYNCS = 16
+
 # JetStream API error codes (docs/protocol.md §1, §2).
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_NO_MESSAGE_FOUND = 10037
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+# Most children one step may start (their messages travel in its WAITING event), and
+# most bytes of child messages one WAITING event carries (NATS's default max payload
+# is 1 MiB; the rest is the event's own fields and headroom). As the Rust workers.
+MAX_CHILDREN = 1000
+MAX_CHILDREN_BYTES = 900 * 1024
+
+# Labels as the api takes them (SubmitTaskRequest.labels): keys
+# [a-z0-9][a-z0-9._/-]{0,62}, values up to 256 bytes without control characters, at
+# most 32.
+_LABEL_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._/-]{0,62}")
+_MAX_LABEL_VALUE_BYTES = 256
+_MAX_LABELS = 32
 
 _TERMINAL = frozenset(
     {task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED}
@@ -174,8 +214,43 @@ def task_msg_id(task_id: str, run: int) -> str:
     return task_id if run <= 1 else f"{task_id}:{run}"
 
 
+def message_id(body: messages_pb2.TaskMessage) -> str:
+    """The ``Nats-Msg-Id`` of a task message and of its dead-letter copy:
+    :func:`task_msg_id`, or for a parent's fan-in step (``TaskMessage.fan_in`` set)
+    ``<task_id>:fan-in:<seq of its WAITING event>``, as the api publishes it."""
+    if body.HasField("fan_in"):
+        return f"{body.task_id}:fan-in:{body.fan_in.waiting_seq}"
+    return task_msg_id(body.task_id, body.run)
+
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = (0, 0)  # (unix ms, 74 random bits) of the newest id made here
+
+
+def uuid7() -> str:
+    """A new UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, then 74 random bits), as
+    the Rust side makes task ids, lower-case hyphenated. Ids made by this process only
+    ever increase, also within one millisecond (the random part then counts on from
+    the previous id's), so children spawned one after the other sort in that order."""
+    global _uuid7_last
+    with _uuid7_lock:
+        ms = time.time_ns() // 1_000_000
+        last_ms, last_rand = _uuid7_last
+        if ms > last_ms:
+            rand = int.from_bytes(os.urandom(10), "big") >> 6
+        else:
+            # The same millisecond (or the clock went back): count on.
+            ms, rand = last_ms, last_rand + 1 + (int.from_bytes(os.urandom(2), "big") & 0xFF)
+            if rand >= 1 << 74:
+                ms, rand = ms + 1, int.from_bytes(os.urandom(10), "big") >> 7
+        _uuid7_last = (ms, rand)
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))
+
+
 def valid_kind(kind: str) -> bool:
-    return bool(_KIND_RE.match(kind)) and "" not in kind.split(".")
+    # fullmatch: `$` alone would let a trailing newline through.
+    return bool(_KIND_RE.fullmatch(kind)) and "" not in kind.split(".")
 
 
 def _kind_limits(limits_arg: Optional[Mapping[str, int]], what: str = "max_running") -> dict[str, int]:
@@ -510,7 +585,14 @@ def _now() -> timestamp_pb2.Timestamp:
 class _EventWriter:
     """Appends one attempt's events to ``taskwire.events.<task_id>``, each with the
     expected last subject sequence (and the attempt's ``traceparent``, if it has one),
-    one write at a time."""
+    one write at a time. In a parent's fan-in step every event carries ``fan_in_of``,
+    the seq of the WAITING event the step follows.
+
+    Once the attempt has claimed the task (``claimed``), a write that loses because
+    the history has an event it did not know of reads the newest event (``newest``):
+    if that is still this attempt running (same attempt, same ``fan_in_of``, RUNNING),
+    the write continues after it, as the Rust workers' do; anything else (another
+    worker's claim, a cancel) stays a conflict. The claim itself never continues so."""
 
     def __init__(
         self,
@@ -521,6 +603,8 @@ class _EventWriter:
         last_seq: int,
         timeout: float,
         trace: Optional[_trace.AttemptTrace] = None,
+        fan_in_of: int = 0,
+        newest: Optional[Callable[[str], Awaitable[Optional[tuple[int, messages_pb2.Event]]]]] = None,
     ) -> None:
         self.js = js
         self.task_id = task_id
@@ -529,6 +613,9 @@ class _EventWriter:
         self.last_seq = last_seq
         self.timeout = timeout
         self.trace = trace or _trace.AttemptTrace(None)
+        self.fan_in_of = fan_in_of
+        self.newest = newest
+        self.claimed = False
         self._lock = asyncio.Lock()
 
     async def write(
@@ -540,8 +627,11 @@ class _EventWriter:
         error: Optional[task_pb2.TaskError] = None,
         message: str = "",
         worker: str = "",
+        children: Sequence[messages_pb2.TaskMessage] = (),
+        fan_in_kind: str = "",
     ) -> int:
-        """Appends one event; ``worker`` (the worker's name) is for the claim only."""
+        """Appends one event; ``worker`` (the worker's name) is for the claim only,
+        ``children`` and ``fan_in_kind`` for a WAITING event."""
         ev = messages_pb2.Event(
             task_id=self.task_id,
             time=_now(),
@@ -550,6 +640,8 @@ class _EventWriter:
             message=message,
             kind=self.kind,
             worker=worker,
+            fan_in_kind=fan_in_kind,
+            fan_in_of=self.fan_in_of,
         )
         if progress is not None:
             ev.progress.CopyFrom(progress)
@@ -557,35 +649,147 @@ class _EventWriter:
             ev.output.CopyFrom(output)
         if error is not None:
             ev.error.CopyFrom(error)
+        if children:
+            ev.children.extend(children)
+        payload = ev.SerializeToString()
         async with self._lock:
-            headers = {
-                SCHEMA_HEADER: SCHEMA_VERSION,
-                EXPECTED_LAST_SUBJECT_SEQ: str(self.last_seq),
-            }
-            if self.trace.traceparent:
-                headers[_trace.TRACEPARENT] = self.trace.traceparent
-            try:
-                ack = await self.js.publish(
-                    f"taskwire.events.{self.task_id}",
-                    ev.SerializeToString(),
-                    timeout=self.timeout,
-                    headers=headers,
-                )
-            except nats.js.errors.APIError as e:
-                if e.err_code == ERR_WRONG_LAST_SEQUENCE:
-                    raise _Conflict() from e
-                raise _Unavailable(str(e)) from e
-            except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
-                raise _Unavailable(repr(e)) from e
-            self.last_seq = ack.seq
-            return ack.seq
+            for _ in range(OWN_EVENT_RESYNCS):
+                try:
+                    seq = await self._append(payload)
+                except _Conflict:
+                    if not await self._resync():
+                        raise
+                    continue
+                self.last_seq = seq
+                return seq
+            raise _Conflict()
+
+    async def _append(self, payload: bytes) -> int:
+        headers = {
+            SCHEMA_HEADER: SCHEMA_VERSION,
+            EXPECTED_LAST_SUBJECT_SEQ: str(self.last_seq),
+        }
+        if self.trace.traceparent:
+            headers[_trace.TRACEPARENT] = self.trace.traceparent
+        try:
+            ack = await self.js.publish(
+                f"taskwire.events.{self.task_id}",
+                payload,
+                timeout=self.timeout,
+                headers=headers,
+            )
+        except nats.js.errors.APIError as e:
+            if e.err_code == ERR_WRONG_LAST_SEQUENCE:
+                raise _Conflict() from e
+            raise _Unavailable(str(e)) from e
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+            raise _Unavailable(repr(e)) from e
+        return int(ack.seq)
+
+    async def _resync(self) -> bool:
+        """After a lost append: whether the newest event is still this attempt running
+        (then ``last_seq`` moves to it and the write is tried again)."""
+        if not self.claimed or self.newest is None:
+            return False
+        newest = await self.newest(self.task_id)  # _Unavailable propagates
+        if newest is None:
+            return False
+        seq, ev = newest
+        if (
+            seq > self.last_seq
+            and ev.attempt == self.attempt
+            and ev.fan_in_of == self.fan_in_of
+            and ev.state == task_pb2.TASK_STATE_RUNNING
+        ):
+            self.last_seq = seq
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How one child ended, as its parent's fan-in step sees it
+    (:attr:`TaskContext.children`): its ``task_id`` and ``kind``, its ``state`` (a
+    ``TaskState`` value: SUCCEEDED, FAILED or CANCELLED), its ``output`` (JSON, if it
+    succeeded) and its ``error`` (a ``task_pb2.TaskError``, if it failed)."""
+
+    task_id: str
+    kind: str
+    state: int
+    output: JSON = None
+    error: Optional[task_pb2.TaskError] = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == task_pb2.TASK_STATE_SUCCEEDED
+
+    @property
+    def state_name(self) -> str:
+        """``"SUCCEEDED"``, ``"FAILED"`` or ``"CANCELLED"``."""
+        return task_pb2.TaskState.Name(self.state).removeprefix("TASK_STATE_")  # type: ignore[arg-type]
+
+    @classmethod
+    def from_proto(cls, c: messages_pb2.ChildResult) -> "ChildResult":
+        return cls(
+            task_id=c.task_id,
+            kind=c.kind,
+            state=int(c.state),
+            output=from_value(c.output) if c.HasField("output") else None,
+            error=task_pb2.TaskError(code=c.error.code, message=c.error.message, retryable=c.error.retryable)
+            if c.HasField("error")
+            else None,
+        )
+
+
+def _bad_child(why: str) -> TaskFailure:
+    return TaskFailure.fatal(why, code="BAD_CHILD")
+
+
+def _child_labels(labels: Optional[Mapping[str, str]]) -> dict[str, str]:
+    """A child's labels, checked as the api checks a submit's (BAD_CHILD otherwise)."""
+    out: dict[str, str] = {}
+    for k, v in (labels or {}).items():
+        if not isinstance(k, str) or not _LABEL_KEY_RE.fullmatch(k):
+            raise _bad_child(f"label key {k!r} must match [a-z0-9][a-z0-9._/-]{{0,62}}")
+        if (
+            not isinstance(v, str)
+            or len(v.encode()) > _MAX_LABEL_VALUE_BYTES
+            or any(unicodedata.category(c) == "Cc" for c in v)
+        ):
+            raise _bad_child(
+                f"the value of label {k!r} must be a string of at most {_MAX_LABEL_VALUE_BYTES} bytes "
+                "with no control characters"
+            )
+        out[k] = v
+    if len(out) > _MAX_LABELS:
+        raise _bad_child(f"at most {_MAX_LABELS} labels")
+    return out
+
+
+def _child_timeout(timeout: Union[float, int, datetime.timedelta]) -> duration_pb2.Duration:
+    if isinstance(timeout, datetime.timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise _bad_child(f"a child's timeout must be seconds or a timedelta, not {type(timeout).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _bad_child(f"a child's timeout must be positive, not {timeout!r}")
+    d = duration_pb2.Duration()
+    d.FromTimedelta(datetime.timedelta(seconds=seconds))
+    return d
 
 
 class TaskContext:
     """What a handler gets: the task, its attempt, and ways to report and to notice a
     stop. ``deadline`` is on the ``time.monotonic()`` clock. ``traceparent`` is the
     attempt's W3C trace context (None when the task is not traced), e.g. to pass on to
-    the tasks a handler submits."""
+    the tasks a handler submits.
+
+    Children: :meth:`spawn` starts a child task once the step ends well; the task then
+    WAITS for its children and runs its fan-in step (this kind, or the one named with
+    :meth:`fan_in_as`), where :attr:`children` holds their results and
+    :attr:`step_output` what the first step returned."""
 
     def __init__(
         self,
@@ -600,6 +804,7 @@ class TaskContext:
         stop: asyncio.Event,
         writer: _EventWriter,
         traceparent: Optional[str] = None,
+        fan_in: Optional[messages_pb2.FanIn] = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -611,6 +816,100 @@ class TaskContext:
         self.traceparent = traceparent
         self._stop = stop
         self._writer = writer
+        self._children: Optional[list[ChildResult]] = None
+        self._step_output: JSON = None
+        if fan_in is not None:
+            self._children = [ChildResult.from_proto(c) for c in fan_in.children]
+            self._step_output = from_value(fan_in.step_output) if fan_in.HasField("step_output") else None
+        # What this step started, the kind of its fan-in, and its last progress (where
+        # its tree's share starts: the WAITING event's progress).
+        self._spawned: list[messages_pb2.TaskMessage] = []
+        self._fan_in_kind = ""
+        self._progress = 0.0
+
+    @property
+    def children(self) -> Optional[list[ChildResult]]:
+        """In a fan-in step: how each child ended, in the order they were started (but
+        those with the ``"ignore"`` policy that did not succeed). None in a first step."""
+        return None if self._children is None else list(self._children)
+
+    @property
+    def step_output(self) -> JSON:
+        """In a fan-in step: what the task's first step returned (None otherwise)."""
+        return self._step_output
+
+    @property
+    def spawned(self) -> list[str]:
+        """The ids of the children this step has spawned so far."""
+        return [c.task_id for c in self._spawned]
+
+    def spawn(
+        self,
+        kind: str,
+        input: JSON = None,
+        *,
+        on_failure: PolicyLike = "fail_parent",
+        labels: Optional[Mapping[str, str]] = None,
+        max_attempts: int = 0,
+        timeout: Optional[Union[float, int, datetime.timedelta]] = None,
+        cancel_policy: PolicyLike = "cascade",
+    ) -> str:
+        """Starts a child task of ``kind`` with ``input`` once this step ends well, and
+        returns its id (a new UUIDv7). The children a step spawns are created, all of
+        them at once, when its handler returns (its return value is then the step's
+        output, :attr:`step_output` in the fan-in); the task WAITS for them, and runs
+        its fan-in step once they are all terminal. A step that fails (or is stopped)
+        starts none; its retry spawns anew.
+
+        ``on_failure``: what the child's failure (or cancel) does to this task:
+        ``"fail_parent"`` (it FAILS at once with code CHILD_FAILED, its other children
+        are cancelled), ``"ignore"`` (the fan-in runs without its result) or
+        ``"continue"`` (the fan-in gets its error). ``cancel_policy``: what cancelling
+        the child does to its own children: ``"cascade"`` or ``"abandon"``. Both take
+        ``task_pb2`` enum values too. ``labels`` as a submit's; ``max_attempts`` 1 to
+        100 (0: this task's); ``timeout`` per attempt (seconds or a timedelta; None:
+        the worker's default). At most :data:`MAX_CHILDREN` (1000) per step. A bad
+        argument raises :class:`TaskFailure` with code BAD_CHILD (fatal: let it
+        propagate)."""
+        if not isinstance(kind, str) or not valid_kind(kind):
+            raise _bad_child(f"a child's kind must match [a-z0-9][a-z0-9._-]{{0,127}}, not {kind!r}")
+        try:
+            child_failure = child_failure_value(on_failure, "on_failure") or task_pb2.CHILD_FAILURE_POLICY_FAIL_PARENT
+            cancel = cancel_policy_value(cancel_policy) or task_pb2.CANCEL_POLICY_CASCADE
+        except (TypeError, ValueError) as e:
+            raise _bad_child(str(e)) from None
+        child_labels = _child_labels(labels)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 0 <= max_attempts <= 100:
+            raise _bad_child(f"a child's max_attempts is 0 (this task's) to 100, not {max_attempts!r}")
+        try:
+            value = to_value(input)
+        except (TypeError, ValueError) as e:
+            raise _bad_child(f"a child's input must be JSON: {e}") from None
+        if len(self._spawned) >= MAX_CHILDREN:
+            raise _bad_child(f"a step starts at most {MAX_CHILDREN} children")
+        child = messages_pb2.TaskMessage(
+            task_id=uuid7(),
+            kind=kind,
+            input=value,
+            max_attempts=max_attempts or self.max_attempts,
+            labels=child_labels,
+            created_at=_now(),
+            traceparent=self.traceparent or "",
+            parent_id=self.task_id,
+            child_failure=child_failure,  # type: ignore[arg-type]
+            cancel_policy=cancel,  # type: ignore[arg-type]
+        )
+        if timeout is not None:
+            child.timeout.CopyFrom(_child_timeout(timeout))
+        self._spawned.append(child)
+        return child.task_id
+
+    def fan_in_as(self, kind: str) -> None:
+        """Names the kind whose handler runs this task's fan-in step (default: its
+        own); BAD_CHILD (:class:`TaskFailure`) for an invalid kind."""
+        if not isinstance(kind, str) or not valid_kind(kind):
+            raise _bad_child(f"a fan-in kind must match [a-z0-9][a-z0-9._-]{{0,127}}, not {kind!r}")
+        self._fan_in_kind = kind
 
     @property
     def cancelled(self) -> bool:
@@ -634,6 +933,7 @@ class TaskContext:
         """Appends a RUNNING event with progress (fraction clamped to [0, 1])."""
         f = float(fraction)
         f = min(max(f, 0.0), 1.0) if math.isfinite(f) else 0.0
+        self._progress = f
         await self._send(progress=task_pb2.Progress(fraction=f, message=str(message)))
 
     async def log(self, line: str) -> None:
@@ -1271,7 +1571,16 @@ class Worker:
     ) -> Optional[_EventWriter]:
         """Steps 3-6: read the history, skip finished tasks, number the attempt, fail
         spent ones, append RUNNING. The returned writer carries the attempt number.
-        None: nothing to run (handled, or left for redelivery)."""
+        None: nothing to run (handled, or left for redelivery).
+
+        A parent's steps, as the Rust workers take them: the message of its first step
+        has nothing left to do once the task WAITS for its children or is in its
+        fan-in step (an event with ``fan_in_of``): it is acked, never run again. A
+        fan-in message (``TaskMessage.fan_in``) runs only while the history ends with
+        the WAITING event it follows (``waiting_seq``: attempt 1) or with that fan-in
+        step's own events (``fan_in_of`` = ``waiting_seq``: the next attempt);
+        otherwise it is acked. Every event of a fan-in step carries ``fan_in_of``."""
+        waiting = body.fan_in.waiting_seq if body.HasField("fan_in") else 0
         for _ in range(CLAIM_TRIES):
             try:
                 last = await self._last_event(task_id)
@@ -1288,15 +1597,28 @@ class Worker:
                 log.info("task %s: already finished; acking", task_id)
                 await self._ack(msg)
                 return None
+            if last is not None and _step_done(waiting, last[0], last[1]):
+                log.info(
+                    "task %s: this message's step is over (%s at seq %d); acking",
+                    task_id,
+                    task_pb2.TaskState.Name(last[1].state),
+                    last[0],
+                )
+                await self._ack(msg)
+                return None
             # Attempts are counted in the history, not in deliveries: a redelivery left
-            # to a live attempt, or a claim that failed, spends none.
-            attempt = last[1].attempt + 1 if last is not None else 1
+            # to a live attempt, or a claim that failed, spends none. A fan-in step's
+            # count from 1 again after the WAITING event.
+            if last is None or last[1].state == task_pb2.TASK_STATE_WAITING:
+                attempt = 1
+            else:
+                attempt = last[1].attempt + 1
             if attempt > body.max_attempts:
                 # The last attempt's worker died (or handed it back): the task fails,
                 # recorded under that attempt's number.
                 trace.set_attribute("attempt", body.max_attempts)
                 writer = _EventWriter(
-                    self._js, task_id, body.kind, body.max_attempts, last_seq, self.nats_timeout, trace
+                    self._js, task_id, body.kind, body.max_attempts, last_seq, self.nats_timeout, trace, waiting
                 )
                 f = TaskFailure(
                     f"attempt {body.max_attempts} of {body.max_attempts} was lost with its worker",
@@ -1305,17 +1627,23 @@ class Worker:
                 )
                 await self._fail(msg, writer, body, f)
                 return None
-            writer = _EventWriter(self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout, trace)
+            writer = _EventWriter(
+                self._js, task_id, body.kind, attempt, last_seq, self.nats_timeout, trace, waiting, self._last_event
+            )
+            # The fan-in's share of its tree's progress starts at 0.
+            progress = task_pb2.Progress(fraction=0.0, message="fan-in") if waiting and attempt == 1 else None
             try:
                 # The claim names this worker (Event.worker): the attempt history shows it.
-                await writer.write(task_pb2.TASK_STATE_RUNNING, worker=worker_name())
+                await writer.write(task_pb2.TASK_STATE_RUNNING, worker=worker_name(), progress=progress)
             except _Conflict:
                 continue
             except _Unavailable as e:
                 log.warning("task %s: cannot append RUNNING (%s); retrying later", task_id, e)
                 await self._nak(msg, 1.0)
                 return None
-            # Claimed: from now on running-requests for the task are answered.
+            # Claimed: from now on running-requests for the task are answered, and the
+            # attempt's writes continue after events of its own they did not know of.
+            writer.claimed = True
             reg.attempt = attempt
             trace.set_attribute("attempt", attempt)
             return writer
@@ -1355,6 +1683,7 @@ class Worker:
             stop=stop,
             writer=writer,
             traceparent=trace.traceparent,
+            fan_in=body.fan_in if body.HasField("fan_in") else None,
         )
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         running = asyncio.create_task(self._call(handler, ctx, trace))
@@ -1379,7 +1708,9 @@ class Worker:
 
         if running in done and not was_stopped:
             result = running.result()
-            if isinstance(result, _Output):
+            if isinstance(result, _Output) and ctx._spawned:
+                await self._wait(msg, writer, body, attempt, ctx, result.value)
+            elif isinstance(result, _Output):
                 await self._succeed(msg, writer, result.value)
             elif isinstance(result, TaskFailure):
                 await self._retry_or_fail(msg, writer, body, attempt, result)
@@ -1465,6 +1796,45 @@ class Worker:
             return  # no ack, no NAK: redelivered after ack_wait
         await self._ack(msg)
 
+    async def _wait(
+        self,
+        msg: Msg,
+        writer: _EventWriter,
+        body: messages_pb2.TaskMessage,
+        attempt: int,
+        ctx: TaskContext,
+        output: Any,
+    ) -> None:
+        """A step that returned with children: the WAITING event carries them (the api
+        creates them once it is stored) and the step's output, then the ack. Children
+        whose messages would not fit in one event fail the task (CHILDREN_TOO_LARGE)."""
+        children = list(ctx._spawned)
+        n = len(children)
+        size = sum(c.ByteSize() for c in children)
+        if size > MAX_CHILDREN_BYTES:
+            f = TaskFailure.fatal(
+                f"the {n} children started take {size} bytes; at most {MAX_CHILDREN_BYTES} fit in one event",
+                code="CHILDREN_TOO_LARGE",
+            )
+            await self._retry_or_fail(msg, writer, body, attempt, f)
+            return
+        try:
+            await self._write_outcome(
+                writer,
+                task_pb2.TASK_STATE_WAITING,
+                progress=task_pb2.Progress(fraction=ctx._progress, message=f"waiting for {n} children"),
+                output=output,
+                children=children,
+                fan_in_kind=ctx._fan_in_kind,
+            )
+        except _Conflict:
+            await self._ack_if_finished(msg, writer.task_id)
+            return
+        except _Unavailable:
+            return  # no ack, no NAK: redelivered after ack_wait
+        log.info("task %s: waits for its %d children", writer.task_id, n)
+        await self._ack(msg)
+
     async def _retry_or_fail(
         self, msg: Msg, writer: _EventWriter, body: messages_pb2.TaskMessage, attempt: int, f: TaskFailure
     ) -> None:
@@ -1499,9 +1869,10 @@ class Worker:
     async def _dead_letter(self, body: messages_pb2.TaskMessage, error: Optional[task_pb2.TaskError]) -> bool:
         """Copies the task to ``taskwire.dlq.<kind>``; False if that failed (then the
         message is left for redelivery, which finds FAILED and sends it again). Its
-        ``Nats-Msg-Id`` is the run's (:func:`task_msg_id`): a retried run that fails
-        again within the duplicate window gets a copy of its own."""
-        headers = {"Nats-Msg-Id": task_msg_id(body.task_id, body.run), SCHEMA_HEADER: SCHEMA_VERSION}
+        ``Nats-Msg-Id`` is the run's (:func:`task_msg_id`), or a fan-in step's
+        (:func:`message_id`): a retried run that fails again within the duplicate
+        window gets a copy of its own."""
+        headers = {"Nats-Msg-Id": message_id(body), SCHEMA_HEADER: SCHEMA_VERSION}
         if error is not None:
             headers["Taskwire-Error-Code"] = error.code
             headers["Taskwire-Error-Retryable"] = "true" if error.retryable else "false"
@@ -1529,10 +1900,25 @@ class Worker:
             log.info("task %s: taken over by another worker; leaving its message", task_id)
 
 
+def _step_done(waiting: int, seq: int, ev: messages_pb2.Event) -> bool:
+    """Whether the step a message runs is over, given the task's newest event (at
+    ``seq``; not terminal): for a first step's message (``waiting`` 0), once the task
+    WAITS or is in a fan-in step; for a fan-in message (``waiting`` = the seq of the
+    WAITING event it follows), unless the history ends with that WAITING event or with
+    an event of that fan-in step."""
+    if waiting == 0:
+        return ev.state == task_pb2.TASK_STATE_WAITING or ev.fan_in_of != 0
+    following = ev.state == task_pb2.TASK_STATE_WAITING and seq == waiting
+    return not (following or ev.fan_in_of == waiting)
+
+
 def _trace_outcome(trace: _trace.AttemptTrace, state: int, error: Optional[task_pb2.TaskError]) -> None:
     """Records a stored outcome on the attempt's span, named as the Rust worker names it."""
     if state == task_pb2.TASK_STATE_SUCCEEDED:
         trace.finish("succeeded")
+        return
+    if state == task_pb2.TASK_STATE_WAITING:
+        trace.finish("waiting")
         return
     why = f"{error.code}: {error.message}" if error is not None else ""
     if state == task_pb2.TASK_STATE_FAILED:

@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitTaskRequest(_message.Message):
-    __slots__ = ("kind", "input", "idempotency_key", "max_attempts", "timeout", "labels", "delay", "run_at")
+    __slots__ = ("kind", "input", "idempotency_key", "max_attempts", "timeout", "labels", "delay", "run_at", "parent_id", "child_failure", "cancel_policy")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,9 @@ class SubmitTaskRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILD_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_POLICY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     input: _struct_pb2.Value
     idempotency_key: str
@@ -38,7 +41,10 @@ class SubmitTaskRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     delay: _duration_pb2.Duration
     run_at: _timestamp_pb2.Timestamp
-    def __init__(self, kind: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    parent_id: str
+    child_failure: _task_pb2.ChildFailurePolicy
+    cancel_policy: _task_pb2.CancelPolicy
+    def __init__(self, kind: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parent_id: _Optional[str] = ..., child_failure: _Optional[_Union[_task_pb2.ChildFailurePolicy, str]] = ..., cancel_policy: _Optional[_Union[_task_pb2.CancelPolicy, str]] = ...) -> None: ...
 
 class SubmitTaskResponse(_message.Message):
     __slots__ = ("task_id", "state", "deduplicated", "warning")
@@ -146,7 +152,7 @@ class ListAttemptsResponse(_message.Message):
     def __init__(self, attempts: _Optional[_Iterable[_Union[_task_pb2.Attempt, _Mapping]]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "state", "kind", "labels")
+    __slots__ = ("page_size", "page_token", "state", "kind", "labels", "parent_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -159,12 +165,14 @@ class ListTasksRequest(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     state: _task_pb2.TaskState
     kind: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., kind: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    parent_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., kind: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_id: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token")
@@ -228,9 +236,11 @@ class WatchTasksRequest(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class WatchTaskRequest(_message.Message):
-    __slots__ = ("task_id", "after_seq")
+    __slots__ = ("task_id", "after_seq", "tree")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TREE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     after_seq: int
-    def __init__(self, task_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    tree: bool
+    def __init__(self, task_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., tree: _Optional[bool] = ...) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16taskwire/v1/task.proto\x12\x0btaskwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xf7\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12%\n\x05input\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x14\n\x0cmax_attempts\x18\t \x01(\r\x12-\n\x06labels\x18\n \x03(\x0b\x32\x1d.taskwire.v1.Task.LabelsEntry\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x0f \x01(\x04\x12*\n\x06run_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03run\x18\x11 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x07\x41ttempt\x12\x0b\n\x03run\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07outcome\x18\x05 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0e\n\x06worker\x18\x07 \x01(\t\"\x94\x02\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x05 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07message\x18\t \x01(\t*\xd4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x17\n\x13TASK_STATE_RETRYING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16taskwire/v1/task.proto\x12\x0btaskwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x0b\x43hildCounts\x12\r\n\x05total\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x11\n\tsucceeded\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\x12\x11\n\tcancelled\x18\x05 \x01(\r\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xa0\x06\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12%\n\x05input\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x14\n\x0cmax_attempts\x18\t \x01(\r\x12-\n\x06labels\x18\n \x03(\x0b\x32\x1d.taskwire.v1.Task.LabelsEntry\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x0f \x01(\x04\x12*\n\x06run_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03run\x18\x11 \x01(\r\x12\x11\n\tparent_id\x18\x12 \x01(\t\x12*\n\x08\x63hildren\x18\x13 \x01(\x0b\x32\x18.taskwire.v1.ChildCounts\x12\x36\n\rchild_failure\x18\x14 \x01(\x0e\x32\x1f.taskwire.v1.ChildFailurePolicy\x12\x30\n\rcancel_policy\x18\x15 \x01(\x0e\x32\x19.taskwire.v1.CancelPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x07\x41ttempt\x12\x0b\n\x03run\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07outcome\x18\x05 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0e\n\x06worker\x18\x07 \x01(\t\"\xb5\x02\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x05 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07message\x18\t \x01(\t\x12\x11\n\tparent_id\x18\n \x01(\t\x12\x0c\n\x04kind\x18\x0b \x01(\t*\xec\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x17\n\x13TASK_STATE_RETRYING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x07\x12\x16\n\x12TASK_STATE_WAITING\x10\x08*\xa4\x01\n\x12\x43hildFailurePolicy\x12$\n CHILD_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12$\n CHILD_FAILURE_POLICY_FAIL_PARENT\x10\x01\x12\x1f\n\x1b\x43HILD_FAILURE_POLICY_IGNORE\x10\x02\x12!\n\x1d\x43HILD_FAILURE_POLICY_CONTINUE\x10\x03*c\n\x0c\x43\x61ncelPolicy\x12\x1d\n\x19\x43\x41NCEL_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_POLICY_CASCADE\x10\x01\x12\x19\n\x15\x43\x41NCEL_POLICY_ABANDON\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASK_LABELSENTRY']._loaded_options = None
   _globals['_TASK_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=1358
-  _globals['_TASKSTATE']._serialized_end=1570
-  _globals['_PROGRESS']._serialized_start=102
-  _globals['_PROGRESS']._serialized_end=147
-  _globals['_TASKERROR']._serialized_start=149
-  _globals['_TASKERROR']._serialized_end=210
-  _globals['_TASK']._serialized_start=213
-  _globals['_TASK']._serialized_end=844
-  _globals['_TASK_LABELSENTRY']._serialized_start=799
-  _globals['_TASK_LABELSENTRY']._serialized_end=844
-  _globals['_ATTEMPT']._serialized_start=847
-  _globals['_ATTEMPT']._serialized_end=1076
-  _globals['_TASKEVENT']._serialized_start=1079
-  _globals['_TASKEVENT']._serialized_end=1355
+  _globals['_TASKSTATE']._serialized_start=1660
+  _globals['_TASKSTATE']._serialized_end=1896
+  _globals['_CHILDFAILUREPOLICY']._serialized_start=1899
+  _globals['_CHILDFAILUREPOLICY']._serialized_end=2063
+  _globals['_CANCELPOLICY']._serialized_start=2065
+  _globals['_CANCELPOLICY']._serialized_end=2164
+  _globals['_CHILDCOUNTS']._serialized_start=102
+  _globals['_CHILDCOUNTS']._serialized_end=200
+  _globals['_PROGRESS']._serialized_start=202
+  _globals['_PROGRESS']._serialized_end=247
+  _globals['_TASKERROR']._serialized_start=249
+  _globals['_TASKERROR']._serialized_end=310
+  _globals['_TASK']._serialized_start=313
+  _globals['_TASK']._serialized_end=1113
+  _globals['_TASK_LABELSENTRY']._serialized_start=1068
+  _globals['_TASK_LABELSENTRY']._serialized_end=1113
+  _globals['_ATTEMPT']._serialized_start=1116
+  _globals['_ATTEMPT']._serialized_end=1345
+  _globals['_TASKEVENT']._serialized_start=1348
+  _globals['_TASKEVENT']._serialized_end=1657
 # @@protoc_insertion_point(module_scope)

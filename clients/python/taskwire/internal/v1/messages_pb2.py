@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from taskwire.v1 import task_pb2 as taskwire_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#taskwire/internal/v1/messages.proto\x12\x14taskwire.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16taskwire/v1/task.proto\"\x81\x03\n\x0bTaskMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.taskwire.internal.v1.TaskMessage.LabelsEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12*\n\x06run_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03run\x18\n \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x02\n\x05\x45vent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12&\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x0b\n\x03run\x18\n \x01(\r\x12\x0e\n\x06worker\x18\x0b \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#taskwire/internal/v1/messages.proto\x12\x14taskwire.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16taskwire/v1/task.proto\"\xab\x04\n\x0bTaskMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.taskwire.internal.v1.TaskMessage.LabelsEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12*\n\x06run_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03run\x18\n \x01(\r\x12\x11\n\tparent_id\x18\x0b \x01(\t\x12+\n\x06\x66\x61n_in\x18\x0c \x01(\x0b\x32\x1b.taskwire.internal.v1.FanIn\x12\x36\n\rchild_failure\x18\r \x01(\x0e\x32\x1f.taskwire.v1.ChildFailurePolicy\x12\x30\n\rcancel_policy\x18\x0e \x01(\x0e\x32\x19.taskwire.v1.CancelPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"~\n\x05\x46\x61nIn\x12\x33\n\x08\x63hildren\x18\x01 \x03(\x0b\x32!.taskwire.internal.v1.ChildResult\x12+\n\x0bstep_output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0bwaiting_seq\x18\x03 \x01(\x04\"\xa2\x01\n\x0b\x43hildResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.taskwire.v1.TaskError\"\x8b\x03\n\x05\x45vent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x08progress\x18\x04 \x01(\x0b\x32\x15.taskwire.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12&\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.taskwire.v1.TaskError\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x0b\n\x03run\x18\n \x01(\r\x12\x0e\n\x06worker\x18\x0b \x01(\t\x12\x33\n\x08\x63hildren\x18\x0c \x03(\x0b\x32!.taskwire.internal.v1.TaskMessage\x12\x13\n\x0b\x66\x61n_in_kind\x18\r \x01(\t\x12\x11\n\tfan_in_of\x18\x0e \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,9 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKMESSAGE_LABELSENTRY']._loaded_options = None
   _globals['_TASKMESSAGE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASKMESSAGE']._serialized_start=181
-  _globals['_TASKMESSAGE']._serialized_end=566
-  _globals['_TASKMESSAGE_LABELSENTRY']._serialized_start=521
-  _globals['_TASKMESSAGE_LABELSENTRY']._serialized_end=566
-  _globals['_EVENT']._serialized_start=569
-  _globals['_EVENT']._serialized_end=871
+  _globals['_TASKMESSAGE']._serialized_end=736
+  _globals['_TASKMESSAGE_LABELSENTRY']._serialized_start=691
+  _globals['_TASKMESSAGE_LABELSENTRY']._serialized_end=736
+  _globals['_FANIN']._serialized_start=738
+  _globals['_FANIN']._serialized_end=864
+  _globals['_CHILDRESULT']._serialized_start=867
+  _globals['_CHILDRESULT']._serialized_end=1029
+  _globals['_EVENT']._serialized_start=1032
+  _globals['_EVENT']._serialized_end=1427
 # @@protoc_insertion_point(module_scope)
