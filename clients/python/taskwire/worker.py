@@ -773,8 +773,8 @@ def _child_timeout(timeout: Union[float, int, datetime.timedelta]) -> duration_p
         seconds = float(timeout)
     else:
         raise _bad_child(f"a child's timeout must be seconds or a timedelta, not {type(timeout).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise _bad_child(f"a child's timeout must be positive, not {timeout!r}")
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > 24 * 3600:
+        raise _bad_child(f"a child's timeout must be positive and at most 24h, not {timeout!r}")
     d = duration_pb2.Duration()
     d.FromTimedelta(datetime.timedelta(seconds=seconds))
     return d

@@ -302,10 +302,9 @@ fn child_task(parent: &TaskRecord, m: &TaskMessage, now: i64) -> Result<(NewTask
             input,
             labels: Labels::parse(&m.labels).map_err(|e| e.to_string())?,
             max_attempts: m.max_attempts.clamp(1, 100),
-            timeout: m
-                .timeout
-                .as_ref()
-                .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)),
+            // As a submit's (the worker checked it; another SDK may not have).
+            timeout: taskwire::domain::parse_timeout(m.timeout.as_ref())
+                .map_err(|e| e.to_string())?,
             created_at_us: now,
             run_at_us: None,
             parent_id: Some(parent.id),

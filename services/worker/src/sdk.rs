@@ -354,6 +354,12 @@ impl TaskContext {
         if child.max_attempts > 100 {
             return Err(bad("a child's max_attempts is at most 100".into()));
         }
+        if child
+            .timeout
+            .is_some_and(|t| t.is_zero() || t > taskwire::domain::MAX_TIMEOUT)
+        {
+            return Err(bad("a child's timeout is positive and at most 24h".into()));
+        }
         let mut spawned = self.inner.spawned.lock().expect("not poisoned");
         if spawned.children.len() >= MAX_CHILDREN {
             return Err(bad(format!(
