@@ -248,18 +248,30 @@ impl Store {
         .await
     }
 
-    /// Children still active under a parent that was cancelled or failed with the
-    /// CASCADE policy: what a cancel that stopped midway (a crash) left running.
-    pub async fn orphans(&self, limit: u32) -> Result<Vec<TaskId>, Error> {
+    /// Marks (or clears) a parent whose children are being cancelled with it: set
+    /// before its terminal event is appended, cleared once they are, so that
+    /// [`Store::pending_cascades`] finds what a crash cut short.
+    pub async fn mark_cascade(&self, parent: TaskId, pending: bool) -> Result<(), Error> {
         self.deadline(async {
-            let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT c.id FROM tasks p JOIN tasks c ON c.parent_id = p.id \
-                 WHERE p.has_children = 1 AND p.state IN (5, 6) AND p.cancel_policy IN (0, 1) \
-                 AND c.state IN {ACTIVE} LIMIT $1"
-            )))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            sqlx::query("UPDATE tasks SET cascade_pending = $1 WHERE id = $2")
+                .bind(i64::from(pending))
+                .bind(parent.to_string())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Parents marked by [`Store::mark_cascade`] (`tasks_cascade_pending`, a partial
+    /// index that is almost always empty).
+    pub async fn pending_cascades(&self, limit: u32) -> Result<Vec<TaskId>, Error> {
+        self.deadline(async {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM tasks WHERE cascade_pending = 1 LIMIT $1")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
             ids.iter().map(|s| super::stored_id(s)).collect()
         })
         .await

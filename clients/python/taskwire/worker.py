@@ -859,7 +859,9 @@ class TaskContext:
         them at once, when its handler returns (its return value is then the step's
         output, :attr:`step_output` in the fan-in); the task WAITS for them, and runs
         its fan-in step once they are all terminal. A step that fails (or is stopped)
-        starts none; its retry spawns anew.
+        starts none; its retry spawns anew. The tree's progress goes on from this
+        step's last reported progress: a step that spawns should report only its own
+        share of the whole (planning as 0.1, say), not 1.
 
         ``on_failure``: what the child's failure (or cancel) does to this task:
         ``"fail_parent"`` (it FAILS at once with code CHILD_FAILED, its other children

@@ -20,6 +20,8 @@ export const FILTER_STATES: TaskState[] = [
   TaskState.SCHEDULED,
   TaskState.QUEUED,
   TaskState.RUNNING,
+  // A parent whose step started children, until they are all done (then RUNNING again).
+  TaskState.WAITING,
   TaskState.RETRYING,
   TaskState.SUCCEEDED,
   TaskState.FAILED,

@@ -9,6 +9,8 @@
 // discarded from their rows and the bar dead-letters.ts shows while the list's state
 // filter is FAILED; the drawer lists a task's attempts in every run (ListAttempts).
 // The submit form sends more than one copy of a task as one SubmitTasks call.
+// A task with children (a task graph) shows its tree in the drawer (tree.ts), fed by
+// one WatchTask stream with tree = true.
 import { create, fromJson, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -44,8 +46,9 @@ import {
   tsMillis,
 } from "./format";
 import { SubmitTaskRequestSchema, type SubmitTaskRequest } from "./gen/taskwire/v1/service_pb";
-import { ProgressSchema, TaskState, type Attempt, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
+import { ChildCountsSchema, ProgressSchema, TaskState, type Attempt, type Task, type TaskEvent } from "./gen/taskwire/v1/task_pb";
 import { nudgeQueues, restartQueues, startQueues } from "./queues";
+import { createTreeView, type TreeView } from "./tree";
 
 const api = createApi();
 const UNARY_TIMEOUT_MS = 15_000;
@@ -54,10 +57,27 @@ const BATCH_TIMEOUT_MS = 60_000;
 /** The refusal reasons a batch's answer lists; the rest are counted. */
 const MAX_REFUSAL_LINES = 5;
 
-/** The demo kinds `taskwire dev` runs, with an example input for each. */
-const PRESETS: { kind: string; input: JsonValue; hint: string }[] = [
+/** The most children of one task the drawer lists (the server's tree watch follows
+ * at most 10,000 nodes too). */
+const MAX_TREE_LIST = 10_000;
+
+/** The demo kinds `taskwire dev` runs, with an example input for each (`id` names a
+ * second example of a kind: its chip's data-testid is preset-<id>). */
+const PRESETS: { kind: string; id?: string; label?: string; input: JsonValue; hint: string }[] = [
   { kind: "demo.sleep", input: { seconds: 5, steps: 10 }, hint: "sleeps, reporting n steps" },
   { kind: "demo.agent", input: { prompt: "hi", tokens: 40, delay_ms: 120 }, hint: "streams tokens as progress" },
+  {
+    kind: "demo.agent",
+    id: "demo.agent.tools",
+    label: "demo.agent + tools",
+    input: { prompt: "plan a trip", tools: 3, tokens: 20, delay_ms: 100 },
+    hint: "a task graph: plans, starts one child agent per tool, waits for them, then summarizes their answers",
+  },
+  {
+    kind: "demo.fanout",
+    input: { children: 5, child_kind: "demo.sleep", child_input: { seconds: 2, steps: 5 } },
+    hint: "a task graph: starts n children of a kind, then gathers their results",
+  },
   { kind: "demo.echo", input: { hello: "world" }, hint: "returns its input" },
   { kind: "demo.flaky", input: {}, hint: "fails once, then succeeds" },
   { kind: "demo.fail", input: {}, hint: "always fails" },
@@ -77,6 +97,8 @@ interface Row {
   attempt: HTMLElement;
   /** A SCHEDULED task's start: "starts 12:34:56 · in 42 s". */
   runAt: HTMLElement;
+  /** Its place in a task graph: "3 children" (opens its tree) or "child of …". */
+  family: HTMLButtonElement;
   /** How many times the page listed again to see this SCHEDULED task leave SCHEDULED
    * after it came due (that step sends no event: see watchDueRows). */
   dueChecks: number;
@@ -122,6 +144,7 @@ function newRow(task: Task): Row {
   const run = h("span", { class: "run", "data-testid": "task-run" });
   const attempt = h("span", { class: "attempt", "data-testid": "task-attempt" });
   const runAt = h("span", { class: "run-at", "data-testid": "task-run-at" });
+  const family = h("button", { type: "button", class: "link family", "data-testid": "task-family", hidden: true });
   const bar = h("div", { class: "bar" });
   const progress = h(
     "div",
@@ -155,7 +178,7 @@ function newRow(task: Task): Row {
       h("button", { class: "link mono", "data-testid": "task-id", title: `${id}\nclick for details`, onclick: () => openDetail(id) }, shortId(id)),
     ),
     h("td", { class: "mono kind", "data-testid": "task-kind" }, task.kind),
-    h("td", {}, badge, run, attempt, runAt),
+    h("td", {}, badge, run, attempt, runAt, family),
     h("td", { class: "col-progress" }, h("div", { class: "progress-cell" }, progress, pct)),
     h("td", { class: "message-cell" }, message),
     h("td", { class: "muted nowrap", "data-testid": "task-created" }, formatClock(tsMillis(task.createdAt))),
@@ -163,9 +186,11 @@ function newRow(task: Task): Row {
     actions,
   );
   const row: Row = {
-    task, note: task.progress?.message ?? "", tr, badge, run, attempt, runAt, dueChecks: 0, progress, bar, pct, message, duration, actions, cancel,
-    retry, select,
+    task, note: task.progress?.message ?? "", tr, badge, run, attempt, runAt, family, dueChecks: 0, progress, bar, pct, message, duration, actions,
+    cancel, retry, select,
   };
+  // Whose tree: a parent's own, a child's parent's (the row's task is read on click).
+  family.addEventListener("click", () => openDetail(row.task.children ? row.task.id : row.task.parentId || row.task.id));
   renderRow(row);
   return row;
 }
@@ -194,6 +219,7 @@ function renderRow(row: Row): void {
   row.progress.setAttribute("aria-valuenow", String(pct));
   row.progress.className = `progress state-${name.toLowerCase()}${t.state === TaskState.QUEUED ? " waiting" : ""}`;
   renderRunAt(row);
+  renderFamily(row);
   row.bar.style.width = `${pct}%`;
   row.pct.textContent = `${pct}%`;
 
@@ -239,6 +265,28 @@ function renderRunAt(row: Row): void {
   row.runAt.textContent = `starts ${formatClock(at)} · ${left > 0 ? formatCountdown(left) : "due, starting…"}`;
   row.runAt.dataset.runAt = new Date(at).toISOString();
   row.runAt.title = `run at ${new Date(at).toISOString()}`;
+}
+
+/** A task with children: how many, and how many are still going; a child: its parent. */
+function renderFamily(row: Row): void {
+  const t = row.task;
+  const c = t.children;
+  let text = "";
+  let title = "";
+  if (c) {
+    text = c.total ? `${c.total} ${c.total === 1 ? "child" : "children"}${c.active ? ` · ${c.active} active` : ""}` : "children…";
+    title = c.total
+      ? `${c.succeeded} succeeded, ${c.failed} failed, ${c.cancelled} cancelled, ${c.active} active; click for its tree`
+      : "its children are being created; click for its tree";
+  } else if (t.parentId) {
+    text = `child of ${shortId(t.parentId)}`;
+    title = `a child of ${t.parentId}; click for its parent's tree`;
+  }
+  row.family.hidden = text === "";
+  row.family.textContent = text;
+  row.family.title = title;
+  row.tr.dataset.parentId = t.parentId;
+  row.tr.dataset.children = String(c?.total ?? 0);
 }
 
 function renderDuration(row: Row): void {
@@ -290,6 +338,12 @@ function applyEvent(ev: TaskEvent): void {
   if (pageTokens.length === 1 && (filter.state === TaskState.UNSPECIFIED || filter.state === ev.state)) scheduleReload();
 }
 
+/** Whether a task has (or is about to have) children: the server sets Task.children
+ * only on such a task, and the page sets it once it sees the task WAITING. */
+function isParent(t: Task): boolean {
+  return t.children !== undefined || t.state === TaskState.WAITING;
+}
+
 /** Folds an event into a task record; false when the record already has it (by seq). */
 function foldEvent(t: Task, ev: TaskEvent): boolean {
   if (ev.seq !== 0n && ev.seq <= t.lastSeq) return false; // already applied (list and stream overlap)
@@ -307,10 +361,17 @@ function foldEvent(t: Task, ev: TaskEvent): boolean {
   }
   if (ev.seq > t.lastSeq) t.lastSeq = ev.seq;
   const wasState = t.state;
+  // A parent's progress is its tree's (the record's), but its events report its own
+  // step's: they may raise the bar (never lower it) until a listing reads the tree's.
+  const parent = isParent(t);
   t.state = ev.state;
   if (ev.attempt) t.attempt = ev.attempt;
-  if (ev.progress) t.progress = ev.progress;
-  else if (ev.state === TaskState.RUNNING && wasState !== TaskState.RUNNING) t.progress = create(ProgressSchema, {});
+  if (ev.state === TaskState.WAITING) t.children ??= create(ChildCountsSchema, {});
+  if (parent && ev.progress) {
+    const fraction = Math.max(t.progress?.fraction ?? 0, ev.progress.fraction);
+    t.progress = create(ProgressSchema, { fraction, message: ev.progress.message });
+  } else if (ev.progress) t.progress = ev.progress;
+  else if (ev.state === TaskState.RUNNING && wasState !== TaskState.RUNNING && !parent) t.progress = create(ProgressSchema, {});
   if (ev.output) t.output = ev.output;
   if (ev.error) t.error = ev.error;
   if (ev.time) {
@@ -328,6 +389,26 @@ function applyToRow(row: Row, ev: TaskEvent): void {
   const line = ev.message || ev.progress?.message;
   if (line) row.note = line;
   renderRow(row);
+  if (isParent(row.task) && (ev.state === TaskState.WAITING || isTerminal(ev.state))) refreshParentSoon(row.task.id, ev.seq);
+}
+
+/** When a parent's record is read again after its WAITING or terminal event (ms): its
+ * child counts and its tree's progress are on the record only, which the recorder
+ * writes a moment after the event. */
+const PARENT_REFRESH_MS = [1_000, 2_000, 4_000, 8_000];
+
+function refreshParentSoon(id: string, seq: bigint, attempt = 0): void {
+  window.setTimeout(async () => {
+    if (!rows.has(id)) return;
+    try {
+      const t = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS });
+      // Not recorded yet: once more, later.
+      if (t.lastSeq < seq && attempt + 1 < PARENT_REFRESH_MS.length) refreshParentSoon(id, seq, attempt + 1);
+      else showAnswer(t);
+    } catch {
+      // The next listing reads it.
+    }
+  }, PARENT_REFRESH_MS[attempt]);
 }
 
 /** Replaces the table body with a freshly listed page, keeping rows that are newer. */
@@ -746,8 +827,11 @@ copiesInput.addEventListener("input", () => {
 
 const datalist = $("#kind-options");
 const presets = $('[data-testid="presets"]');
+const listedKinds = new Set<string>();
 for (const p of PRESETS) {
-  append(datalist, h("option", { value: p.kind }, p.hint));
+  // One suggestion per kind, with its first example's hint.
+  if (!listedKinds.has(p.kind)) append(datalist, h("option", { value: p.kind }, p.hint));
+  listedKinds.add(p.kind);
   append(
     presets,
     h(
@@ -756,14 +840,14 @@ for (const p of PRESETS) {
         type: "button",
         class: "chip",
         title: p.hint,
-        "data-testid": `preset-${p.kind}`,
+        "data-testid": `preset-${p.id ?? p.kind}`,
         onclick: () => {
           kindInput.value = p.kind;
           inputArea.value = JSON.stringify(p.input);
           validateInput();
         },
       },
-      p.kind,
+      p.label ?? p.kind,
     ),
   );
 }
@@ -1017,6 +1101,9 @@ function toast(text: string, kind: "ok" | "error"): void {
 // ---------------------------------------------------------------------------------
 // Detail drawer: GetStatus, then WatchTask from after_seq (resumes after drops, and
 // after the terminal event once a retry starts a new run); ListAttempts for every run.
+// A task with children (or one that starts WAITING while shown) is watched with
+// tree = true instead: the same one stream then also carries its descendants' events,
+// which draw its tree (tree.ts), and resumes from the last seq of any of them.
 
 const drawer = $('[data-testid="task-detail"]');
 const drawerBody = $(".drawer-body", drawer);
@@ -1085,14 +1172,50 @@ function attemptLine(a: Attempt): HTMLElement {
   );
 }
 
+/** Whether the drawer shows a task's tree: it has children, or is waiting for some. */
+function isTreeTask(t: Task): boolean {
+  return (t.children?.total ?? 0) > 0 || t.state === TaskState.WAITING;
+}
+
+/** "3: 1 active, 2 succeeded": a parent's children by where they are. */
+function childCounts(t: Task): string {
+  const c = t.children;
+  if (!c) return "";
+  const parts = [
+    c.active ? `${c.active} active` : "",
+    c.succeeded ? `${c.succeeded} succeeded` : "",
+    c.failed ? `${c.failed} failed` : "",
+    c.cancelled ? `${c.cancelled} cancelled` : "",
+  ].filter((p) => p !== "");
+  return `${c.total}${parts.length ? `: ${parts.join(", ")}` : ""}`;
+}
+
+/** Every child of a task (ListTasks by parent_id, page after page), for its tree. */
+async function listChildren(parentId: string, signal: AbortSignal): Promise<Task[]> {
+  const out: Task[] = [];
+  let pageToken = "";
+  do {
+    const res = await api.tasks.listTasks({ parentId, pageSize: 1000, pageToken }, { timeoutMs: UNARY_TIMEOUT_MS, signal });
+    out.push(...res.tasks);
+    pageToken = res.nextPageToken;
+  } while (pageToken && out.length < MAX_TREE_LIST);
+  return out;
+}
+
 function openDetail(id: string): void {
   closeDetail();
   const abort = new AbortController();
   const events = h("ol", { class: "events", "data-testid": "detail-events" });
   const summary = h("div", { class: "detail-summary" }, "Loading…");
+  // Input, output and error: below the tree, which is what a parent is opened for.
+  const io = h("div", { class: "detail-io" });
   const streamNote = h("p", { class: "muted small", "data-testid": "detail-stream" }, "");
   const attempts = h("ol", { class: "attempts", "data-testid": "detail-attempts" });
   const attemptsNote = h("p", { class: "muted small", "data-testid": "detail-attempts-note" }, "Loading…");
+  // Kept across renders of the summary: the tree updates it between this task's events.
+  const progressText = h("span", { "data-testid": "detail-progress" });
+  const treeTitle = h("h3", { hidden: true }, "Tree");
+  const treeSlot = h("div", { class: "tree-slot", "data-testid": "detail-tree", hidden: true });
   const retryButton = h(
     "button",
     { class: "btn small", "data-testid": "detail-retry", hidden: true, title: "Start a new run of this failed task (RetryTask)" },
@@ -1114,6 +1237,9 @@ function openDetail(id: string): void {
     h("p", { class: "mono small detail-id" }, id),
     summary,
     h("div", { class: "detail-actions" }, retryButton),
+    treeTitle,
+    treeSlot,
+    io,
     h("h3", {}, "Attempts"),
     attemptsNote,
     attempts,
@@ -1126,6 +1252,10 @@ function openDetail(id: string): void {
   let lastState: TaskState | undefined;
 
   let current: Task | undefined;
+  /** The tree, once this task is known to have children; `treeSeq` is its stream's
+   * cursor (the last seq of any node's event: WatchTask's after_seq on a tree). */
+  let tree: TreeView | undefined;
+  let treeSeq = 0n;
   const addEvent = (ev: TaskEvent) => {
     if (ev.seq !== 0n && ev.seq <= lastSeq) return;
     if (ev.seq > lastSeq) lastSeq = ev.seq;
@@ -1160,12 +1290,18 @@ function openDetail(id: string): void {
       kv("state", h("span", { class: `badge state-${name.toLowerCase()}`, "data-testid": "detail-state" }, name)),
       t.run > 1 ? kv("run", h("span", { "data-testid": "detail-run", title: `retried ${t.run - 1} time${t.run > 2 ? "s" : ""}` }, String(t.run))) : null,
       kv("attempt", `${t.attempt} of ${t.maxAttempts}`),
-      kv("progress", `${Math.round((t.progress?.fraction ?? 0) * 100)}% ${t.progress?.message ?? ""}`),
+      kv("progress", progressText),
+      t.parentId ? kv("parent", h("button", { class: "link mono", "data-testid": "detail-parent", title: t.parentId, onclick: () => openDetail(t.parentId) }, shortId(t.parentId))) : null,
+      t.children?.total ? kv("children", h("span", { "data-testid": "detail-children" }, childCounts(t))) : null,
       kv("labels", Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "—"),
       kv("created", formatClock(tsMillis(t.createdAt))),
       t.runAt ? kv("run at", h("span", { "data-testid": "detail-run-at" }, formatClock(tsMillis(t.runAt)))) : null,
       kv("started", formatClock(tsMillis(t.startedAt))),
       kv("finished", formatClock(tsMillis(t.finishedAt))),
+    );
+    clear(io);
+    append(
+      io,
       h("h3", {}, "Input"),
       h("pre", { class: "json" }, prettyJson(t.input) || "—"),
       t.output ? h("h3", {}, "Output") : null,
@@ -1174,6 +1310,31 @@ function openDetail(id: string): void {
       t.error ? h("pre", { class: "json bad" }, `${t.error.code}${t.error.retryable ? " (retryable)" : ""}\n${t.error.message}`) : null,
     );
     retryButton.hidden = t.state !== TaskState.FAILED;
+    renderProgress();
+  };
+
+  // A parent's events report its own step's progress: with a tree, its bar is the tree's.
+  const renderProgress = () => {
+    const fraction = tree?.fraction(id) ?? current?.progress?.fraction ?? 0;
+    progressText.textContent = `${Math.round(fraction * 100)}% ${current?.progress?.message ?? ""}`;
+  };
+
+  const startTree = () => {
+    if (tree || abort.signal.aborted) return;
+    const view = createTreeView({
+      rootId: id,
+      root: current,
+      listChildren,
+      open: (other) => {
+        if (other !== id) openDetail(other);
+      },
+      onRootProgress: renderProgress,
+    });
+    tree = view;
+    abort.signal.addEventListener("abort", () => view.stop(), { once: true });
+    treeSlot.appendChild(view.el);
+    treeTitle.hidden = false;
+    treeSlot.hidden = false;
   };
 
   // ListAttempts, again whenever an attempt starts or ends (a burst collapses into one).
@@ -1207,19 +1368,43 @@ function openDetail(id: string): void {
 
   // WatchTask: after_seq = 0 first sends the current state; after a drop, resume
   // with after_seq = the last seq received. The stream ends after the terminal event;
-  // a retry (a new run) starts it again from there.
+  // a retry (a new run) starts it again from there. On a tree (tree = true), after_seq
+  // = 0 replays every node's history, and the cursor is the tree's.
   let watching = false;
+  /** The open stream's own abort: switching to the tree ends it for a tree stream. */
+  let stream: AbortController | undefined;
+  let switching = false;
+  const switchToTree = () => {
+    if (tree) return;
+    startTree();
+    if (watching) {
+      switching = true;
+      stream?.abort();
+    } else void watch();
+  };
   const watch = async () => {
     if (watching || abort.signal.aborted || !current) return;
     watching = true;
     let failures = 0;
     try {
       while (!abort.signal.aborted) {
-        streamNote.textContent = "watching…";
+        streamNote.textContent = tree ? "watching the tree…" : "watching…";
+        const ac = new AbortController();
+        stream = ac;
+        const stop = () => ac.abort();
+        abort.signal.addEventListener("abort", stop, { once: true });
         try {
-          for await (const ev of api.watch.watchTask({ taskId: id, afterSeq: lastSeq }, { signal: abort.signal, timeoutMs: 0 })) {
+          const req = tree ? { taskId: id, afterSeq: treeSeq, tree: true } : { taskId: id, afterSeq: lastSeq };
+          for await (const ev of api.watch.watchTask(req, { signal: ac.signal, timeoutMs: 0 })) {
             failures = 0;
+            if (req.tree) {
+              if (ev.seq > treeSeq) treeSeq = ev.seq;
+              tree?.apply(ev);
+              if (ev.taskId !== id) continue;
+            }
             addEvent(ev);
+            // Its step started children: watch its tree from here on.
+            if (ev.state === TaskState.WAITING) switchToTree();
             if (isTerminal(ev.state)) {
               // The final record (output, finished_at, the exact run) once the task is done.
               const t = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
@@ -1227,12 +1412,22 @@ function openDetail(id: string): void {
                 current = t;
                 renderSummary(t);
               }
+              // Children that outlived it (ABANDON) or that a client added: its tree.
+              if (isTreeTask(t)) switchToTree();
             }
+          }
+          if (switching) {
+            switching = false;
+            continue;
           }
           streamNote.textContent = "finished";
           return;
         } catch (err) {
           if (abort.signal.aborted) return;
+          if (switching) {
+            switching = false;
+            continue;
+          }
           const ce = ConnectError.from(err);
           if (ce.code === Code.NotFound || ce.code === Code.InvalidArgument) {
             streamNote.textContent = `${describeError(ce).code}: ${ce.rawMessage}`;
@@ -1245,8 +1440,12 @@ function openDetail(id: string): void {
           }
           failures++;
           const delay = Math.min(10_000, 500 * 2 ** Math.min(failures - 1, 5));
-          streamNote.textContent = `disconnected (${describeError(ce).code}); resuming after #${lastSeq} in ${Math.ceil(delay / 1000)}s`;
+          const cursor = tree ? treeSeq : lastSeq;
+          streamNote.textContent = `disconnected (${describeError(ce).code}); resuming after #${cursor} in ${Math.ceil(delay / 1000)}s`;
           await sleep(delay, abort.signal);
+        } finally {
+          abort.signal.removeEventListener("abort", stop);
+          ac.abort(); // a stream left early (a switch) must not stay open
         }
       }
     } finally {
@@ -1262,6 +1461,7 @@ function openDetail(id: string): void {
       current = t;
       renderSummary(t);
       scheduleAttempts();
+      if (isTreeTask(t)) switchToTree();
     },
     resume: () => void watch(),
     seen: (ev) => {
@@ -1273,6 +1473,7 @@ function openDetail(id: string): void {
     try {
       current = await api.tasks.getStatus({ taskId: id }, { timeoutMs: UNARY_TIMEOUT_MS, signal: abort.signal });
       renderSummary(current);
+      if (isTreeTask(current)) startTree();
     } catch (err) {
       if (abort.signal.aborted) return;
       const { code, message } = describeError(err);
@@ -1308,12 +1509,20 @@ onApiKeyChange(() => {
   startStream();
   restartQueues();
 });
+/** How often the page lists again while a row is WAITING (seconds). */
+const WAITING_RELIST_S = 3;
+let ticks = 0;
 window.setInterval(() => {
+  let waiting = false;
   for (const row of rows.values()) {
     if (row.task.startedAt && !isTerminal(row.task.state)) renderDuration(row);
     if (row.task.state === TaskState.SCHEDULED) renderRunAt(row);
+    if (row.task.state === TaskState.WAITING) waiting = true;
   }
   watchDueRows();
+  // A waiting parent's progress and child counts move with its children, whose events
+  // on WatchTasks do not name it: its record (the tree's progress) is read again.
+  if (waiting && ++ticks % WAITING_RELIST_S === 0) scheduleReload(0);
 }, 1000);
 void loadPage();
 startStream();

@@ -37,6 +37,12 @@ impl TaskApi {
         if record.state == TaskState::Cancelled {
             return Ok(record.to_proto());
         }
+        // Its children are cancelled after it: marked first, so that a crash in
+        // between leaves the graph loop's sweep to finish.
+        let cascades = record.has_children && record.cancel_policy != CancelPolicy::Abandon as i32;
+        if cascades {
+            s.store.mark_cascade(id, true).await?;
+        }
         let appended = s
             .history
             .append_unless_finished(id, Start::Read, |last| {
@@ -63,12 +69,16 @@ impl TaskApi {
                 self.project(id, record.last_seq, &stored).await?;
                 metrics::task_event(metrics::TASKS_CANCELLED, &s.kinds.label(&record.kind));
                 tracing::info!(task_id = %id, seq = stored.seq, "task cancelled");
-                if record.has_children {
-                    self.cascade(id, record.cancel_policy).await;
+                if cascades {
+                    self.cascade(id).await;
                 }
                 self.current(id).await
             }
             Appended::Finished(stored) => {
+                if cascades {
+                    // It ended otherwise; its own end decides about its children.
+                    s.store.mark_cascade(id, false).await?;
+                }
                 // The stream is ahead of the database: project the terminal event so
                 // the answer and the record agree, then answer.
                 self.project(id, record.last_seq, &stored).await?;
@@ -78,36 +88,42 @@ impl TaskApi {
         }
     }
 
-    /// Cancels the children of a cancelled (or failed) parent still running, and
-    /// theirs, unless its policy is ABANDON. Best effort: what a crash leaves running
-    /// the graph loop's sweep cancels (`graph::Graph`).
-    pub(crate) fn cascade(&self, parent: TaskId, policy: i32) -> BoxFuture<'_, ()> {
+    /// Cancels the children of a cancelled (or failed) parent that have not ended,
+    /// and theirs, then clears the parent's mark ([`Store::mark_cascade`]); if any
+    /// could not be cancelled, the mark stays and the graph loop's sweep tries again.
+    /// The caller checked the parent's cancel policy.
+    pub(crate) fn cascade(&self, parent: TaskId) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if policy == CancelPolicy::Abandon as i32 {
-                return;
-            }
-            let children = match self.shared.store.active_children(parent).await {
+            let store = &self.shared.store;
+            let children = match store.active_children(parent).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(task_id = %parent, error = %chain(&e), "children not cancelled; the graph loop will");
                     return;
                 }
             };
-            join_all(children.into_iter().map(|child| self.cancel_child(child))).await;
+            let done = join_all(children.into_iter().map(|child| self.cancel_child(child))).await;
+            if done.into_iter().all(|ok| ok)
+                && let Err(e) = store.mark_cascade(parent, false).await
+            {
+                tracing::warn!(task_id = %parent, error = %chain(&e), "cascade not marked done; the graph loop will check again");
+            }
         })
     }
 
-    /// Cancels one child of a cancelled parent (and its own children).
-    pub(crate) async fn cancel_child(&self, child: TaskId) {
+    /// Cancels one child of a cancelled parent (and its own children); whether it
+    /// has ended now.
+    pub(crate) async fn cancel_child(&self, child: TaskId) -> bool {
         let cancelled = match self.shared.store.get_task(child).await {
             Ok(Some(record)) if !record.state.is_terminal() => self.cancel_record(record).await,
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) => Err(e.into()),
         };
         match cancelled {
-            Ok(_) | Err(ApiError::AlreadyFinished { .. }) => {}
+            Ok(_) | Err(ApiError::AlreadyFinished { .. }) => true,
             Err(e) => {
-                tracing::warn!(task_id = %child, error = %chain(&e), "child not cancelled; the graph loop will retry")
+                tracing::warn!(task_id = %child, error = %chain(&e), "child not cancelled; the graph loop will retry");
+                false
             }
         }
     }

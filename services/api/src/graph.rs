@@ -12,8 +12,8 @@
 //!    fan-in kind's subject. Or, if a child with the FAIL_PARENT policy failed, the
 //!    parent's FAILED event is appended (conditionally: a cancel may have won) and its
 //!    other children are cancelled.
-//! 3. Now and then, children still running under a cancelled or failed parent (a
-//!    cancel cut short by a crash) are cancelled.
+//! 3. Now and then, the cascades a crash cut short (parents marked as cancelling
+//!    their children) are finished.
 
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use taskwire::{
     nats::{self, Appended, Start, Stored},
     pb::{
         internal::v1::{ChildResult, FanIn, TaskMessage},
-        v1::{ChildFailurePolicy, TaskError, TaskState},
+        v1::{CancelPolicy, ChildFailurePolicy, TaskError, TaskState},
     },
     store::{Child, NewTask, OutboxEntry, TaskRecord},
     telemetry::chain,
@@ -216,6 +216,10 @@ impl Graph {
     async fn fail(&self, record: TaskRecord, seq: u64, child: &Child) -> Result<(), ApiError> {
         let s = &self.api.shared;
         let parent = record.id;
+        let cascades = record.cancel_policy != CancelPolicy::Abandon as i32;
+        if cascades {
+            s.store.mark_cascade(parent, true).await?;
+        }
         let appended = s
             .history
             .append_unless_finished(parent, Start::Read, |last| {
@@ -248,20 +252,36 @@ impl Graph {
             self.api.project(parent, record.last_seq, stored).await?;
         }
         s.store.claim_fan_in(parent, seq, None).await?;
-        self.api.cascade(parent, record.cancel_policy).await;
+        if cascades {
+            self.api.cascade(parent).await;
+        }
         Ok(())
     }
 
-    /// Cancels children still running under a cancelled or failed parent.
+    /// Finishes the cascades a crash cut short: the children of parents marked as
+    /// cancelling theirs. A parent that did not end after all (its cancel lost to
+    /// its success) is unmarked.
     async fn sweep(&self) -> Result<(), ApiError> {
-        let orphans = self.api.shared.store.orphans(BATCH).await?;
-        if !orphans.is_empty() {
-            tracing::info!(
-                children = orphans.len(),
-                "cancelling children of cancelled parents"
-            );
+        let store = &self.api.shared.store;
+        for parent in store.pending_cascades(BATCH).await? {
+            match store.get_task(parent).await? {
+                Some(r) if matches!(r.state, TaskState::Cancelled | TaskState::Failed) => {
+                    tracing::info!(task_id = %parent, "cancelling the children of a cancelled parent");
+                    self.api.cascade(parent).await;
+                }
+                // Terminal only once the recorder has its event: next round.
+                Some(r)
+                    if !r.state.is_terminal()
+                        && self
+                            .api
+                            .shared
+                            .history
+                            .last(parent)
+                            .await?
+                            .is_some_and(|l| l.is_terminal()) => {}
+                _ => store.mark_cascade(parent, false).await?,
+            }
         }
-        join_all(orphans.into_iter().map(|c| self.api.cancel_child(c))).await;
         Ok(())
     }
 }

@@ -77,9 +77,11 @@ async fn agent(ctx: TaskContext) -> HandlerResult {
 async fn plan(ctx: &TaskContext, tools: usize) -> HandlerResult {
     let delay = Duration::from_millis(number(ctx.input(), "delay_ms", 50.0)? as u64);
     let tokens = number(ctx.input(), "tokens", 20.0)?;
+    // Planning is a tenth of the whole: the tree's progress goes on from where the
+    // step's ends, through the tools' share and the summary's.
     for (i, step) in ["reading the prompt", "choosing tools"].iter().enumerate() {
         pause(ctx, delay).await?;
-        ctx.progress((i + 1) as f64 / 2.0, *step).await?;
+        ctx.progress((i + 1) as f64 * 0.05, *step).await?;
     }
     let prompt = ctx.input()["prompt"].as_str().unwrap_or("");
     for i in 0..tools {

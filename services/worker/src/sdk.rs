@@ -346,7 +346,9 @@ impl TaskContext {
     /// created (all of them, atomically) when its handler returns `Ok`; the task then
     /// WAITS for them, and runs its fan-in step (this kind, or the one named with
     /// [`TaskContext::fan_in_as`]) with their results once they are all terminal. A
-    /// step that fails starts none. Returns the child's id.
+    /// step that fails starts none. Returns the child's id. The tree's progress goes
+    /// on from this step's last reported progress: a step that starts children should
+    /// report only its own share of the whole (planning as 0.1, say), not 1.
     pub fn spawn(&self, child: ChildSpec) -> Result<TaskId, TaskFailure> {
         let bad = |why: String| TaskFailure::fatal(why).with_code("BAD_CHILD");
         let kind = TaskKind::parse(&child.kind).map_err(|e| bad(e.to_string()))?;

@@ -14,7 +14,48 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskwire/v1/task.proto.
  */
 export const file_taskwire_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0YXNrd2lyZS92MS90YXNrLnByb3RvEgt0YXNrd2lyZS52MSItCghQcm9ncmVzcxIQCghmcmFjdGlvbhgBIAEoARIPCgdtZXNzYWdlGAIgASgJIj0KCVRhc2tFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJcmV0cnlhYmxlGAMgASgIIvcECgRUYXNrEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSJQoFc3RhdGUYAyABKA4yFi50YXNrd2lyZS52MS5UYXNrU3RhdGUSJwoIcHJvZ3Jlc3MYBCABKAsyFS50YXNrd2lyZS52MS5Qcm9ncmVzcxIlCgVpbnB1dBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRImCgZvdXRwdXQYBiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJQoFZXJyb3IYByABKAsyFi50YXNrd2lyZS52MS5UYXNrRXJyb3ISDwoHYXR0ZW1wdBgIIAEoDRIUCgxtYXhfYXR0ZW1wdHMYCSABKA0SLQoGbGFiZWxzGAogAygLMh0udGFza3dpcmUudjEuVGFzay5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYDyABKAQSKgoGcnVuX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNydW4YESABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLlAQoHQXR0ZW1wdBILCgNydW4YASABKA0SDwoHYXR0ZW1wdBgCIAEoDRIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoHb3V0Y29tZRgFIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRIlCgVlcnJvchgGIAEoCzIWLnRhc2t3aXJlLnYxLlRhc2tFcnJvchIOCgZ3b3JrZXIYByABKAkilAIKCVRhc2tFdmVudBIPCgd0YXNrX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVzdGF0ZRgEIAEoDjIWLnRhc2t3aXJlLnYxLlRhc2tTdGF0ZRInCghwcm9ncmVzcxgFIAEoCzIVLnRhc2t3aXJlLnYxLlByb2dyZXNzEg8KB2F0dGVtcHQYBiABKA0SJgoGb3V0cHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiUKBWVycm9yGAggASgLMhYudGFza3dpcmUudjEuVGFza0Vycm9yEg8KB21lc3NhZ2UYCSABKAkq1AEKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVEFTS19TVEFURV9RVUVVRUQQARIWChJUQVNLX1NUQVRFX1JVTk5JTkcQAhIXChNUQVNLX1NUQVRFX1JFVFJZSU5HEAMSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBBIVChFUQVNLX1NUQVRFX0ZBSUxFRBAFEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAYSGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQB2IGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZ0YXNrd2lyZS92MS90YXNrLnByb3RvEgt0YXNrd2lyZS52MSJiCgtDaGlsZENvdW50cxINCgV0b3RhbBgBIAEoDRIOCgZhY3RpdmUYAiABKA0SEQoJc3VjY2VlZGVkGAMgASgNEg4KBmZhaWxlZBgEIAEoDRIRCgljYW5jZWxsZWQYBSABKA0iLQoIUHJvZ3Jlc3MSEAoIZnJhY3Rpb24YASABKAESDwoHbWVzc2FnZRgCIAEoCSI9CglUYXNrRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCCKgBgoEVGFzaxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEiUKBXN0YXRlGAMgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEicKCHByb2dyZXNzGAQgASgLMhUudGFza3dpcmUudjEuUHJvZ3Jlc3MSJQoFaW5wdXQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJgoGb3V0cHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiUKBWVycm9yGAcgASgLMhYudGFza3dpcmUudjEuVGFza0Vycm9yEg8KB2F0dGVtcHQYCCABKA0SFAoMbWF4X2F0dGVtcHRzGAkgASgNEi0KBmxhYmVscxgKIAMoCzIdLnRhc2t3aXJlLnYxLlRhc2suTGFiZWxzRW50cnkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGxhc3Rfc2VxGA8gASgEEioKBnJ1bl9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcnVuGBEgASgNEhEKCXBhcmVudF9pZBgSIAEoCRIqCghjaGlsZHJlbhgTIAEoCzIYLnRhc2t3aXJlLnYxLkNoaWxkQ291bnRzEjYKDWNoaWxkX2ZhaWx1cmUYFCABKA4yHy50YXNrd2lyZS52MS5DaGlsZEZhaWx1cmVQb2xpY3kSMAoNY2FuY2VsX3BvbGljeRgVIAEoDjIZLnRhc2t3aXJlLnYxLkNhbmNlbFBvbGljeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIuUBCgdBdHRlbXB0EgsKA3J1bhgBIAEoDRIPCgdhdHRlbXB0GAIgASgNEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgdvdXRjb21lGAUgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEiUKBWVycm9yGAYgASgLMhYudGFza3dpcmUudjEuVGFza0Vycm9yEg4KBndvcmtlchgHIAEoCSK1AgoJVGFza0V2ZW50Eg8KB3Rhc2tfaWQYASABKAkSCwoDc2VxGAIgASgEEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBXN0YXRlGAQgASgOMhYudGFza3dpcmUudjEuVGFza1N0YXRlEicKCHByb2dyZXNzGAUgASgLMhUudGFza3dpcmUudjEuUHJvZ3Jlc3MSDwoHYXR0ZW1wdBgGIAEoDRImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSJQoFZXJyb3IYCCABKAsyFi50YXNrd2lyZS52MS5UYXNrRXJyb3ISDwoHbWVzc2FnZRgJIAEoCRIRCglwYXJlbnRfaWQYCiABKAkSDAoEa2luZBgLIAEoCSrsAQoJVGFza1N0YXRlEhoKFlRBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUQVNLX1NUQVRFX1FVRVVFRBABEhYKElRBU0tfU1RBVEVfUlVOTklORxACEhcKE1RBU0tfU1RBVEVfUkVUUllJTkcQAxIYChRUQVNLX1NUQVRFX1NVQ0NFRURFRBAEEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAUSGAoUVEFTS19TVEFURV9DQU5DRUxMRUQQBhIYChRUQVNLX1NUQVRFX1NDSEVEVUxFRBAHEhYKElRBU0tfU1RBVEVfV0FJVElORxAIKqQBChJDaGlsZEZhaWx1cmVQb2xpY3kSJAogQ0hJTERfRkFJTFVSRV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIkCiBDSElMRF9GQUlMVVJFX1BPTElDWV9GQUlMX1BBUkVOVBABEh8KG0NISUxEX0ZBSUxVUkVfUE9MSUNZX0lHTk9SRRACEiEKHUNISUxEX0ZBSUxVUkVfUE9MSUNZX0NPTlRJTlVFEAMqYwoMQ2FuY2VsUG9saWN5Eh0KGUNBTkNFTF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIZChVDQU5DRUxfUE9MSUNZX0NBU0NBREUQARIZChVDQU5DRUxfUE9MSUNZX0FCQU5ET04QAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+
+/**
+ * A parent's children by where they are.
+ *
+ * @generated from message taskwire.v1.ChildCounts
+ */
+export type ChildCounts = Message<"taskwire.v1.ChildCounts"> & {
+  /**
+   * @generated from field: uint32 total = 1;
+   */
+  total: number;
+
+  /**
+   * Not yet terminal: scheduled, queued, running, retrying or waiting.
+   *
+   * @generated from field: uint32 active = 2;
+   */
+  active: number;
+
+  /**
+   * @generated from field: uint32 succeeded = 3;
+   */
+  succeeded: number;
+
+  /**
+   * @generated from field: uint32 failed = 4;
+   */
+  failed: number;
+
+  /**
+   * @generated from field: uint32 cancelled = 5;
+   */
+  cancelled: number;
+};
+
+/**
+ * Describes the message taskwire.v1.ChildCounts.
+ * Use `create(ChildCountsSchema)` to create a new message.
+ */
+export const ChildCountsSchema: GenMessage<ChildCounts> = /*@__PURE__*/
+  messageDesc(file_taskwire_v1_task, 0);
 
 /**
  * How far a running task has come.
@@ -42,7 +83,7 @@ export type Progress = Message<"taskwire.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_task, 0);
+  messageDesc(file_taskwire_v1_task, 1);
 
 /**
  * Why an attempt or a task failed.
@@ -75,7 +116,7 @@ export type TaskError = Message<"taskwire.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_task, 1);
+  messageDesc(file_taskwire_v1_task, 2);
 
 /**
  * The record of one task, as the database holds it.
@@ -182,6 +223,36 @@ export type Task = Message<"taskwire.v1.Task"> & {
    * @generated from field: uint32 run = 17;
    */
   run: number;
+
+  /**
+   * The task whose child this is; empty for a task submitted on its own.
+   *
+   * @generated from field: string parent_id = 18;
+   */
+  parentId: string;
+
+  /**
+   * Set on a task that has children. Its `progress` is then the tree's: its own
+   * step's share, then its children's (each weighs the same, a terminal one counts
+   * fully), then its fan-in step's; it never goes backwards.
+   *
+   * @generated from field: taskwire.v1.ChildCounts children = 19;
+   */
+  children?: ChildCounts | undefined;
+
+  /**
+   * What this task's failure does to its parent (for a child).
+   *
+   * @generated from field: taskwire.v1.ChildFailurePolicy child_failure = 20;
+   */
+  childFailure: ChildFailurePolicy;
+
+  /**
+   * What cancelling this task does to its children.
+   *
+   * @generated from field: taskwire.v1.CancelPolicy cancel_policy = 21;
+   */
+  cancelPolicy: CancelPolicy;
 };
 
 /**
@@ -189,7 +260,7 @@ export type Task = Message<"taskwire.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_task, 2);
+  messageDesc(file_taskwire_v1_task, 3);
 
 /**
  * One attempt of a task, from its history (ListAttempts).
@@ -248,7 +319,7 @@ export type Attempt = Message<"taskwire.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_task, 3);
+  messageDesc(file_taskwire_v1_task, 4);
 
 /**
  * One step in a task's history, as WatchTask and WatchTasks stream it.
@@ -309,6 +380,19 @@ export type TaskEvent = Message<"taskwire.v1.TaskEvent"> & {
    * @generated from field: string message = 9;
    */
   message: string;
+
+  /**
+   * On a tree watch (WatchTaskRequest.tree): the parent of the event's task (empty
+   * for the watched task itself) and its kind. Empty on other streams.
+   *
+   * @generated from field: string parent_id = 10;
+   */
+  parentId: string;
+
+  /**
+   * @generated from field: string kind = 11;
+   */
+  kind: string;
 };
 
 /**
@@ -316,7 +400,7 @@ export type TaskEvent = Message<"taskwire.v1.TaskEvent"> & {
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
-  messageDesc(file_taskwire_v1_task, 4);
+  messageDesc(file_taskwire_v1_task, 5);
 
 /**
  * Where a task is in its life. SUCCEEDED, FAILED and CANCELLED are terminal: a task
@@ -380,6 +464,15 @@ export enum TaskState {
    * @generated from enum value: TASK_STATE_SCHEDULED = 7;
    */
   SCHEDULED = 7,
+
+  /**
+   * Its own step finished and started children (a handler's spawn): it waits until
+   * they are all terminal, then its fan-in step runs with their results (QUEUED,
+   * RUNNING, ... again). Cancel it to stop the children too (its cancel policy).
+   *
+   * @generated from enum value: TASK_STATE_WAITING = 8;
+   */
+  WAITING = 8,
 }
 
 /**
@@ -387,4 +480,79 @@ export enum TaskState {
  */
 export const TaskStateSchema: GenEnum<TaskState> = /*@__PURE__*/
   enumDesc(file_taskwire_v1_task, 0);
+
+/**
+ * What a child's failure (FAILED or CANCELLED) does to its waiting parent.
+ *
+ * @generated from enum taskwire.v1.ChildFailurePolicy
+ */
+export enum ChildFailurePolicy {
+  /**
+   * FAIL_PARENT.
+   *
+   * @generated from enum value: CHILD_FAILURE_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The parent FAILS at once (code CHILD_FAILED) and its other children are cancelled.
+   *
+   * @generated from enum value: CHILD_FAILURE_POLICY_FAIL_PARENT = 1;
+   */
+  FAIL_PARENT = 1,
+
+  /**
+   * The parent's fan-in runs without this child's result.
+   *
+   * @generated from enum value: CHILD_FAILURE_POLICY_IGNORE = 2;
+   */
+  IGNORE = 2,
+
+  /**
+   * The parent's fan-in runs with this child's error among the results.
+   *
+   * @generated from enum value: CHILD_FAILURE_POLICY_CONTINUE = 3;
+   */
+  CONTINUE = 3,
+}
+
+/**
+ * Describes the enum taskwire.v1.ChildFailurePolicy.
+ */
+export const ChildFailurePolicySchema: GenEnum<ChildFailurePolicy> = /*@__PURE__*/
+  enumDesc(file_taskwire_v1_task, 1);
+
+/**
+ * What cancelling a parent (or its failing) does to its children still running.
+ *
+ * @generated from enum taskwire.v1.CancelPolicy
+ */
+export enum CancelPolicy {
+  /**
+   * CASCADE.
+   *
+   * @generated from enum value: CANCEL_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * They are cancelled too, and theirs in turn.
+   *
+   * @generated from enum value: CANCEL_POLICY_CASCADE = 1;
+   */
+  CASCADE = 1,
+
+  /**
+   * They run on to their own end.
+   *
+   * @generated from enum value: CANCEL_POLICY_ABANDON = 2;
+   */
+  ABANDON = 2,
+}
+
+/**
+ * Describes the enum taskwire.v1.CancelPolicy.
+ */
+export const CancelPolicySchema: GenEnum<CancelPolicy> = /*@__PURE__*/
+  enumDesc(file_taskwire_v1_task, 2);
 
