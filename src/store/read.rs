@@ -205,7 +205,7 @@ impl TaskRecord {
 
     /// The task's progress; for a parent whose step started children, its tree's:
     /// its own step up to where it ended (`p0`), then its children's share
-    /// ([`CHILDREN_SHARE`] of the rest, each child weighing the same, a terminal one
+    /// (90 % of the rest, each child weighing the same, a terminal one
     /// counting fully), then its fan-in's. Each phase starts where the one before could
     /// end, so it never goes backwards while each child's own progress does not.
     pub fn tree_progress(&self) -> f64 {
