@@ -454,6 +454,92 @@ fn param(args: &mut Vec<Arg>, a: Arg) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::v1::ChildCounts;
+
+    /// A parent record at the given phase: its own progress, its children's (each
+    /// child's fraction; terminal ones count 1), and whether its fan-in was sent.
+    fn parent(
+        state: TaskState,
+        own: f64,
+        children: &[(TaskState, f64)],
+        fan_in: bool,
+    ) -> TaskRecord {
+        let mut counts = ChildCounts::default();
+        let mut done = 0.0;
+        for (s, f) in children {
+            counts.total += 1;
+            match s {
+                TaskState::Succeeded => counts.succeeded += 1,
+                TaskState::Failed => counts.failed += 1,
+                TaskState::Cancelled => counts.cancelled += 1,
+                _ => counts.active += 1,
+            }
+            done += if s.is_terminal() { 1.0 } else { *f };
+        }
+        TaskRecord {
+            id: TaskId::new(),
+            kind: "k".into(),
+            state,
+            input: "null".into(),
+            labels: "{}".into(),
+            max_attempts: 3,
+            timeout_ms: None,
+            attempt: 1,
+            progress_fraction: own,
+            progress_message: String::new(),
+            output: None,
+            error: None,
+            created_at_us: 0,
+            started_at_us: None,
+            finished_at_us: None,
+            updated_at_us: 0,
+            last_seq: 10,
+            tenant: Tenant::none(),
+            run_at_us: None,
+            run: 1,
+            run_seq: 0,
+            parent_id: None,
+            child_failure: 0,
+            cancel_policy: 0,
+            has_children: true,
+            spawned_seq: 10,
+            fan_in_seq: if fan_in { 10 } else { 0 },
+            spawn_progress: 0.2,
+            tree: Some(super::super::Tree { counts, done }),
+        }
+    }
+
+    #[test]
+    fn a_trees_progress_moves_through_its_phases_and_never_back() {
+        use TaskState::*;
+        let steps = [
+            // Waiting: the step's 0.2, then the children's 90 % of the rest.
+            parent(Waiting, 0.2, &[(Queued, 0.0), (Queued, 0.0)], false),
+            parent(Waiting, 0.2, &[(Running, 0.5), (Queued, 0.0)], false),
+            parent(Waiting, 0.2, &[(Succeeded, 1.0), (Running, 0.5)], false),
+            parent(Waiting, 0.2, &[(Succeeded, 1.0), (Failed, 0.3)], false),
+            // The fan-in sent but not yet running: still the children's end.
+            parent(Waiting, 0.2, &[(Succeeded, 1.0), (Failed, 0.3)], true),
+            // The fan-in runs from 0 (its claim resets the own progress) to its end.
+            parent(Running, 0.0, &[(Succeeded, 1.0), (Failed, 0.3)], true),
+            parent(Running, 0.5, &[(Succeeded, 1.0), (Failed, 0.3)], true),
+            parent(Succeeded, 1.0, &[(Succeeded, 1.0), (Failed, 0.3)], true),
+        ];
+        let seen: Vec<f64> = steps.iter().map(TaskRecord::tree_progress).collect();
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]), "{seen:?}");
+        assert!((seen[0] - 0.2).abs() < 1e-9, "{seen:?}");
+        assert!(
+            (seen[1] - (0.2 + 0.8 * 0.9 * 0.25)).abs() < 1e-9,
+            "{seen:?}"
+        );
+        assert!((seen[3] - (0.2 + 0.8 * 0.9)).abs() < 1e-9, "{seen:?}");
+        assert!((seen[6] - (0.2 + 0.8 * 0.95)).abs() < 1e-9, "{seen:?}");
+        assert_eq!(seen[7], 1.0);
+        // A task without children shows its own progress.
+        let mut plain = parent(Running, 0.4, &[], false);
+        plain.tree = None;
+        assert_eq!(plain.tree_progress(), 0.4);
+    }
 
     #[test]
     fn page_token_round_trips_and_rejects_garbage() {
