@@ -211,17 +211,51 @@ impl Writer {
     }
 }
 
-/// Values a task row binds in [`insert_tasks_sql`].
-const TASK_VALUES: usize = 16;
+/// Values a task row binds in [`insert_tasks_sql`]: 13, and 3 more for a batch with a
+/// child in it ([`Columns::WithGraph`]).
+const TASK_VALUES: usize = 13;
+const GRAPH_VALUES: usize = 3;
 
-/// The `INSERT INTO tasks` of a batch; `$1..` are its rows' [`TASK_VALUES`] each.
-fn insert_tasks_sql(rows: usize) -> String {
+/// Which columns a batch's INSERT names. Most batches have no child: they leave the
+/// graph columns to their defaults and bind a fifth fewer values (a batch's statement
+/// is prepared once per connection for each size and kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Columns {
+    Plain,
+    WithGraph,
+}
+
+impl Columns {
+    fn of(rows: &[&(NewTask, OutboxEntry)]) -> Self {
+        if rows.iter().any(|(t, _)| {
+            t.parent_id.is_some() || t.child_failure != 0 || t.cancel_policy != 0
+        }) {
+            Self::WithGraph
+        } else {
+            Self::Plain
+        }
+    }
+
+    /// Values each task row binds.
+    fn values(self) -> usize {
+        match self {
+            Self::Plain => TASK_VALUES,
+            Self::WithGraph => TASK_VALUES + GRAPH_VALUES,
+        }
+    }
+}
+
+/// The `INSERT INTO tasks` of a batch; `$1..` are its rows' [`Columns::values`] each.
+fn insert_tasks_sql(rows: usize, columns: Columns) -> String {
+    let graph = match columns {
+        Columns::Plain => "",
+        Columns::WithGraph => ", parent_id, child_failure, cancel_policy",
+    };
     format!(
         "INSERT INTO tasks (id, kind, state, caller, idempotency_key, input, labels, \
-         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant, run_at_us, parent_id, \
-         child_failure, cancel_policy) VALUES {} \
-         ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
-        placeholders(rows, TASK_VALUES)
+         max_attempts, timeout_ms, created_at_us, updated_at_us, tenant, run_at_us{graph}) \
+         VALUES {} ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
+        placeholders(rows, columns.values())
     )
 }
 
@@ -229,6 +263,7 @@ fn insert_tasks_sql(rows: usize) -> String {
 fn bind_tasks<'q, O>(
     mut q: sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments>,
     rows: &[&(NewTask, OutboxEntry)],
+    columns: Columns,
 ) -> Result<sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments>, Error> {
     for &(t, _) in rows {
         let labels = serde_json::to_string(&t.labels.clone().into_map())
@@ -250,10 +285,13 @@ fn bind_tasks<'q, O>(
             .bind(t.created_at_us)
             .bind(t.created_at_us)
             .bind(t.tenant.as_str().to_string())
-            .bind(t.run_at_us)
-            .bind(t.parent_id.map(|p| p.to_string()))
-            .bind(i64::from(t.child_failure))
-            .bind(i64::from(t.cancel_policy));
+            .bind(t.run_at_us);
+        if columns == Columns::WithGraph {
+            q = q
+                .bind(t.parent_id.map(|p| p.to_string()))
+                .bind(i64::from(t.child_failure))
+                .bind(i64::from(t.cancel_policy));
+        }
     }
     Ok(q)
 }
@@ -278,20 +316,22 @@ async fn insert_pg(
 ) -> Result<HashSet<String>, Error> {
     let labels = label_rows(rows.iter().map(|(t, _)| t));
     let n = rows.len();
+    let columns = Columns::of(rows);
+    let values = columns.values();
     let mut sql = format!(
         "WITH t AS ({}), \
          o AS (INSERT INTO outbox (task_id, subject, payload, lease_until_us) \
            SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {}) AS v \
            JOIN t ON t.id = v.column1)",
-        insert_tasks_sql(n),
-        placeholders_from(n * TASK_VALUES, n, 4)
+        insert_tasks_sql(n, columns),
+        placeholders_from(n * values, n, 4)
     );
     if !labels.is_empty() {
         sql += &format!(
             ", l AS (INSERT INTO task_labels (task_id, key, value) \
                SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
                JOIN t ON t.id = v.column1)",
-            placeholders_from(n * (TASK_VALUES + 4), labels.len(), 3)
+            placeholders_from(n * (values + 4), labels.len(), 3)
         );
     }
     sql.push_str(" SELECT id FROM t");
@@ -299,6 +339,7 @@ async fn insert_pg(
     let mut q = bind_tasks(
         sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)),
         rows,
+        columns,
     )?;
     for (t, o) in rows {
         q = q
@@ -322,11 +363,13 @@ async fn insert_sqlite(
     let mut tx = conn.begin().await?;
     let mut inserted = HashSet::new();
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql = insert_tasks_sql(chunk.len());
+        let columns = Columns::of(chunk);
+        let sql = insert_tasks_sql(chunk.len(), columns);
         // Safe: only fixed SQL and `$n` placeholders.
         let q = bind_tasks(
             sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)),
             chunk,
+            columns,
         )?;
         inserted.extend(q.fetch_all(&mut *tx).await?);
     }
