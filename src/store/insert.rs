@@ -227,9 +227,10 @@ enum Columns {
 
 impl Columns {
     fn of(rows: &[&(NewTask, OutboxEntry)]) -> Self {
-        if rows.iter().any(|(t, _)| {
-            t.parent_id.is_some() || t.child_failure != 0 || t.cancel_policy != 0
-        }) {
+        if rows
+            .iter()
+            .any(|(t, _)| t.parent_id.is_some() || t.child_failure != 0 || t.cancel_policy != 0)
+        {
             Self::WithGraph
         } else {
             Self::Plain
