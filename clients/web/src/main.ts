@@ -1509,7 +1509,7 @@ onApiKeyChange(() => {
   startStream();
   restartQueues();
 });
-/** How often the page lists again while a row is WAITING (seconds). */
+/** How often the page lists again while a parent's row has not ended (seconds). */
 const WAITING_RELIST_S = 3;
 let ticks = 0;
 window.setInterval(() => {
@@ -1517,11 +1517,12 @@ window.setInterval(() => {
   for (const row of rows.values()) {
     if (row.task.startedAt && !isTerminal(row.task.state)) renderDuration(row);
     if (row.task.state === TaskState.SCHEDULED) renderRunAt(row);
-    if (row.task.state === TaskState.WAITING) waiting = true;
+    if (isParent(row.task) && !isTerminal(row.task.state)) waiting = true;
   }
   watchDueRows();
-  // A waiting parent's progress and child counts move with its children, whose events
-  // on WatchTasks do not name it: its record (the tree's progress) is read again.
+  // A parent's progress and child counts move with its children, whose events on
+  // WatchTasks do not name it: its record (the tree's progress) is read again until it
+  // ends, so the row converges even if the live feed missed one of its own events.
   if (waiting && ++ticks % WAITING_RELIST_S === 0) scheduleReload(0);
 }, 1000);
 void loadPage();
