@@ -342,6 +342,19 @@ pub fn parse_state_filter(raw: i32) -> Result<Option<TaskState>, InvalidInput> {
     }
 }
 
+/// A `parent_id` field (a submit's, a list filter's): a task id, or empty for none.
+pub fn parse_parent(parent_id: &str) -> Result<Option<TaskId>, InvalidInput> {
+    match parent_id {
+        "" => Ok(None),
+        id => TaskId::parse(id)
+            .map(Some)
+            .map_err(|_| InvalidInput::Malformed {
+                field: "parent_id",
+                reason: "must be a task id (a UUID) or empty".into(),
+            }),
+    }
+}
+
 /// A submit's place in a task graph: its parent (a task id, or empty for none), what
 /// its failure does to that parent (only with a parent), and what cancelling it does
 /// to its children. Unknown enum values are INVALID_ARGUMENT.
@@ -351,13 +364,7 @@ pub fn parse_graph(
     cancel_policy: i32,
 ) -> Result<(Option<TaskId>, i32, i32), InvalidInput> {
     use crate::pb::v1::{CancelPolicy, ChildFailurePolicy};
-    let parent = match parent_id {
-        "" => None,
-        id => Some(TaskId::parse(id).map_err(|_| InvalidInput::Malformed {
-            field: "parent_id",
-            reason: "must be a task id (a UUID) or empty".into(),
-        })?),
-    };
+    let parent = parse_parent(parent_id)?;
     if ChildFailurePolicy::try_from(child_failure).is_err() {
         return Err(InvalidInput::Malformed {
             field: "child_failure",

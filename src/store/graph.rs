@@ -11,7 +11,10 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{Error, NewTask, OutboxEntry, Store, TaskRecord};
+use super::{
+    Error, NewTask, OutboxEntry, Store, TaskRecord,
+    read::{state_of, stored_error, stored_state},
+};
 use crate::{
     domain::TaskId,
     pb::v1::{ChildCounts, ChildFailurePolicy, TaskError, TaskState},
@@ -201,28 +204,13 @@ impl Store {
             rows.iter()
                 .map(|r| {
                     let id: String = r.try_get("id")?;
-                    let state = i32::try_from(r.try_get::<i64, _>("state")?)
-                        .ok()
-                        .and_then(|s| TaskState::try_from(s).ok())
-                        .ok_or_else(|| Error::Corrupt("task state".into()))?;
-                    let error = match r.try_get::<Option<String>, _>("error_code")? {
-                        Some(code) => Some(TaskError {
-                            code,
-                            message: r
-                                .try_get::<Option<String>, _>("error_message")?
-                                .unwrap_or_default(),
-                            retryable: r.try_get::<Option<i64>, _>("error_retryable")?.unwrap_or(0)
-                                != 0,
-                        }),
-                        None => None,
-                    };
                     let policy = r.try_get::<i64, _>("child_failure")?;
                     Ok(Child {
                         id: super::stored_id(&id)?,
                         kind: r.try_get("kind")?,
-                        state,
+                        state: stored_state(r)?,
                         output: r.try_get("output")?,
-                        error,
+                        error: stored_error(r)?,
                         child_failure: i32::try_from(policy)
                             .ok()
                             .and_then(|p| ChildFailurePolicy::try_from(p).ok())
@@ -308,10 +296,7 @@ impl Store {
                     let progress: f64 = r.try_get::<Option<f64>, _>("p")?.unwrap_or(0.0);
                     let c = &mut tree.counts;
                     c.total += n;
-                    match i32::try_from(r.try_get::<i64, _>("state")?)
-                        .ok()
-                        .and_then(|s| TaskState::try_from(s).ok())
-                    {
+                    match state_of(r.try_get("state")?) {
                         Some(TaskState::Succeeded) => c.succeeded += n,
                         Some(TaskState::Failed) => c.failed += n,
                         Some(TaskState::Cancelled) => c.cancelled += n,

@@ -89,28 +89,10 @@ impl TaskRecord {
     fn from_row(row: &AnyRow) -> Result<Self, Error> {
         let corrupt = |what: &str| Error::Corrupt(what.to_string());
         let id: String = row.try_get("id")?;
-        let state: i64 = row.try_get("state")?;
-        let error_code: Option<String> = row.try_get("error_code")?;
-        let error = match error_code {
-            Some(code) => Some(TaskError {
-                code,
-                message: row
-                    .try_get::<Option<String>, _>("error_message")?
-                    .unwrap_or_default(),
-                retryable: row
-                    .try_get::<Option<i64>, _>("error_retryable")?
-                    .unwrap_or(0)
-                    != 0,
-            }),
-            None => None,
-        };
         Ok(Self {
             id: TaskId::parse(&id).map_err(|_| corrupt("task id"))?,
             kind: row.try_get("kind")?,
-            state: i32::try_from(state)
-                .ok()
-                .and_then(|s| TaskState::try_from(s).ok())
-                .ok_or_else(|| corrupt("task state"))?,
+            state: stored_state(row)?,
             input: row.try_get("input")?,
             labels: row.try_get("labels")?,
             max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
@@ -119,7 +101,7 @@ impl TaskRecord {
             progress_fraction: row.try_get("progress_fraction")?,
             progress_message: row.try_get("progress_message")?,
             output: row.try_get("output")?,
-            error,
+            error: stored_error(row)?,
             created_at_us: row.try_get("created_at_us")?,
             started_at_us: row.try_get("started_at_us")?,
             finished_at_us: row.try_get("finished_at_us")?,
@@ -234,6 +216,35 @@ impl TaskRecord {
 /// The share of a parent's progress after its own step that its children make up;
 /// the fan-in step makes up the rest.
 const CHILDREN_SHARE: f64 = 0.9;
+
+/// A row's `state` column.
+pub(super) fn stored_state(row: &AnyRow) -> Result<TaskState, Error> {
+    state_of(row.try_get("state")?).ok_or_else(|| Error::Corrupt("task state".into()))
+}
+
+/// A stored state number as a state, if it is one.
+pub(super) fn state_of(raw: i64) -> Option<TaskState> {
+    i32::try_from(raw)
+        .ok()
+        .and_then(|s| TaskState::try_from(s).ok())
+}
+
+/// A row's error columns (`error_code`, `error_message`, `error_retryable`).
+pub(super) fn stored_error(row: &AnyRow) -> Result<Option<TaskError>, Error> {
+    let Some(code) = row.try_get::<Option<String>, _>("error_code")? else {
+        return Ok(None);
+    };
+    Ok(Some(TaskError {
+        code,
+        message: row
+            .try_get::<Option<String>, _>("error_message")?
+            .unwrap_or_default(),
+        retryable: row
+            .try_get::<Option<i64>, _>("error_retryable")?
+            .unwrap_or(0)
+            != 0,
+    }))
+}
 
 /// How many tasks of a kind finished one way in one minute.
 #[derive(Debug, Clone, PartialEq, Eq)]

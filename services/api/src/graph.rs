@@ -104,7 +104,7 @@ impl Graph {
         };
         let now = json::now_micros();
         let lease = now + s.outbox_lease.as_micros() as i64;
-        let children: Vec<(NewTask, OutboxEntry)> = event
+        let (children, traceparents): (Vec<(NewTask, OutboxEntry)>, Vec<String>) = event
             .children
             .iter()
             .filter_map(|m| child_task(&record, m, now).map_err(|why| {
@@ -113,12 +113,12 @@ impl Graph {
             .map(|(task, traceparent)| {
                 let outbox = OutboxEntry {
                     subject: nats::task_subject(task.kind.as_str()),
-                    payload: task.message(Some(traceparent)).encode_to_vec(),
+                    payload: task.message(Some(traceparent.clone())).encode_to_vec(),
                     lease_until_us: lease,
                 };
-                (task, outbox)
+                ((task, outbox), traceparent)
             })
-            .collect();
+            .unzip();
         let spawn_progress = event.progress.as_ref().map_or(0.0, |p| p.fraction);
         if !s
             .store
@@ -128,25 +128,18 @@ impl Graph {
             return Ok(());
         }
         tracing::info!(task_id = %parent, children = children.len(), "children created");
-        let published = join_all(children.into_iter().map(|(task, outbox)| async move {
-            let traceparent = taskwire::telemetry::trace::enabled()
-                .then(|| TaskMessage::decode(outbox.payload.as_slice()).ok())
-                .flatten()
-                .map(|m| m.traceparent);
-            nats::publish_task(
-                &s.js,
-                outbox.subject,
-                &task.id.to_string(),
-                Bytes::from(outbox.payload),
-                traceparent.as_deref(),
-            )
-            .await
-            .map(|_| task.id)
-        }))
+        // As a submit's tasks: what is not confirmed stays in the outbox for the relay.
+        let traced = taskwire::telemetry::trace::enabled();
+        join_all(
+            children
+                .into_iter()
+                .zip(&traceparents)
+                .map(|((task, outbox), traceparent)| {
+                    self.api
+                        .publish(task.id, outbox, traced.then_some(traceparent.as_str()))
+                }),
+        )
         .await;
-        let ids: Vec<TaskId> = published.into_iter().filter_map(Result::ok).collect();
-        // The rest stay in the outbox for the relay.
-        s.store.delete_outbox_rows(&ids).await?;
         Ok(())
     }
 

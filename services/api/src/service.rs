@@ -332,16 +332,7 @@ fn parse_list(req: ListTasksRequest) -> Result<ListQuery, InvalidInput> {
         },
         labels: Labels::parse(&labels)?,
         tenant: None,
-        parent: if parent_id.is_empty() {
-            None
-        } else {
-            Some(
-                TaskId::parse(&parent_id).map_err(|_| InvalidInput::Malformed {
-                    field: "parent_id",
-                    reason: "must be a task id (a UUID) or empty".into(),
-                })?,
-            )
-        },
+        parent: taskwire::domain::parse_parent(&parent_id)?,
     })
 }
 

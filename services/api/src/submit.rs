@@ -194,7 +194,7 @@ impl TaskApi {
     /// copy by its id, if the first did arrive). An UNAVAILABLE answer here could be
     /// followed by the task running anyway (the publish may have arrived with its ack
     /// lost), which a caller must never see.
-    async fn publish(&self, id: TaskId, outbox: OutboxEntry, traceparent: Option<&str>) {
+    pub(crate) async fn publish(&self, id: TaskId, outbox: OutboxEntry, traceparent: Option<&str>) {
         let s = &self.shared;
         let published = match s.fault {
             // Tests: NATS took nothing, or took it and the ack was lost.
