@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - `raw`: R, raw JetStream, the reference of the same run.
+//! - `skeleton`: S1 .. S3, the durable operations W1 .. W3 need, with no taskwire code:
+//!   their bound on this machine.
 //! - `w1` .. `w5`: submit; end to end (W2B: with SubmitTasks batches); round trip;
 //!   fan-out; footprint.
 //! - `w1r`, `w4r`: W1 and W4 over REST/JSON and Server-Sent Events, through `rest`,
@@ -20,6 +22,7 @@ mod procfs;
 mod raw;
 mod rest;
 mod results;
+mod skeleton;
 mod w1;
 mod w1r;
 mod w2;
@@ -47,12 +50,13 @@ enum Which {
 /// taskwire-bench: measure taskwire on this machine (loopback only, bounded).
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Workloads to run, comma-separated: r,w1,w1r,w2,w2b,w3,w4,w4r,w5,wg (w1r and w4r:
-    /// W1 and W4 over REST and SSE; w2b: W2 with SubmitTasks batches; wg: a parent
-    /// fanning out to --fanout children and in).
+    /// Workloads to run, comma-separated: r,s,w1,w1r,w2,w2b,w3,w4,w4r,w5,wg (s: the
+    /// skeleton, W1 .. W3's durable operations without taskwire; w1r and w4r: W1 and W4
+    /// over REST and SSE; w2b: W2 with SubmitTasks batches; wg: a parent fanning out to
+    /// --fanout children and in).
     #[arg(
         long,
-        default_value = "r,w1,w1r,w2,w2b,w3,w4,w4r,w5,wg",
+        default_value = "r,s,w1,w1r,w2,w2b,w3,w4,w4r,w5,wg",
         value_delimiter = ','
     )]
     workloads: Vec<String>,
@@ -153,6 +157,10 @@ async fn main() {
         raw::run(&args, &mut results).await;
     }
     for (db, name) in dbs {
+        // Before the deployment starts: nothing else runs beside the skeleton.
+        if wants("s") {
+            skeleton::run(&args, db, name, &mut results).await;
+        }
         let d = Deployment::start(
             db,
             args.workers,
@@ -165,32 +173,32 @@ async fn main() {
             w5::idle_rss(&d, name, &mut results);
         }
         if wants("w1") {
-            let cpu = CpuSince::now(&d);
+            let cpu = CpuSince::now(d.pids());
             w1::run(&args, &d, name, &mut results).await;
-            cpu.report(&d, &mut results, "W1", name);
+            cpu.report(&mut results, "W1", name);
         }
         if rest && wants("w1r") {
-            let cpu = CpuSince::now(&d);
+            let cpu = CpuSince::now(d.pids());
             w1r::run(&args, &d, name, &mut results).await;
-            cpu.report(&d, &mut results, "W1R", name);
+            cpu.report(&mut results, "W1R", name);
         }
         if wants("w2") {
-            let cpu = CpuSince::now(&d);
+            let cpu = CpuSince::now(d.pids());
             w2::run(&args, &d, name, &mut results, w2::Submits::Single).await;
-            cpu.report(&d, &mut results, "W2", name);
+            cpu.report(&mut results, "W2", name);
         }
         if wants("w2b") {
-            let cpu = CpuSince::now(&d);
+            let cpu = CpuSince::now(d.pids());
             w2::run(&args, &d, name, &mut results, w2::Submits::Batched).await;
-            cpu.report(&d, &mut results, "W2B", name);
+            cpu.report(&mut results, "W2B", name);
         }
         if wants("w3") {
             w3::run(&args, &d, name, &mut results).await;
         }
         if wants("wg") {
-            let cpu = CpuSince::now(&d);
+            let cpu = CpuSince::now(d.pids());
             wg::run(&args, &d, name, &mut results).await;
-            cpu.report(&d, &mut results, "WG", name);
+            cpu.report(&mut results, "WG", name);
         }
         if wants("w4") {
             w4::run(&args, &d, name, &mut results).await;

@@ -1,7 +1,7 @@
 //! What /proc says about the deployment's processes: CPU time and resident memory;
 //! and this process's open-files limit, which the processes it starts inherit.
 
-use crate::{deployment::Deployment, results::Results};
+use crate::results::Results;
 
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_secs(pid: u32) -> f64 {
@@ -32,16 +32,17 @@ pub fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// CPU seconds used so far by each part of the deployment, the database server and
-/// this benchmark client: where the machine's two cores go during a workload.
-pub fn cpu_by_part(d: &Deployment) -> Vec<(&'static str, f64)> {
+/// CPU seconds used so far by each of `processes` (role, pid; a role may have several),
+/// the database server and this benchmark client: where the machine's two cores go
+/// during a workload.
+pub fn cpu_by_part(processes: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
     let mut parts: Vec<(&'static str, f64)> = Vec::new();
     let mut add = |name: &'static str, secs: f64| match parts.iter_mut().find(|(n, _)| *n == name) {
         Some((_, s)) => *s += secs,
         None => parts.push((name, secs)),
     };
-    for (role, pid) in d.pids() {
-        add(role, cpu_secs(pid));
+    for (role, pid) in processes {
+        add(role, cpu_secs(*pid));
     }
     add("bench client", cpu_secs(std::process::id()));
     let mut db = 0.0;
@@ -65,20 +66,23 @@ pub fn cpu_by_part(d: &Deployment) -> Vec<(&'static str, f64)> {
 /// CPU use by part from a moment on: [`CpuSince::report`] adds each part's share of a
 /// core since [`CpuSince::now`].
 pub struct CpuSince {
+    processes: Vec<(&'static str, u32)>,
     before: Vec<(&'static str, f64)>,
     started: std::time::Instant,
 }
 
 impl CpuSince {
-    pub fn now(d: &Deployment) -> Self {
+    /// From now on, for `processes` (a deployment's `pids()`) and the rest.
+    pub fn now(processes: Vec<(&'static str, u32)>) -> Self {
         Self {
-            before: cpu_by_part(d),
+            before: cpu_by_part(&processes),
+            processes,
             started: std::time::Instant::now(),
         }
     }
 
-    pub fn report(self, d: &Deployment, r: &mut Results, workload: &'static str, db: &'static str) {
-        let after = cpu_by_part(d);
+    pub fn report(self, r: &mut Results, workload: &'static str, db: &'static str) {
+        let after = cpu_by_part(&self.processes);
         let wall = self.started.elapsed().as_secs_f64();
         for ((name, b), (_, a)) in self.before.iter().zip(&after) {
             r.add(
