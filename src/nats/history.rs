@@ -60,6 +60,16 @@ impl Stored {
         self.state().is_terminal()
     }
 
+    /// Whether this event alone gives all a watch's first event shows of its task
+    /// (state, progress, attempt, output, and no error): a SUCCEEDED event carrying
+    /// its progress and output, as every worker writes it. The events before it then
+    /// need not be read to show the task.
+    pub fn shows_whole_task(&self) -> bool {
+        self.state() == TaskState::Succeeded
+            && self.event.progress.is_some()
+            && self.event.output.is_some()
+    }
+
     /// The change this event makes to its task's record.
     pub fn to_update(&self) -> Result<EventUpdate, Error> {
         EventUpdate::from_event(self.seq, &self.event).map_err(|e| {

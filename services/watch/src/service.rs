@@ -289,9 +289,17 @@ impl Watcher {
                     })
                 };
                 let newest = newest.map_err(events_failed)?;
+                // A watch started right after a short task ended (the recorder still
+                // behind) would otherwise read each event in between, one NATS round
+                // trip each, to show what the last one alone says.
+                let limit = if newest.as_ref().is_some_and(Stored::shows_whole_task) {
+                    0
+                } else {
+                    usize::MAX
+                };
                 self.api
                     .history
-                    .catch_up(&mut record, newest, usize::MAX)
+                    .catch_up(&mut record, newest, limit)
                     .await
                     .map_err(events_failed)?;
                 self.send_snapshot(&record).await?;
