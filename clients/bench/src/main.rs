@@ -6,8 +6,8 @@
 //!
 //! # Layout
 //! - `raw`: R, raw JetStream, the reference of the same run.
-//! - `skeleton`: S1 .. S3, the durable operations W1 .. W3 need, with no taskwire code:
-//!   their bound on this machine.
+//! - `skeleton`: S1 .. S3, the durable operations W1 .. W3 (and W2B) need, with no
+//!   taskwire code: their bound on this machine.
 //! - `w1` .. `w5`: submit; end to end (W2B: with SubmitTasks batches); round trip;
 //!   fan-out; footprint.
 //! - `w1r`, `w4r`: W1 and W4 over REST/JSON and Server-Sent Events, through `rest`,

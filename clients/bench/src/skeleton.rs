@@ -17,7 +17,7 @@
 //!   subscriber receives them all, as a watch replica does.
 //!
 //! S1 accepts tasks of a kind no worker serves (W1), S2 runs them end to end until
-//! every SUCCEEDED is recorded (W2), S3 accepts one at a time and waits for its
+//! every SUCCEEDED is recorded (W2), S2B does so with batches of accepts (W2B), S3 accepts one at a time and waits for its
 //! SUCCEEDED on the republished subject, subscribed before the accept (W3's round trip
 //! with no second call).
 
@@ -53,7 +53,7 @@ const SLOTS: usize = 64;
 /// Most events one recorder UPDATE folds.
 const RECORD_BATCH: usize = 256;
 
-/// Runs S1, S2 and S3 on `db`, with `args.workers` workers.
+/// Runs S1, S2, S2B and S3 on `db`, with `args.workers` workers.
 pub async fn run(args: &Args, db: Db, name: &'static str, r: &mut Results) {
     let nats = Nats::start(args.nats_nodes.into()).await;
     let test_db = db.create().await;
@@ -109,33 +109,46 @@ pub async fn run(args: &Args, db: Db, name: &'static str, r: &mut Results) {
     r.latencies("S1", name, "submit latency (closed loop)", lat);
     cpu.report(r, "S1", name);
 
-    // S2: end to end, until every SUCCEEDED is recorded.
-    let cpu = CpuSince::now(processes());
-    let started = Instant::now();
-    closed_loop(&inserter, &js, "echo", args.concurrency, per).await;
-    let submitted = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while succeeded(&pool).await < total as i64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // S2 and S2B: end to end, until every SUCCEEDED is recorded; S2B's callers accept
+    // batches (a batch's rows in one commit, its messages published with pipelined
+    // acks), as W2B's SubmitTasks calls.
+    for (load, batched) in [("S2", false), ("S2B", true)] {
+        let cpu = CpuSince::now(processes());
+        let before = succeeded(&pool).await;
+        let started = Instant::now();
+        let (total, calls) = if batched {
+            let batch = usize::from(args.batch_size);
+            let calls = (args.n / (args.batch_clients * batch)).max(1);
+            closed_loop_batches(&inserter, &js, args.batch_clients, calls, batch).await;
+            (
+                calls * args.batch_clients * batch,
+                format!("c={}x{batch}", args.batch_clients),
+            )
+        } else {
+            closed_loop(&inserter, &js, "echo", args.concurrency, per).await;
+            (total, format!("c={}", args.concurrency))
+        };
+        let submitted = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while succeeded(&pool).await - before < total as i64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        r.add(
+            load,
+            name,
+            format!("tasks/s end to end ({} workers, {calls})", args.workers),
+            total as f64 / started.elapsed().as_secs_f64(),
+            "/s",
+        );
+        r.add(
+            load,
+            name,
+            "of which submitting",
+            submitted.as_secs_f64(),
+            "s",
+        );
+        cpu.report(r, load, name);
     }
-    r.add(
-        "S2",
-        name,
-        format!(
-            "tasks/s end to end ({} workers, c={})",
-            args.workers, args.concurrency
-        ),
-        total as f64 / started.elapsed().as_secs_f64(),
-        "/s",
-    );
-    r.add(
-        "S2",
-        name,
-        "of which submitting",
-        submitted.as_secs_f64(),
-        "s",
-    );
-    cpu.report(r, "S2", name);
 
     // S3: one at a time, the terminal event heard on the republished subject.
     let mut lat = Vec::with_capacity(args.round_trips);
@@ -333,9 +346,36 @@ async fn closed_loop(
         .collect()
 }
 
+/// `clients` callers each accepting `calls` batches of `batch` tasks back to back.
+async fn closed_loop_batches(
+    inserter: &Inserter,
+    js: &Context,
+    clients: usize,
+    calls: usize,
+    batch: usize,
+) {
+    let callers = (0..clients).map(|_| async move {
+        for _ in 0..calls {
+            let ids: Vec<String> = (0..batch).map(|_| TaskId::new().to_string()).collect();
+            futures::future::join_all(
+                ids.iter()
+                    .map(|id| inserter.insert(id.clone(), "echo".into())),
+            )
+            .await;
+            futures::future::join_all(ids.into_iter().map(|id| publish(js, "echo", id))).await;
+        }
+    });
+    futures::future::join_all(callers).await;
+}
+
 /// Accepts a task: its row committed, then its message stored.
 async fn accept(inserter: &Inserter, js: &Context, kind: &str, id: String) {
     inserter.insert(id.clone(), kind.to_string()).await;
+    publish(js, kind, id).await;
+}
+
+/// Publishes a task's message and waits for JetStream to store it.
+async fn publish(js: &Context, kind: &str, id: String) {
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", id.as_str());
     js.publish_with_headers(format!("sk.tasks.{kind}"), h, Bytes::from(id))
