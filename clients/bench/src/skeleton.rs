@@ -17,9 +17,9 @@
 //!   subscriber receives them all, as a watch replica does.
 //!
 //! S1 accepts tasks of a kind no worker serves (W1), S2 runs them end to end until
-//! every SUCCEEDED is recorded (W2), S2B does so with batches of accepts (W2B), S3 accepts one at a time and waits for its
-//! SUCCEEDED on the republished subject, subscribed before the accept (W3's round trip
-//! with no second call).
+//! every SUCCEEDED is recorded (W2), S2B does so with batches of accepts (W2B), S3
+//! accepts one at a time and waits for its SUCCEEDED on the republished subject,
+//! subscribed before the accept (W3's round trip with no second call).
 
 use std::{
     collections::HashMap,
@@ -57,10 +57,6 @@ const RECORD_BATCH: usize = 256;
 pub async fn run(args: &Args, db: Db, name: &'static str, r: &mut Results) {
     let nats = Nats::start(args.nats_nodes.into()).await;
     let test_db = db.create().await;
-    // Installs sqlx's drivers (once per process; taskwire's tables are left unused).
-    taskwire::store::Store::connect(&test_db.url, &Default::default())
-        .await
-        .expect("database");
     let pool = pool(&test_db.url, db).await;
     pool.execute(
         "CREATE TABLE sk_tasks (id TEXT PRIMARY KEY, kind TEXT NOT NULL, \
@@ -173,6 +169,8 @@ pub async fn run(args: &Args, db: Db, name: &'static str, r: &mut Results) {
 
 /// A pool on `url`; SQLite as taskwire's store opens it (WAL, fsync on every commit).
 async fn pool(url: &str, db: Db) -> AnyPool {
+    // Once per process, whoever asks first (taskwire's store asks too).
+    sqlx::any::install_default_drivers();
     let url = match db {
         Db::Sqlite => format!("{url}?mode=rwc"),
         Db::Postgres => url.to_string(),
